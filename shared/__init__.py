@@ -1,0 +1,1 @@
+"""Code that both the offline worker and the online gateway import."""

@@ -1,0 +1,176 @@
+"""Canonical tables and the spec that describes them.
+
+Every dataset adapter returns a :class:`Dataset`:
+
+- ``interactions``: ``user_id: str, item_id: str, ts: int`` (unix seconds) plus one
+  column per label named in ``spec.tasks`` (and, optionally, ``spec.oracle_column``).
+- ``users``: ``user_id: str`` plus the user feature columns named in ``spec.features``.
+- ``items``: ``item_id: str`` plus the item feature columns.
+
+Categorical features are strings, numeric features floats, multi-hot features
+``list[str]``, pretrained vectors ``list[f32]``. The spec is what ETL, training and
+serving read to know what each column means; nothing downstream guesses from dtypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import polars as pl
+
+from shared.errors import ConfigError, DataError
+
+__all__ = [
+    "CONTEXT_FEATURES",
+    "Dataset",
+    "DatasetSpec",
+    "Feature",
+    "FeatureKind",
+    "Task",
+    "TaskKind",
+]
+
+Owner = Literal["user", "item"]
+
+
+class FeatureKind(StrEnum):
+    CATEGORICAL = "categorical"
+    NUMERIC = "numeric"
+    MULTI_HOT = "multi_hot"
+    VECTOR = "vector"
+
+
+class TaskKind(StrEnum):
+    BINARY = "binary"
+    REGRESSION = "regression"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Feature:
+    """One feature column of the ``users`` or ``items`` table."""
+
+    name: str
+    kind: FeatureKind
+    owner: Owner
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One label column of ``interactions`` that the ranker learns.
+
+    ``parent`` chains funnel tasks: the ranker predicts p(task | parent) and the served
+    probability is p(parent) * p(task | parent). ``weight`` is the task's weight in the
+    training loss; ``score_weight`` its weight in the final ranking score.
+    """
+
+    name: str
+    kind: TaskKind = TaskKind.BINARY
+    parent: str | None = None
+    weight: float = 1.0
+    score_weight: float = 1.0
+
+
+# Context features derived from each interaction's timestamp, at training and serving time.
+CONTEXT_FEATURES: tuple[str, ...] = ("hour", "dow")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec:
+    """What the columns of a :class:`Dataset` mean.
+
+    Args:
+        name: the source's name (``synthetic``, ``movielens-100k``…).
+        features: user and item feature columns (ids excluded).
+        tasks: label columns of ``interactions``, parents before children.
+        implicit: True when ``interactions`` holds only what users chose (MovieLens):
+            training then samples non-interacted items as negative impressions and
+            adds the task ``interact``. False when rows are impressions with labels.
+        positive_label: the label that makes an impression a positive for retrieval
+            (``None`` for implicit data: every interaction is one).
+        oracle_column: a column of true probabilities of the first task, never a
+            feature, for reporting the best AUC any model could reach.
+    """
+
+    name: str
+    features: tuple[Feature, ...] = ()
+    tasks: tuple[Task, ...] = ()
+    implicit: bool = False
+    positive_label: str | None = None
+    oracle_column: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        for i, task in enumerate(self.tasks):
+            if task.parent is not None and task.parent not in names[:i] and not (
+                self.implicit and task.parent == "interact"
+            ):
+                raise ConfigError(f"task {task.name!r}: parent {task.parent!r} is not an earlier task")
+        if not self.implicit and self.positive_label is None:
+            raise ConfigError(f"dataset {self.name!r}: impressions need a positive_label")
+
+    def features_of(self, owner: Owner, kind: FeatureKind | None = None) -> list[Feature]:
+        return [f for f in self.features if f.owner == owner and (kind is None or f.kind == kind)]
+
+    @property
+    def label_columns(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetSpec:
+        return cls(
+            name=data["name"],
+            features=tuple(Feature(**f) for f in data.get("features", ())),
+            tasks=tuple(Task(**t) for t in data.get("tasks", ())),
+            implicit=data.get("implicit", False),
+            positive_label=data.get("positive_label"),
+            oracle_column=data.get("oracle_column"),
+        )
+
+
+_FEATURE_DTYPES = {
+    FeatureKind.CATEGORICAL: pl.String,
+    FeatureKind.NUMERIC: pl.Float64,
+    FeatureKind.MULTI_HOT: pl.List(pl.String),
+    FeatureKind.VECTOR: pl.List(pl.Float32),
+}
+
+
+@dataclass(kw_only=True)
+class Dataset:
+    """The canonical tables of one source, checked against their spec."""
+
+    interactions: pl.DataFrame
+    users: pl.DataFrame
+    items: pl.DataFrame
+    spec: DatasetSpec
+    source: str = field(default="")  # the path the tables were read from, for error messages
+
+    def validate(self) -> Dataset:
+        """Check columns and dtypes; raise :class:`DataError` naming what is wrong."""
+        where = self.source or self.spec.name
+        need = {"user_id": pl.String, "item_id": pl.String, "ts": pl.Int64}
+        need |= {t.name: pl.Float64 for t in self.spec.tasks}
+        if self.spec.oracle_column:
+            need[self.spec.oracle_column] = pl.Float64
+        _check_columns(self.interactions, need, where, "interactions")
+        for owner, table in (("user", self.users), ("item", self.items)):
+            cols = {f"{owner}_id": pl.String}
+            cols |= {f.name: _FEATURE_DTYPES[f.kind] for f in self.spec.features_of(owner)}
+            _check_columns(table, cols, where, f"{owner}s")
+            if table[f"{owner}_id"].is_duplicated().any():
+                dup = table.filter(table[f"{owner}_id"].is_duplicated())[f"{owner}_id"][0]
+                raise DataError(where, f"{owner}s table: duplicate {owner}_id {dup!r}")
+        return self
+
+
+def _check_columns(df: pl.DataFrame, need: dict[str, Any], where: str, table: str) -> None:
+    for name, dtype in need.items():
+        if name not in df.columns:
+            raise DataError(where, f"{table} table: missing column {name!r}")
+        if df.schema[name] != dtype:
+            raise DataError(where, f"{table} table: column {name!r} is {df.schema[name]}, expected {dtype}")
