@@ -103,10 +103,14 @@ class DatasetSpec:
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
         for i, task in enumerate(self.tasks):
-            if task.parent is not None and task.parent not in names[:i] and not (
-                self.implicit and task.parent == "interact"
+            if (
+                task.parent is not None
+                and task.parent not in names[:i]
+                and not (self.implicit and task.parent == "interact")
             ):
-                raise ConfigError(f"task {task.name!r}: parent {task.parent!r} is not an earlier task")
+                raise ConfigError(
+                    f"task {task.name!r}: parent {task.parent!r} is not an earlier task"
+                )
         if not self.implicit and self.positive_label is None:
             raise ConfigError(f"dataset {self.name!r}: impressions need a positive_label")
 
@@ -173,4 +177,6 @@ def _check_columns(df: pl.DataFrame, need: dict[str, Any], where: str, table: st
         if name not in df.columns:
             raise DataError(where, f"{table} table: missing column {name!r}")
         if df.schema[name] != dtype:
-            raise DataError(where, f"{table} table: column {name!r} is {df.schema[name]}, expected {dtype}")
+            raise DataError(
+                where, f"{table} table: column {name!r} is {df.schema[name]}, expected {dtype}"
+            )

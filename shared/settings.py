@@ -15,16 +15,29 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="forbid")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis the worker publishes to and the gateway reads")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis the worker publishes to and the gateway reads",
+    )
     key_prefix: str = Field("recsys:", description="prefix of every Redis key")
     artifacts_dir: Path = Field(Path("artifacts"), description="where bundles are written and read")
     api_host: str = Field("127.0.0.1", description="gateway bind address")
     api_port: int = Field(8000, ge=1, le=65535, description="gateway port")
-    ranker: str = Field("dcn", pattern="^(dcn|deepfm)$", description="which trained ranker the gateway serves")
-    exclude_seen: bool = Field(True, description="never recommend items the user already interacted with")
-    reload_interval_s: float = Field(2.0, gt=0, description="how often the gateway checks recsys:active")
+    ranker: str = Field(
+        "dcn", pattern="^(dcn|deepfm)$", description="which trained ranker the gateway serves"
+    )
+    exclude_seen: bool = Field(
+        True, description="never recommend items the user already interacted with"
+    )
+    reload_interval_s: float = Field(
+        2.0, gt=0, description="how often the gateway checks recsys:active"
+    )
     redis_timeout_s: float = Field(0.25, gt=0, description="socket timeout of gateway Redis calls")
-    max_batch: int = Field(64, ge=1, description="most /recommend requests scored in one forward pass")
-    batch_wait_ms: float = Field(1.0, ge=0, description="how long a forward pass waits to fill its batch")
+    max_batch: int = Field(
+        64, ge=1, description="most /recommend requests scored in one forward pass"
+    )
+    batch_wait_ms: float = Field(
+        1.0, ge=0, description="how long a forward pass waits to fill its batch"
+    )
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the gateway's ranker")
     log_level: str = Field("INFO", description="Python logging level")

@@ -175,4 +175,6 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
             "tags": pl.Series(tags, dtype=pl.List(pl.String)),
         }
     )
-    return Dataset(interactions=interactions, users=users, items=items, spec=spec(), source="synthetic")
+    return Dataset(
+        interactions=interactions, users=users, items=items, spec=spec(), source="synthetic"
+    )

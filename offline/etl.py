@@ -1,0 +1,315 @@
+"""ETL: canonical tables → split, feature map, aggregates, hotness, encoded tables.
+
+Everything is columnar (polars expressions over whole columns); no Python loop runs
+per interaction. The outputs, written into a bundle by :func:`write`:
+
+- ``interactions.parquet``: one row per interaction with ``split`` (train / valid /
+  test), ``user_idx``, ``item_idx`` (1-based rows of the tables; 0 means unknown),
+  ``hour``, ``dow`` and the labels.
+- ``users.parquet`` / ``items.parquet``: raw features, their encoded slots
+  (``slot_<col>``, lists for multi-hot), standardised numerics (``num_<col>``),
+  train-split aggregates, and for users the recent-item ``history`` slots; items
+  also carry ``hotness`` (time-decayed positives) and ``hot_score``.
+- ``feature_map.json``, ``spec.json`` and ``etl.json`` (counts and sizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from pydantic import Field
+
+from shared.bundle import Bundle, Files
+from shared.config import StrictConfig
+from shared.feature_map import FeatureMap
+from shared.schema import CONTEXT_FEATURES, Dataset, DatasetSpec, FeatureKind, TaskKind
+
+__all__ = ["EtlConfig", "EtlResult", "hotness", "kcore", "run", "temporal_split", "write"]
+
+log = logging.getLogger(__name__)
+
+
+class EtlConfig(StrictConfig):
+    valid_frac: float = Field(0.1, ge=0, lt=0.5)
+    test_frac: float = Field(0.1, gt=0, lt=0.5)
+    min_user_interactions: int = Field(0, ge=0, description="k-core: users with fewer are dropped")
+    min_item_interactions: int = Field(0, ge=0, description="k-core: items with fewer are dropped")
+    min_count: int = Field(1, ge=1, description="values seen fewer times map to OOV")
+    max_multi_hot: int = Field(8, ge=1)
+    history_len: int = Field(20, ge=1)
+    hot_half_life_days: float = Field(7.0, gt=0)
+    ctr_prior_strength: float = Field(20.0, ge=0)
+
+
+@dataclass
+class EtlResult:
+    interactions: pl.DataFrame
+    users: pl.DataFrame
+    items: pl.DataFrame
+    feature_map: FeatureMap
+    spec: DatasetSpec
+    stats: dict[str, Any]
+
+
+def kcore(interactions: pl.DataFrame, min_user: int, min_item: int) -> pl.DataFrame:
+    """Iteratively drop users and items with too few interactions until none is left."""
+    if min_user <= 1 and min_item <= 1:
+        return interactions
+    while True:
+        before = interactions.height
+        interactions = interactions.filter(
+            (pl.len().over("user_id") >= min_user) & (pl.len().over("item_id") >= min_item)
+        )
+        if interactions.height == before:
+            return interactions
+
+
+def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: float) -> pl.DataFrame:
+    """Add ``split``: each user's latest interactions are valid, then test.
+
+    A user with n ≥ 3 interactions holds out max(1, ⌊n·test_frac⌋) for test and
+    max(1, ⌊n·valid_frac⌋) (or none when ``valid_frac`` is 0) before those for
+    validation. Interactions sharing a timestamp with a held-out one are held out too,
+    so every held-out interaction is strictly later than all of that user's training
+    ones (no leak through ties).
+    """
+    n = pl.len().over("user_id")
+    from_end = n - 1 - pl.int_range(pl.len()).over("user_id")
+    eligible = n >= 3
+    n_test = pl.max_horizontal((n * test_frac).floor(), pl.lit(1))
+    n_valid = (
+        pl.max_horizontal((n * valid_frac).floor(), pl.lit(1)) if valid_frac > 0 else pl.lit(0)
+    )
+    df = interactions.sort(["user_id", "ts"], maintain_order=True).with_columns(
+        test_cut=pl.col("ts").filter(eligible & (from_end < n_test)).min().over("user_id"),
+        valid_cut=pl.col("ts")
+        .filter(eligible & (from_end < n_test + n_valid))
+        .min()
+        .over("user_id"),
+    )
+    split = (
+        pl.when(pl.col("ts") >= pl.col("test_cut"))
+        .then(pl.lit("test"))
+        .when(pl.col("ts") >= pl.col("valid_cut"))
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("train"))
+    )
+    return df.with_columns(split=split).drop("test_cut", "valid_cut")
+
+
+def hotness(
+    train: pl.DataFrame, positive: pl.Expr, half_life_days: float, prior_strength: float
+) -> pl.DataFrame:
+    """Per item: time-decayed positives, Bayesian-smoothed CTR and the hot score.
+
+    decay(t) = 2^(−(T − t)/half_life), T the latest training timestamp;
+    hotness = Σ_positives decay; ctr = (pos + m·p̄)/(impressions + m) with p̄ the global
+    positive rate and m = ``prior_strength``; hot_score = Σ_impressions decay · ctr, so
+    items with few impressions are pulled towards the average before ranking.
+    """
+    t_end = train["ts"].max()
+    decay = (-(math.log(2) / (half_life_days * 86_400.0)) * (t_end - pl.col("ts"))).exp()
+    prior = float(train.select(positive.mean()).item()) if train.height else 0.0
+    return (
+        train.group_by("item_id")
+        .agg(
+            n=pl.len(),
+            pos=positive.sum(),
+            hotness=(decay * positive).sum(),
+            decayed=decay.sum(),
+        )
+        .with_columns(ctr=(pl.col("pos") + prior_strength * prior) / (pl.col("n") + prior_strength))
+        .with_columns(hot_score=pl.col("decayed") * pl.col("ctr"))
+        .drop("decayed")
+    )
+
+
+def _with_context(interactions: pl.DataFrame) -> pl.DataFrame:
+    when = pl.from_epoch("ts", time_unit="s")
+    return interactions.with_columns(
+        hour=when.dt.hour().cast(pl.Int64), dow=(when.dt.weekday() - 1).cast(pl.Int64)
+    )
+
+
+def _complete(table: pl.DataFrame, ids: pl.Series, key: str) -> pl.DataFrame:
+    """The table plus a row (null features) for every id that only the interactions know."""
+    extra = ids.unique().to_frame(key).join(table.select(key), on=key, how="anti")
+    return pl.concat([table, extra], how="diagonal").sort(key)
+
+
+def _aggregates(
+    train: pl.DataFrame, key: str, positive: pl.Expr, spec: DatasetSpec, m: float
+) -> pl.DataFrame:
+    prior = float(train.select(positive.mean()).item()) if train.height else 0.0
+    aggs = [pl.len().alias("n_interactions"), positive.sum().alias("n_positive")]
+    aggs += [
+        pl.col(t.name).mean().alias(f"mean_{t.name}")
+        for t in spec.tasks
+        if t.kind == TaskKind.REGRESSION
+    ]
+    return (
+        train.group_by(key)
+        .agg(aggs)
+        .with_columns(
+            smoothed_ctr=(pl.col("n_positive") + m * prior) / (pl.col("n_interactions") + m)
+        )
+    )
+
+
+def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
+    """Split, fit the feature map on training data, aggregate and encode."""
+    spec = dataset.spec
+    positive = pl.col(spec.positive_label) if spec.positive_label else pl.lit(1.0)
+    raw_counts = {
+        "users": dataset.users.height,
+        "items": dataset.items.height,
+        "interactions": dataset.interactions.height,
+    }
+    interactions = kcore(
+        dataset.interactions, config.min_user_interactions, config.min_item_interactions
+    )
+    interactions = _with_context(temporal_split(interactions, config.valid_frac, config.test_frac))
+    train = interactions.filter(pl.col("split") == "train")
+
+    users = _complete(dataset.users, interactions["user_id"], "user_id")
+    items = _complete(dataset.items, interactions["item_id"], "item_id")
+    hot = hotness(train, positive, config.hot_half_life_days, config.ctr_prior_strength)
+    users = users.join(
+        _aggregates(train, "user_id", positive, spec, config.ctr_prior_strength),
+        on="user_id",
+        how="left",
+    )
+    items = items.join(
+        _aggregates(train, "item_id", positive, spec, config.ctr_prior_strength),
+        on="item_id",
+        how="left",
+    ).join(hot.select("item_id", "hotness", "hot_score"), on="item_id", how="left")
+    # implicit data has no negatives: positives equal interactions and CTR is constant
+    agg_cols = (
+        ["n_interactions"]
+        + ([] if spec.implicit else ["n_positive", "smoothed_ctr"])
+        + [f"mean_{t.name}" for t in spec.tasks if t.kind == TaskKind.REGRESSION]
+    )
+    prior_ctr = float(train.select(positive.mean()).item()) if train.height else 0.0
+    fill = {
+        "n_interactions": 0,
+        "n_positive": 0,
+        "smoothed_ctr": prior_ctr,
+        "hotness": 0.0,
+        "hot_score": 0.0,
+    }
+    users = users.with_columns(
+        pl.col(c).fill_null(fill.get(c, None)) for c in agg_cols if c in fill
+    )
+    items = items.with_columns(
+        pl.col(c).fill_null(fill.get(c, None))
+        for c in [*agg_cols, "hotness", "hot_score"]
+        if c in fill
+    )
+    # counts are heavy-tailed: the models see log1p of them
+    log_cols = ["n_interactions", "n_positive", "hotness"]
+    users = users.with_columns(
+        pl.col(c).cast(pl.Float64).log1p() for c in log_cols if c in users.columns
+    )
+    items = items.with_columns(pl.col(c).cast(pl.Float64).log1p() for c in log_cols)
+
+    # feature map: ids from training interactions, features from the tables
+    categorical: dict[str, pl.Series] = {
+        "user_id": train["user_id"],
+        "item_id": train["item_id"],
+        "hour": pl.Series("hour", [str(h) for h in range(24)]),
+        "dow": pl.Series("dow", [str(d) for d in range(7)]),
+    }
+    numeric: dict[str, pl.Series] = {}
+    for owner, table in (("user", users), ("item", items)):
+        for f in spec.features_of(owner):
+            if f.kind in (FeatureKind.CATEGORICAL, FeatureKind.MULTI_HOT):
+                categorical[f.name] = table[f.name]
+            elif f.kind == FeatureKind.NUMERIC:
+                numeric[f.name] = table[f.name]
+        for c in agg_cols + (["hotness"] if owner == "item" else []):
+            numeric[f"{owner}_{c}"] = table[c]
+    fmap = FeatureMap.fit(categorical, numeric, min_count=config.min_count)
+
+    users = _encode(users, "user", spec, fmap, agg_cols, config)
+    items = _encode(items, "item", spec, fmap, agg_cols + ["hotness"], config)
+    interactions = interactions.join(
+        users.select("user_id", "user_idx"), on="user_id", how="left"
+    ).join(items.select("item_id", "item_idx"), on="item_id", how="left")
+    users = users.join(
+        _history(interactions, positive, fmap, config.history_len), on="user_id", how="left"
+    )
+    users = users.with_columns(
+        pl.col("history").fill_null(pl.lit([0] * config.history_len, dtype=pl.List(pl.Int64)))
+    )
+    counts = interactions.group_by("split").len().to_dict(as_series=False)
+    stats = {
+        "raw": raw_counts,
+        "users": users.height,
+        "items": items.height,
+        "interactions": interactions.height,
+        "split": dict(zip(counts["split"], counts["len"], strict=True)),
+        "feature_slots": fmap.size,
+        "positive_rate": prior_ctr,
+        "context_features": list(CONTEXT_FEATURES),
+    }
+    return EtlResult(interactions, users, items, fmap, spec, stats)
+
+
+def _encode(
+    table: pl.DataFrame,
+    owner: str,
+    spec: DatasetSpec,
+    fmap: FeatureMap,
+    aggs: list[str],
+    config: EtlConfig,
+) -> pl.DataFrame:
+    key = f"{owner}_id"
+    table = table.with_row_index(f"{owner}_idx", offset=1).with_columns(
+        pl.col(f"{owner}_idx").cast(pl.Int64)
+    )
+    cols: dict[str, Any] = {f"slot_{key}": fmap.encode(key, table[key])}
+    for f in spec.features_of(owner):  # type: ignore[arg-type]
+        if f.kind == FeatureKind.CATEGORICAL:
+            cols[f"slot_{f.name}"] = fmap.encode(f.name, table[f.name])
+        elif f.kind == FeatureKind.MULTI_HOT:
+            cols[f"slot_{f.name}"] = pl.Series(
+                fmap.encode_lists(f.name, table[f.name], config.max_multi_hot),
+                dtype=pl.Array(pl.Int64, config.max_multi_hot),
+            ).cast(pl.List(pl.Int64))
+        elif f.kind == FeatureKind.NUMERIC:
+            cols[f"num_{f.name}"] = fmap.standardize(f.name, table[f.name])
+    for c in aggs:
+        cols[f"num_{owner}_{c}"] = fmap.standardize(f"{owner}_{c}", table[c])
+    return table.with_columns(pl.Series(name, values) for name, values in cols.items())
+
+
+def _history(
+    interactions: pl.DataFrame, positive: pl.Expr, fmap: FeatureMap, length: int
+) -> pl.DataFrame:
+    """Each user's most recent positive training items, as item_id slots (most recent first)."""
+    pos = interactions.filter((pl.col("split") == "train") & (positive > 0)).sort(
+        "ts", descending=True
+    )
+    pos = pos.with_columns(slot=pl.Series(fmap.encode("item_id", pos["item_id"])))
+    hist = pos.group_by("user_id", maintain_order=True).agg(
+        pl.col("slot").head(length).alias("history")
+    )
+    pad = pl.lit([0] * length, dtype=pl.List(pl.Int64))
+    return hist.with_columns(pl.concat_list("history", pad).list.head(length).alias("history"))
+
+
+def write(result: EtlResult, bundle: Bundle) -> None:
+    """Write the ETL outputs into ``bundle`` and record them in its manifest."""
+    result.interactions.write_parquet(bundle.path(Files.INTERACTIONS))
+    result.users.write_parquet(bundle.path(Files.USERS))
+    result.items.write_parquet(bundle.path(Files.ITEMS))
+    result.feature_map.save(bundle.path(Files.FEATURE_MAP))
+    bundle.add(Files.INTERACTIONS, Files.USERS, Files.ITEMS, Files.FEATURE_MAP)
+    bundle.write_json(Files.SPEC, result.spec.to_dict())
+    bundle.write_json(Files.ETL_STATS, result.stats)
+    bundle.update_manifest(feature_map=result.feature_map.fingerprint, etl=result.stats)

@@ -1,0 +1,160 @@
+"""The feature map: the single truth of vocabularies, ``"col=value" → slot id``.
+
+One id space for every categorical and multi-hot column, so one embedding table
+serves them all::
+
+    slot 0                      padding (multi-hot lists, empty history)
+    offset(col)                 col=<OOV>: any value not seen when the map was fitted
+    offset(col) + 1 + j         col=vocab(col)[j]
+
+Numeric columns keep the mean and standard deviation they are standardised with.
+Saved beside the models; the gateway encodes with the very same map, so a value never
+seen in training lands on its column's OOV slot instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from shared.errors import BundleError
+
+__all__ = ["PAD", "FeatureMap"]
+
+PAD = 0
+
+
+@dataclass
+class FeatureMap:
+    """Vocabularies of categorical columns and statistics of numeric ones."""
+
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+    numeric: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _offsets: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _lookup: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        offset = 1
+        for col, values in self.vocab.items():
+            self._offsets[col] = offset
+            offset += 1 + len(values)
+        self._size = offset
+
+    # --- fitting ---------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        categorical: dict[str, pl.Series],
+        numeric: dict[str, pl.Series] | None = None,
+        min_count: int = 1,
+    ) -> FeatureMap:
+        """Build vocabularies from training values (lists are flattened).
+
+        Values seen fewer than ``min_count`` times map to the OOV slot, which therefore
+        is trained too. Vocabularies are sorted by descending count, then value, so the
+        map is deterministic.
+        """
+        vocab: dict[str, list[str]] = {}
+        for col, values in categorical.items():
+            if isinstance(values.dtype, pl.List):
+                values = values.explode(empty_as_null=False, keep_nulls=False)
+            counts = values.drop_nulls().cast(pl.String).value_counts(name="n")
+            counts = counts.filter(pl.col("n") >= min_count).sort(
+                ["n", values.name], descending=[True, False]
+            )
+            vocab[col] = counts[values.name].to_list()
+        stats = {}
+        for col, values in (numeric or {}).items():
+            v = values.cast(pl.Float64).drop_nulls()
+            mean = float(v.mean()) if len(v) else 0.0
+            std = float(v.std()) if len(v) > 1 else 1.0
+            stats[col] = (mean, std if std and std > 1e-12 else 1.0)
+        return cls(vocab=vocab, numeric=stats)
+
+    # --- lookups ---------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Number of slots, padding and OOV slots included (the embedding table's rows)."""
+        return self._size
+
+    def oov(self, col: str) -> int:
+        return self._offsets[col]
+
+    def slot(self, col: str, value: Any) -> int:
+        """One value's slot (for a single context value at serving time)."""
+        if col not in self._lookup:
+            self._lookup[col] = {
+                v: self._offsets[col] + 1 + j for j, v in enumerate(self.vocab[col])
+            }
+        return (
+            self._lookup[col].get(str(value), self._offsets[col])
+            if value is not None
+            else self.oov(col)
+        )
+
+    def encode(self, col: str, values: pl.Series) -> np.ndarray:
+        """Vectorised slots of a column of scalar values, shape (N,) int64."""
+        base = self._offsets[col]
+        mapping = pl.DataFrame(
+            {
+                "v": self.vocab[col],
+                "slot": np.arange(base + 1, base + 1 + len(self.vocab[col]), dtype=np.int64),
+            },
+            schema={"v": pl.String, "slot": pl.Int64},
+        )
+        frame = pl.DataFrame({"v": values.cast(pl.String)})
+        slots = frame.join(mapping, on="v", how="left", maintain_order="left")["slot"]
+        return slots.fill_null(base).to_numpy().astype(np.int64, copy=False)
+
+    def encode_lists(self, col: str, values: pl.Series, max_len: int) -> np.ndarray:
+        """Slots of a column of lists, truncated and right-padded: shape (N, max_len) int64."""
+        heads = values.list.drop_nulls().list.head(max_len)
+        lengths = heads.list.len().fill_null(0).to_numpy().astype(np.int64)
+        flat = heads.explode(empty_as_null=False, keep_nulls=False)  # exactly sum(lengths) values
+        out = np.zeros((len(values), max_len), dtype=np.int64)
+        rows = np.repeat(np.arange(len(values)), lengths)
+        cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[rows, cols] = self.encode(col, flat)
+        return out
+
+    def standardize(self, col: str, values: pl.Series) -> np.ndarray:
+        mean, std = self.numeric[col]
+        return ((values.cast(pl.Float64).fill_null(mean).to_numpy() - mean) / std).astype(
+            np.float32
+        )
+
+    # --- persistence ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab": self.vocab, "numeric": {k: list(v) for k, v in self.numeric.items()}}
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the map's content: models trained on a map record it."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({**self.to_dict(), "fingerprint": self.fingerprint}))
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureMap:
+        try:
+            data = json.loads(Path(path).read_text())
+            fmap = cls(
+                vocab=data["vocab"], numeric={k: tuple(v) for k, v in data["numeric"].items()}
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"{path}: not a readable feature map ({e})") from None
+        if data.get("fingerprint") not in (None, fmap.fingerprint):
+            raise BundleError(f"{path}: feature map content does not match its fingerprint")
+        return fmap
+
+    def columns(self) -> Iterable[str]:
+        return self.vocab.keys()
