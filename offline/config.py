@@ -8,6 +8,11 @@ from typing import Any
 from pydantic import Field
 
 from offline.etl import EtlConfig
+from offline.evaluate import EvaluateConfig
+from offline.index import IndexConfig
+from offline.publish import PublishConfig
+from offline.training.ranking import RankingConfig
+from offline.training.retrieval import RetrievalConfig
 from shared.config import StrictConfig, build, load_yaml
 
 __all__ = ["PipelineConfig", "load_config"]
@@ -18,6 +23,11 @@ class PipelineConfig(StrictConfig):
     data_dir: Path | None = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     etl: EtlConfig = EtlConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    ranking: RankingConfig = RankingConfig()
+    index: IndexConfig = IndexConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    publish: PublishConfig = PublishConfig()
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> PipelineConfig:

@@ -1,17 +1,44 @@
-"""The worker's steps, each reading and extending one bundle."""
+"""The worker's steps, each reading and extending one bundle.
+
+``etl`` creates a new version; every later step opens the latest (or ``--version``)
+and adds its files, hashed into the manifest. ``run`` does them all in order.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import polars as pl
+import redis
 
 from offline import etl
 from offline.config import PipelineConfig
 from offline.datasets import load_dataset
-from shared.bundle import Bundle
+from offline.evaluate import evaluate
+from offline.index import build_index, index_quality, interleave, search
+from offline.publish import publish
+from offline.training.loop import distributed
+from offline.training.ranking import ranking_data, score_weights, train_ranker
+from offline.training.retrieval import embed_items, embed_users, train_retrieval
+from shared.bundle import Bundle, Files
+from shared.errors import ConfigError
+from shared.feature_map import FeatureMap
+from shared.features import FeatureTables
+from shared.keys import Keys
+from shared.models.checkpoint import checkpoint_paths, load_model, save_model
+from shared.schema import DatasetSpec
 
 __all__ = ["STEPS", "Context", "run_step"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,11 +49,49 @@ class Context:
     key_prefix: str = "recsys:"
     version: str | None = None
     bundle: Bundle | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def open_bundle(self) -> Bundle:
         if self.bundle is None:
             self.bundle = Bundle.open(self.artifacts, self.version)
+            self.bundle.verify(required=(Files.INTERACTIONS, Files.USERS, Files.ITEMS, Files.FEATURE_MAP))
         return self.bundle
+
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec.from_dict(json.loads(self.open_bundle().path(Files.SPEC).read_text()))
+
+    def interactions(self) -> pl.DataFrame:
+        if "interactions" not in self.cache:
+            self.cache["interactions"] = pl.read_parquet(self.open_bundle().path(Files.INTERACTIONS))
+        return self.cache["interactions"]
+
+    def tables(self) -> FeatureTables:
+        if "tables" not in self.cache:
+            b = self.open_bundle()
+            self.cache["tables"] = FeatureTables.from_frames(
+                pl.read_parquet(b.path(Files.USERS)),
+                pl.read_parquet(b.path(Files.ITEMS)),
+                self.spec(),
+                FeatureMap.load(b.path(Files.FEATURE_MAP)),
+            )
+        return self.cache["tables"]
+
+    def ranking_data(self) -> dict:
+        if "ranking_data" not in self.cache:
+            self.cache["ranking_data"] = ranking_data(self.tables(), self.interactions(), self.spec(), self.config.ranking)
+        return self.cache["ranking_data"]
+
+
+def _save(bundle: Bundle, model: Any, config: Any, name: str) -> None:
+    save_model(model, config, bundle.path(name))
+    bundle.add(*(p.name for p in checkpoint_paths(bundle.path(name))))
+
+
+def _record_history(bundle: Bundle, name: str, history: Any) -> None:
+    path = bundle.path(Files.HISTORY)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = {"epochs": history.epochs, "best_epoch": history.best_epoch, "samples_per_s": history.samples_per_s}
+    bundle.write_json(Files.HISTORY, data)
 
 
 def etl_step(ctx: Context) -> Iterator[str]:
@@ -40,15 +105,170 @@ def etl_step(ctx: Context) -> Iterator[str]:
     except BaseException:
         bundle.discard()
         raise
-    ctx.bundle = bundle
+    ctx.bundle, ctx.cache = bundle, {}
     s = result.stats
     split = ", ".join(f"{k} {v}" for k, v in sorted(s["split"].items()))
     yield f"etl: {s['users']} users, {s['items']} items, {s['interactions']} interactions ({split})"
     yield f"etl: {s['feature_slots']} feature slots; wrote {bundle.root}"
 
 
+def train_retrieval_step(ctx: Context) -> Iterator[str]:
+    bundle = ctx.open_bundle()
+    result = train_retrieval(ctx.tables(), ctx.interactions(), ctx.spec(), ctx.config.retrieval)
+    rank, _ = distributed()
+    if rank == 0:
+        _save(bundle, result.model, result.config, Files.TWO_TOWER)
+        _record_history(bundle, "two_tower", result.history)
+    ctx.cache["two_tower"] = result.model
+    h = result.history
+    yield (
+        f"train-retrieval: best valid recall@{ctx.config.retrieval.eval_k} {h.best_metric:.4f} "
+        f"(epoch {h.best_epoch}), {h.samples_per_s:,.0f} samples/s"
+    )
+
+
+def train_ranking_step(ctx: Context) -> Iterator[str]:
+    bundle = ctx.open_bundle()
+    data = ctx.ranking_data()
+    rank, _ = distributed()
+    for kind in ctx.config.ranking.models:
+        result = train_ranker(kind, ctx.tables(), data, ctx.spec(), ctx.config.ranking)
+        if rank == 0:
+            _save(bundle, result.model, result.config, Files.RANKER.format(kind=kind))
+            _record_history(bundle, kind, result.history)
+        ctx.cache[f"ranker_{kind}"] = result.model
+        h = result.history
+        yield f"train-ranking: {kind} best valid AUC {h.best_metric:.4f} (epoch {h.best_epoch}), {h.samples_per_s:,.0f} samples/s"
+    bundle.update_manifest(serving={"score_weights": score_weights(ctx.spec(), ctx.config.ranking), "rankers": list(ctx.config.ranking.models)})
+
+
+def _model(ctx: Context, name: str) -> Any:
+    if name not in ctx.cache:
+        ctx.cache[name] = load_model(ctx.open_bundle().path(name))
+    return ctx.cache[name]
+
+
+def index_step(ctx: Context) -> Iterator[str]:
+    bundle, cfg, tables = ctx.open_bundle(), ctx.config.index, ctx.tables()
+    model = _model(ctx, Files.TWO_TOWER)
+    vectors = embed_items(model, tables).numpy()  # (I, D), row 0 = unknown item
+    np.save(bundle.path(Files.ITEM_EMBEDDINGS), vectors)
+    started = time.perf_counter()
+    index = build_index(vectors[1:], cfg)  # FAISS id j ↔ item row j + 1
+    build_s = time.perf_counter() - started
+    faiss.write_index(index, str(bundle.path(Files.INDEX)))
+    user_rows = np.arange(1, len(tables.users))
+    user_vectors = embed_users(model, tables, user_rows).numpy()
+    rng = np.random.default_rng(0)
+    queries = user_vectors[rng.choice(len(user_vectors), min(cfg.quality_queries, len(user_vectors)), replace=False)]
+    quality = index_quality(index, vectors[1:], queries, cfg.recall_k) | {"build_s": build_s}
+    if quality["recall_vs_exact"] < cfg.recall_floor:
+        raise ConfigError(
+            f"index recall@{cfg.recall_k} vs exact search is {quality['recall_vs_exact']:.3f}, "
+            f"below the floor {cfg.recall_floor}: raise hnsw_ef_search / ivf_nprobe"
+        )
+
+    # batch recall for every known user
+    items = pl.read_parquet(bundle.path(Files.ITEMS), columns=["item_idx", "hot_score"])
+    hot = items.sort("hot_score", descending=True).head(cfg.hot_n)
+    hot_rows = hot["item_idx"].to_numpy()
+    seen = ctx.interactions().select("user_idx", "item_idx").unique()
+    max_seen = int(seen.group_by("user_idx").len()["len"].max() or 0) if cfg.exclude_seen else 0
+    _, found = search(index, user_vectors, min(len(vectors) - 1, cfg.recall_k + max_seen))
+    recalled = np.where(found >= 0, found + 1, -1)
+    banned = None
+    if cfg.exclude_seen:
+        n_items = len(vectors)
+        keys = np.unique(seen["user_idx"].to_numpy() * n_items + seen["item_idx"].to_numpy())
+        cand = np.concatenate([recalled, np.broadcast_to(hot_rows, (len(user_rows), len(hot_rows)))], axis=1)
+        banned = np.isin(user_rows[:, None] * n_items + cand, keys)
+    merged = interleave(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
+    pl.DataFrame({"user_idx": user_rows, "items": merged}).write_parquet(bundle.path(Files.RECALL))
+    hot.write_parquet(bundle.path(Files.HOT))
+    bundle.add(Files.ITEM_EMBEDDINGS, Files.INDEX, Files.RECALL, Files.HOT)
+    _merge_metrics(bundle, {"index": quality})
+    yield (
+        f"index: {quality['type']} over {quality['items']} items, recall@{quality['k']} vs exact "
+        f"{quality['recall_vs_exact']:.3f}, {quality['index_qps']:,.0f} queries/s; "
+        f"recall lists for {len(user_rows)} users"
+    )
+
+
+def _merge_metrics(bundle: Bundle, new: dict[str, Any]) -> dict[str, Any]:
+    path = bundle.path(Files.METRICS)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(new)
+    bundle.write_json(Files.METRICS, data)
+    bundle.update_manifest(metrics=data)
+    return data
+
+
+def evaluate_step(ctx: Context) -> Iterator[str]:
+    from offline.report import write_report  # noqa: PLC0415  (matplotlib only when reporting)
+
+    bundle, spec = ctx.open_bundle(), ctx.spec()
+    manifest = bundle.manifest()
+    kinds = manifest.get("serving", {}).get("rankers", list(ctx.config.ranking.models))
+    rankers = {k: _model(ctx, Files.RANKER.format(kind=k)) for k in kinds}
+    metrics, diagnostics, samples = evaluate(
+        ctx.tables(),
+        ctx.interactions(),
+        spec,
+        _model(ctx, Files.TWO_TOWER),
+        rankers,
+        score_weights(spec, ctx.config.ranking),
+        ctx.ranking_data()["test"],
+        ctx.config.evaluate,
+    )
+    data = _merge_metrics(bundle, metrics)
+    history_path = bundle.path(Files.HISTORY)
+    histories = {k: v["epochs"] for k, v in json.loads(history_path.read_text()).items()} if history_path.is_file() else {}
+    written = write_report(bundle.root, data, histories, diagnostics, samples)
+    bundle.add(*written)
+    k = max(ctx.config.evaluate.ks)
+    r, p = metrics["retrieval"], metrics["popularity"]
+    yield f"evaluate: two-tower recall@{k} {r[f'recall@{k}']:.4f} vs popularity {p[f'recall@{k}']:.4f}; ndcg@10 {r['ndcg@10']:.4f}"
+    for kind, tasks in metrics["ranking"].items():
+        aucs = ", ".join(f"{t} AUC {m['auc']:.4f}" for t, m in tasks.items() if "auc" in m)
+        yield f"evaluate: {kind}: {aucs}; ranked ndcg@10 {metrics['ranked'][kind]['ndcg@10']:.4f}"
+    if "oracle" in metrics:
+        yield f"evaluate: oracle {metrics['oracle']}"
+    yield f"evaluate: wrote {bundle.path(Files.REPORT)}"
+
+
+def publish_step(ctx: Context) -> Iterator[str]:
+    bundle, tables = ctx.open_bundle(), ctx.tables()
+    manifest = bundle.verify(required=(Files.RECALL, Files.HOT, Files.INDEX, Files.TWO_TOWER + ".json"))
+    recall = pl.read_parquet(bundle.path(Files.RECALL))
+    hot = pl.read_parquet(bundle.path(Files.HOT))
+    client = redis.Redis.from_url(ctx.redis_url, socket_timeout=30)
+    try:
+        stats = publish(
+            client,
+            Keys(ctx.key_prefix),
+            bundle.version,
+            tables.users.ids[recall["user_idx"].to_numpy()].tolist(),
+            np.asarray(recall["items"].to_list(), dtype=np.int64).reshape(recall.height, -1),
+            tables.items.ids,
+            hot["item_idx"].to_numpy(),
+            hot["hot_score"].to_numpy(),
+            {"dataset": manifest["dataset"], "created_at": manifest["created_at"], "items": len(tables.items) - 1,
+             "models": ",".join(["two_tower", *manifest.get("serving", {}).get("rankers", [])])},
+            ctx.config.publish,
+        )
+    finally:
+        client.close()
+    bundle.update_manifest(published=stats)
+    yield f"publish: version {bundle.version} is active at {ctx.redis_url} ({stats['users']} users in {stats['seconds']:.1f} s)"
+
+
 STEP_FUNCTIONS: dict[str, Callable[[Context], Iterator[str]]] = {
     "etl": etl_step,
+    "train-retrieval": train_retrieval_step,
+    "train-ranking": train_ranking_step,
+    "index": index_step,
+    "evaluate": evaluate_step,
+    "publish": publish_step,
 }
 STEPS = (*STEP_FUNCTIONS, "run")
 

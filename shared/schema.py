@@ -128,8 +128,8 @@ class DatasetSpec:
     def from_dict(cls, data: dict[str, Any]) -> DatasetSpec:
         return cls(
             name=data["name"],
-            features=tuple(Feature(**f) for f in data.get("features", ())),
-            tasks=tuple(Task(**t) for t in data.get("tasks", ())),
+            features=tuple(Feature(**{**f, "kind": FeatureKind(f["kind"])}) for f in data.get("features", ())),
+            tasks=tuple(Task(**{**t, "kind": TaskKind(t["kind"])}) for t in data.get("tasks", ())),
             implicit=data.get("implicit", False),
             positive_label=data.get("positive_label"),
             oracle_column=data.get("oracle_column"),

@@ -1,0 +1,127 @@
+"""Publish a version to Redis: every key first, then the ``active`` flip, then clean-up.
+
+Writes go in pipelined MULTI/EXEC batches (no round trip per key), each batch
+replacing its keys atomically, so re-publishing a version is harmless. Only when
+every key of the version is written and counted does ``active`` move to it, in one
+SET; a publish that dies part-way leaves the active version as it was. Versions older
+than the newest ``keep`` get a short expiry (readers still holding one finish
+their request).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+from pydantic import Field
+from tqdm import tqdm
+
+from shared.config import StrictConfig
+from shared.errors import StoreError
+from shared.keys import Keys
+
+__all__ = ["PublishConfig", "publish"]
+
+log = logging.getLogger(__name__)
+
+
+class PublishConfig(StrictConfig):
+    batch_size: int = Field(500, ge=1, description="users per pipelined batch")
+    keep_versions: int = Field(2, ge=1)
+    expire_after_s: int = Field(60, ge=1, description="grace before an old version's keys vanish")
+
+
+def publish(
+    client: redis.Redis,
+    keys: Keys,
+    version: str,
+    user_ids: Sequence[str],
+    recall: np.ndarray,
+    item_ids: np.ndarray,
+    hot: np.ndarray,
+    hot_scores: np.ndarray,
+    meta: dict[str, str | int | float],
+    config: PublishConfig,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Write ``version`` and make it active.
+
+    Args:
+        client: Redis connection.
+        keys: the key layout.
+        version: the bundle version.
+        user_ids: (U,) raw user ids.
+        recall: (U, K) item rows per user, best first, -1 = none.
+        item_ids: (I,) raw item id of each item row.
+        hot: (H,) item rows of the global hot list, hottest first.
+        hot_scores: (H,) their hotness.
+        meta: fields of the version's meta hash.
+        config: batching and retention.
+
+    Returns:
+        Timings and counts.
+
+    Raises:
+        StoreError: Redis failed; the active version is unchanged.
+    """
+    started = time.perf_counter()
+    k = recall.shape[1] if recall.ndim == 2 else 0
+    scores = np.arange(k, 0, -1, dtype=np.int64)  # higher = earlier
+    names = np.where(recall >= 0, item_ids[np.maximum(recall, 0)], None)
+    lengths = (recall >= 0).sum(axis=1)
+    try:
+        for lo in tqdm(range(0, len(user_ids), config.batch_size), disable=not progress, desc="publish", unit="batch"):
+            pipe = client.pipeline(transaction=True)
+            for uid, row, n in zip(user_ids[lo : lo + config.batch_size], names[lo : lo + config.batch_size], lengths[lo : lo + config.batch_size], strict=True):
+                key = keys.recall(version, uid)
+                pipe.delete(key)
+                if n:
+                    args = np.empty(2 * n, dtype=object)
+                    args[0::2], args[1::2] = scores[:n], row[:n]
+                    pipe.execute_command("ZADD", key, *args)
+            pipe.execute()
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(keys.global_hot(version), keys.meta(version))
+        if len(hot):
+            pipe.zadd(keys.global_hot(version), dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True)))
+        pipe.hset(keys.meta(version), mapping={**meta, "published_at": time.time(), "users": len(user_ids)})
+        pipe.execute()
+        _check_complete(client, keys, version, user_ids, lengths)
+        client.set(keys.active, version)  # the flip: one command
+        client.zadd(keys.versions, {version: time.time()})
+        expired = _expire_old(client, keys, version, config)
+    except redis.RedisError as e:
+        raise StoreError(f"publishing {version} failed ({e}); the active version is unchanged") from None
+    return {
+        "users": len(user_ids),
+        "items_written": int(lengths.sum()),
+        "seconds": time.perf_counter() - started,
+        "expired_versions": len(expired),
+    }
+
+
+def _check_complete(client: redis.Redis, keys: Keys, version: str, user_ids: Sequence[str], lengths: np.ndarray) -> None:
+    """Count a sample of the written lists (all of them for small publishes) before the flip."""
+    sample = np.arange(len(user_ids)) if len(user_ids) <= 2000 else np.linspace(0, len(user_ids) - 1, 2000).astype(int)
+    pipe = client.pipeline(transaction=False)
+    for i in sample:
+        pipe.zcard(keys.recall(version, user_ids[i]))
+    pipe.exists(keys.meta(version))
+    *counts, meta = pipe.execute()
+    if not meta or any(int(c) != int(lengths[i]) for c, i in zip(counts, sample, strict=True)):
+        raise StoreError(f"version {version} is incomplete in Redis after writing; not activating it")
+
+
+def _expire_old(client: redis.Redis, keys: Keys, current: str, config: PublishConfig) -> list[str]:
+    versions = [v.decode() if isinstance(v, bytes) else v for v in client.zrevrange(keys.versions, 0, -1)]
+    old = [v for v in versions if v != current][config.keep_versions - 1 :]
+    for version in old:
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(match=keys.version_prefix(version) + "*", count=1000):
+            pipe.expire(key, config.expire_after_s)
+        pipe.zrem(keys.versions, version)
+        pipe.execute()
+    return old

@@ -1,0 +1,113 @@
+"""What the ranker trains on: impressions with labels, one row per (user, item, context).
+
+Logged impressions are used as they are. Implicit data (MovieLens) has none, so every
+interaction becomes a positive impression of the task ``interact`` and ``neg_ratio``
+non-interacted items per interaction become negatives (same user, same context):
+the ranker then learns what a user will pick, not only how they rate what they picked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from shared.schema import DatasetSpec, Task
+
+__all__ = ["INTERACT", "Sampling", "effective_tasks", "ranking_impressions", "sample_negatives"]
+
+INTERACT = Task(name="interact", score_weight=1.0)
+Sampling = Literal["uniform", "popularity", "mixed"]
+
+
+def effective_tasks(spec: DatasetSpec) -> tuple[Task, ...]:
+    """The ranker's tasks: the spec's, behind ``interact`` for implicit data."""
+    return (INTERACT, *spec.tasks) if spec.implicit else spec.tasks
+
+
+def sample_negatives(
+    users: np.ndarray,
+    ratio: int,
+    n_items: int,
+    known: np.ndarray,
+    popularity: np.ndarray,
+    sampling: Sampling,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ratio`` items per entry of ``users`` that the user never interacted with.
+
+    Args:
+        users: (P,) user rows, one per positive.
+        ratio: negatives per positive.
+        n_items: items are rows 1..n_items.
+        known: (K,) sorted int64 keys ``user * (n_items + 1) + item`` of known interactions.
+        popularity: (n_items + 1,) interaction counts (row 0 unused).
+        sampling: uniform, popularity (∝ count^0.75), or mixed (half each).
+
+    Returns:
+        (P·ratio,) user rows and item rows of the negatives.
+    """
+    neg_users = np.repeat(users, ratio)
+    weights = popularity[1:].astype(np.float64) ** 0.75 + 1e-9
+    weights /= weights.sum()
+
+    def draw(n: int) -> np.ndarray:
+        uniform = rng.integers(1, n_items + 1, n)
+        if sampling == "uniform":
+            return uniform
+        popular = rng.choice(n_items, n, p=weights) + 1
+        if sampling == "popularity":
+            return popular
+        return np.where(rng.random(n) < 0.5, uniform, popular)
+
+    items = draw(len(neg_users))
+    for _ in range(10):  # resample the few that hit a known interaction
+        keys = neg_users * (n_items + 1) + items
+        clash = np.isin(keys, known, assume_unique=False)
+        if not clash.any():
+            break
+        items[clash] = draw(int(clash.sum()))
+    return neg_users, items
+
+
+def ranking_impressions(
+    interactions: pl.DataFrame,
+    spec: DatasetSpec,
+    n_items: int,
+    neg_ratio: int,
+    sampling: Sampling,
+    seed: int,
+    known: np.ndarray,
+    popularity: np.ndarray,
+) -> pl.DataFrame:
+    """Impressions of one split: ``user_idx, item_idx, hour, dow`` and a column per task."""
+    base = ["user_idx", "item_idx", "hour", "dow"]
+    labels = spec.label_columns
+    if not spec.implicit:
+        return interactions.select(
+            *base, *labels, *([spec.oracle_column] if spec.oracle_column else [])
+        )
+    pos = interactions.select(*base, *labels).with_columns(interact=pl.lit(1.0))
+    rng = np.random.default_rng(seed)
+    users = pos["user_idx"].to_numpy()
+    neg_users, neg_items = sample_negatives(
+        users, neg_ratio, n_items, known, popularity, sampling, rng
+    )
+    source = np.repeat(np.arange(len(users)), neg_ratio)
+    neg = pl.DataFrame(
+        {
+            "user_idx": neg_users,
+            "item_idx": neg_items,
+            "hour": pos["hour"].to_numpy()[source],
+            "dow": pos["dow"].to_numpy()[source],
+        }
+    ).with_columns(
+        [pl.lit(0.0).alias("interact")] + [pl.lit(None, dtype=pl.Float64).alias(c) for c in labels]
+    )
+    return pl.concat([pos, neg.select(pos.columns)])
+
+
+def known_keys(interactions: pl.DataFrame, n_items: int) -> np.ndarray:
+    keys = interactions["user_idx"].to_numpy() * (n_items + 1) + interactions["item_idx"].to_numpy()
+    return np.unique(keys)

@@ -1,0 +1,180 @@
+"""The training loop every model shares.
+
+AdamW, linear warm-up then cosine decay, gradient clipping, early stopping on a
+validation metric with the best weights kept, fixed seeds. Batches are index arrays
+into tensors the task already holds (no per-sample ``__getitem__``). Under ``torchrun``
+the loop wraps the model in DDP (gloo) and each rank takes its share of every epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field
+from tqdm import tqdm
+
+from shared.config import StrictConfig
+
+__all__ = ["History", "TrainerConfig", "distributed", "fit", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainerConfig(StrictConfig):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    clip_norm: float = Field(5.0, gt=0)
+    patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
+    seed: int = 0
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads (default: all cores)"
+    )
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    samples_per_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the gloo process group when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
+    model: torch.nn.Module,
+    config: TrainerConfig,
+    n_examples: int,
+    loss_fn: Callable[[torch.nn.Module, np.ndarray], torch.Tensor],
+    validate: Callable[[torch.nn.Module], float],
+    name: str,
+) -> History:
+    """Train ``model`` in place and leave it holding its best validated weights.
+
+    Args:
+        model: the module to train.
+        config: loop settings.
+        n_examples: size of the training set; batches are index arrays into it.
+        loss_fn: ``(model, batch_indices) -> scalar loss`` (the task builds the inputs).
+        validate: ``model -> metric`` (higher is better), run after every epoch.
+        name: shown in logs and the progress bar.
+
+    Returns:
+        The per-epoch history (train loss, validation metric, learning rate, time).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    rank, world = distributed()
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    per_rank = math.ceil(n_examples / world)
+    steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _schedule(s, total, max(1, int(total * config.warmup_frac)))
+    )
+    generator = np.random.default_rng(config.seed)
+    history = History()
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs = 0
+    show_bar = sys.stderr.isatty() and rank == 0
+    seen, busy = 0, 0.0
+    for epoch in range(1, config.epochs + 1):
+        net.train()
+        order = generator.permutation(n_examples)[rank::world]  # same permutation on every rank
+        started = time.perf_counter()
+        losses = []
+        bar = tqdm(
+            total=len(order),
+            desc=f"{name} {epoch}/{config.epochs}",
+            unit="ex",
+            disable=not show_bar,
+            leave=False,
+        )
+        for lo in range(0, len(order), config.batch_size):
+            batch = order[lo : lo + config.batch_size]
+            loss = loss_fn(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.close()
+        elapsed = time.perf_counter() - started
+        seen += len(order)
+        busy += elapsed
+        model.eval()
+        with torch.no_grad():
+            metric = float(validate(model))
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "valid_metric": metric,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": elapsed,
+            "samples_per_s": len(order) / elapsed if elapsed else 0.0,
+        }
+        history.epochs.append(row)
+        if rank == 0:
+            log.info(
+                "%s epoch %d: loss %.4f, valid %.4f, %.0f samples/s",
+                name, epoch, row["train_loss"], metric, row["samples_per_s"] * world,
+            )  # fmt: skip
+        if metric > history.best_metric:
+            history.best_metric, history.best_epoch = metric, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    history.samples_per_s = seen * world / busy if busy else 0.0
+    return history

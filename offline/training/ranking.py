@@ -1,0 +1,194 @@
+"""Training task of the multi-task rankers (DeepFM, DCN-v2).
+
+The task owns the loss (weighted per-task BCE, MSE for regression, children trained
+on rows where their parent is 1). Validation is the AUC of the first task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import Field
+
+from offline.metrics import auc
+from offline.training.impressions import Sampling, effective_tasks, known_keys, ranking_impressions
+from offline.training.loop import History, TrainerConfig, fit
+from offline.training.losses import multitask_loss
+from shared.config import StrictConfig
+from shared.features import FeatureTables
+from shared.models.rankers import DCNConfig, Ranker, RankerConfig, TaskHead, build_ranker
+from shared.schema import DatasetSpec
+
+__all__ = [
+    "RankerTrainTask",
+    "RankingConfig",
+    "RankingData",
+    "predict",
+    "ranking_data",
+    "train_ranker",
+]
+
+RankerKind = Literal["dcn", "deepfm"]
+
+
+class RankingConfig(StrictConfig):
+    models: tuple[RankerKind, ...] = ("dcn", "deepfm")
+    embed_dim: int = Field(16, ge=1)
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    dcn: DCNConfig = DCNConfig()
+    neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
+    negative_sampling: Sampling = "mixed"
+    task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
+    score_weights: dict[str, float] = Field(
+        default_factory=dict, description="final score weight per task"
+    )
+    trainer: TrainerConfig = TrainerConfig(epochs=8, batch_size=4096, lr=2e-3, patience=2)
+
+
+@dataclass
+class RankingData:
+    """One split's impressions as arrays."""
+
+    user: np.ndarray
+    item: np.ndarray
+    hour: np.ndarray
+    dow: np.ndarray
+    labels: dict[str, np.ndarray]
+    oracle: np.ndarray | None = None
+    frame: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def ranking_data(
+    tables: FeatureTables, interactions: pl.DataFrame, spec: DatasetSpec, config: RankingConfig
+) -> dict[str, RankingData]:
+    """Train / valid / test impressions (with sampled negatives for implicit data)."""
+    n_items = len(tables.items) - 1
+    known = known_keys(interactions, n_items)
+    popularity = np.bincount(
+        interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy(),
+        minlength=n_items + 1,
+    )
+    tasks = effective_tasks(spec)
+    out = {}
+    for i, split in enumerate(("train", "valid", "test")):
+        frame = ranking_impressions(
+            interactions.filter(pl.col("split") == split),
+            spec,
+            n_items,
+            config.neg_ratio,
+            config.negative_sampling,
+            config.trainer.seed + i,
+            known,
+            popularity,
+        )
+        out[split] = RankingData(
+            user=frame["user_idx"].to_numpy(),
+            item=frame["item_idx"].to_numpy(),
+            hour=frame["hour"].to_numpy(),
+            dow=frame["dow"].to_numpy(),
+            labels={t.name: frame[t.name].cast(pl.Float32).to_numpy() for t in tasks},
+            oracle=frame[spec.oracle_column].to_numpy() if spec.oracle_column else None,
+            frame=frame,
+        )
+    return out
+
+
+class RankerTrainTask(torch.nn.Module):
+    """Wraps a :class:`Ranker` with its multi-task loss so DDP sees one ``forward``."""
+
+    def __init__(self, model: Ranker, weights: dict[str, float]) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, inputs, labels: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ANN001
+        total, _ = multitask_loss(self.model(inputs), labels, self.model.config.tasks, self.weights)
+        return total
+
+
+def predict(
+    model: Ranker, tables: FeatureTables, data: RankingData, batch: int = 65_536
+) -> dict[str, np.ndarray]:
+    """Chained probabilities of every task for every impression of ``data``."""
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for lo in range(0, len(data), batch):
+            s = slice(lo, lo + batch)
+            probs = model.probabilities(
+                tables.ranker_inputs(data.user[s], data.item[s], data.hour[s], data.dow[s])
+            )
+            for name, p in probs.items():
+                parts.setdefault(name, []).append(p.numpy())
+    return {name: np.concatenate(p) for name, p in parts.items()}
+
+
+def ranker_config(
+    kind: RankerKind, tables: FeatureTables, spec: DatasetSpec, config: RankingConfig
+) -> RankerConfig:
+    return RankerConfig(
+        vocab_size=tables.feature_map.size,
+        **tables.ranker_widths,
+        embed_dim=config.embed_dim,
+        hidden=config.hidden,
+        dropout=config.dropout,
+        tasks=tuple(
+            TaskHead(name=t.name, kind=t.kind.value, parent=t.parent) for t in effective_tasks(spec)
+        ),
+        dcn=config.dcn,
+    )
+
+
+@dataclass
+class RankerResult:
+    kind: RankerKind
+    model: Ranker
+    config: RankerConfig
+    history: History
+
+
+def train_ranker(
+    kind: RankerKind,
+    tables: FeatureTables,
+    data: dict[str, RankingData],
+    spec: DatasetSpec,
+    config: RankingConfig,
+) -> RankerResult:
+    """Train one ranker; keep the weights with the best validation AUC of the first task."""
+    model_config = ranker_config(kind, tables, spec, config)
+    torch.manual_seed(config.trainer.seed)
+    model = build_ranker(kind, model_config)
+    tasks = effective_tasks(spec)
+    weights = {t.name: t.weight for t in tasks} | config.task_weights
+    task = RankerTrainTask(model, weights)
+    train, valid = data["train"], data["valid"]
+    labels = {name: torch.from_numpy(v) for name, v in train.labels.items()}
+    first = tasks[0].name
+
+    def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
+        inputs = tables.ranker_inputs(
+            train.user[batch], train.item[batch], train.hour[batch], train.dow[batch]
+        )
+        idx = torch.from_numpy(batch)
+        return net(inputs, {name: v[idx] for name, v in labels.items()})
+
+    def validate(_: torch.nn.Module) -> float:
+        if len(valid) == 0:
+            return 0.0
+        probs = predict(model, tables, valid)
+        return auc(np.nan_to_num(valid.labels[first]), probs[first])
+
+    history = fit(task, config.trainer, len(train), loss_fn, validate, kind)
+    return RankerResult(kind, model, model_config, history)
+
+
+def score_weights(spec: DatasetSpec, config: RankingConfig) -> dict[str, float]:
+    """Weights of the final ranking score: the spec's, overridden by the config."""
+    return {t.name: t.score_weight for t in effective_tasks(spec)} | config.score_weights

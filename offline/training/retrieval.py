@@ -1,0 +1,237 @@
+"""Training task of the two-tower retrieval model.
+
+The task owns the loss (in-batch sampled softmax with logQ correction by default, or
+pointwise BCE with random / hard / mixed negatives); :class:`TwoTower` stays loss-free.
+Validation is full-catalog Recall@K on the validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import Field
+
+from offline.metrics import recall_at_k, relevant_sets
+from offline.training.loop import History, TrainerConfig, fit
+from offline.training.losses import bce_retrieval_loss, hard_negatives, sampled_softmax_loss
+from shared.config import StrictConfig
+from shared.features import FeatureTables
+from shared.models.towers import TowerConfig, TwoTower
+from shared.schema import DatasetSpec
+
+__all__ = [
+    "RetrievalConfig",
+    "TwoTowerTrainTask",
+    "embed_items",
+    "embed_users",
+    "positives",
+    "seen_pairs",
+    "top_k",
+    "train_retrieval",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalConfig(StrictConfig):
+    embed_dim: int = Field(32, ge=1)
+    out_dim: int = Field(64, ge=1)
+    hidden: tuple[int, ...] = (128,)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    temperature: float = Field(0.05, gt=0)
+    loss: Literal["sampled_softmax", "bce"] = "sampled_softmax"
+    log_q: bool = True
+    negatives: Literal["random", "hard", "mixed"] = "mixed"
+    n_negatives: int = Field(8, ge=1)
+    eval_k: int = Field(50, ge=1)
+    trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=1024, lr=3e-3, patience=3)
+
+
+def positives(interactions: pl.DataFrame, spec: DatasetSpec, split: str) -> pl.DataFrame:
+    """The split's positive (user, item) pairs, in time order."""
+    rows = interactions.filter(pl.col("split") == split)
+    if spec.positive_label:
+        rows = rows.filter(pl.col(spec.positive_label) > 0)
+    return rows.sort("ts").select("user_idx", "item_idx", "ts")
+
+
+def embed_items(model: TwoTower, tables: FeatureTables, batch: int = 8192) -> torch.Tensor:
+    """(I, D) embeddings of every item row (row 0, the unknown item, included)."""
+    rows = np.arange(len(tables.items))
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model.item_embed(tables.item_inputs(rows[i : i + batch]))
+                for i in range(0, len(rows), batch)
+            ]
+        )
+
+
+def embed_users(
+    model: TwoTower, tables: FeatureTables, rows: np.ndarray, batch: int = 8192
+) -> torch.Tensor:
+    with torch.no_grad():
+        parts = [
+            model.user_embed(tables.user_inputs(rows[i : i + batch]))
+            for i in range(0, len(rows), batch)
+        ]
+    return torch.cat(parts) if parts else torch.empty(0, model.config.out_dim)
+
+
+def top_k(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    k: int,
+    exclude: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """(U, k) item rows by inner product, never row 0; ``exclude`` = (user positions, item rows)."""
+    scores = user_emb @ item_emb.T  # (U, I)
+    scores[:, 0] = -torch.inf
+    if exclude is not None and len(exclude[0]):
+        scores[torch.from_numpy(exclude[0]), torch.from_numpy(exclude[1])] = -torch.inf
+    return torch.topk(scores, min(k, scores.shape[1] - 1), dim=1).indices.numpy()
+
+
+def seen_pairs(seen: pl.DataFrame, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (position of the user in ``user_rows``, item row) of items each user has seen."""
+    pos = pl.DataFrame({"user_idx": user_rows, "pos": np.arange(len(user_rows))})
+    pairs = seen.join(pos, on="user_idx").select("pos", "item_idx").unique()
+    return pairs["pos"].to_numpy().copy(), pairs["item_idx"].to_numpy().copy()
+
+
+class TwoTowerTrainTask(torch.nn.Module):
+    """Wraps :class:`TwoTower` with its loss so DDP sees one ``forward``."""
+
+    def __init__(
+        self, model: TwoTower, config: RetrievalConfig, log_q: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.register_buffer(
+            "log_q", log_q if log_q is not None else torch.zeros(0), persistent=False
+        )
+        self.item_table: torch.Tensor | None = None  # refreshed per epoch for hard negatives
+
+    def forward(self, user, item, item_rows: torch.Tensor, negatives=None) -> torch.Tensor:  # noqa: ANN001
+        u = self.model.user_embed(user)  # (B, D)
+        v = self.model.item_embed(item)  # (B, D)
+        t = self.config.temperature
+        if self.config.loss == "sampled_softmax":
+            log_q = self.log_q[item_rows] if self.config.log_q else None
+            return sampled_softmax_loss(u, v, t, log_q, item_ids=item_rows)
+        neg = self.model.item_embed(negatives[0]).view(len(item_rows), -1, u.shape[1])  # (B, K, D)
+        return bce_retrieval_loss(u, v, neg, t)
+
+
+@dataclass
+class RetrievalResult:
+    model: TwoTower
+    config: TowerConfig
+    history: History
+
+
+def train_retrieval(
+    tables: FeatureTables, interactions: pl.DataFrame, spec: DatasetSpec, config: RetrievalConfig
+) -> RetrievalResult:
+    """Train the two-tower model on training positives; keep the best validation Recall@K."""
+    train = positives(interactions, spec, "train")
+    users = train["user_idx"].to_numpy()
+    items = train["item_idx"].to_numpy()
+    n_items = len(tables.items)
+    tower_config = TowerConfig(
+        vocab_size=tables.feature_map.size,
+        n_user_cat=tables.users.cat.shape[1],
+        n_user_multi=tables.users.multi.shape[1],
+        n_user_dense=tables.users.dense.shape[1],
+        n_item_cat=tables.items.cat.shape[1],
+        n_item_multi=tables.items.multi.shape[1],
+        n_item_dense=tables.items.dense.shape[1],
+        embed_dim=config.embed_dim,
+        out_dim=config.out_dim,
+        hidden=config.hidden,
+        dropout=config.dropout,
+        temperature=config.temperature,
+    )
+    torch.manual_seed(config.trainer.seed)
+    model = TwoTower(tower_config)
+    counts = np.bincount(items, minlength=n_items).astype(np.float64)
+    log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1, len(items)))).float()
+    task = TwoTowerTrainTask(model, config, log_q)
+    item_slots = tables.items.id_slot
+    history_all = tables.history
+    rng = np.random.default_rng(config.trainer.seed)
+    item_emb_cache: dict[str, torch.Tensor] = {}
+
+    def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
+        u_rows, i_rows = users[batch], items[batch]
+        hist = history_all[u_rows].copy()
+        hist[hist == item_slots[i_rows][:, None]] = 0  # the target must not be in its own history
+        negatives = None
+        if config.loss == "bce":
+            negatives = (
+                tables.item_inputs(
+                    _draw_negatives(
+                        model, tables, u_rows, i_rows, config, rng, item_emb_cache, hist
+                    )
+                ),
+            )
+        return net(
+            tables.user_inputs(u_rows, hist),
+            tables.item_inputs(i_rows),
+            torch.from_numpy(i_rows),
+            negatives,
+        )
+
+    valid = positives(interactions, spec, "valid")
+    valid_users = np.unique(valid["user_idx"].to_numpy())
+    seen = interactions.filter(pl.col("split") == "train").select("user_idx", "item_idx")
+    exclude = seen_pairs(seen, valid_users)
+    where = {u: i for i, u in enumerate(valid_users)}
+    valid_pos = np.array([where[u] for u in valid["user_idx"].to_list()], dtype=np.int64)
+    valid_relevant = relevant_sets(valid_pos, valid["item_idx"].to_numpy(), len(valid_users))
+
+    def validate(_: torch.nn.Module) -> float:
+        item_emb_cache["items"] = embed_items(model, tables)
+        if len(valid_users) == 0:
+            return 0.0
+        recs = top_k(
+            embed_users(model, tables, valid_users), item_emb_cache["items"], config.eval_k, exclude
+        )
+        return recall_at_k(recs, valid_relevant, config.eval_k)
+
+    history = fit(task, config.trainer, len(users), loss_fn, validate, "two-tower")
+    return RetrievalResult(model, tower_config, history)
+
+
+def _draw_negatives(
+    model: TwoTower,
+    tables: FeatureTables,
+    u_rows: np.ndarray,
+    i_rows: np.ndarray,
+    config: RetrievalConfig,
+    rng: np.random.Generator,
+    cache: dict[str, torch.Tensor],
+    hist: np.ndarray,
+) -> np.ndarray:
+    """(B·K,) negative item rows: random, hard (top-scored non-positives), or half each."""
+    k = config.n_negatives
+    n_items = len(tables.items)
+    random = rng.integers(1, n_items, (len(u_rows), k))
+    if config.negatives == "random" or "items" not in cache:
+        return random.reshape(-1)
+    with torch.no_grad():
+        user_emb = model.user_embed(tables.user_inputs(u_rows, hist))
+    exclude = torch.from_numpy(
+        np.stack([i_rows, np.zeros_like(i_rows)], axis=1)
+    )  # positive + unknown row
+    hard = hard_negatives(user_emb, cache["items"], exclude, k).numpy()
+    if config.negatives == "hard":
+        return hard.reshape(-1)
+    mix = rng.random((len(u_rows), k)) < 0.5
+    return np.where(mix, hard, random).reshape(-1)
