@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offline.datasets import movielens, synthetic
+from offline.datasets import homepage, movielens, synthetic, tabular
 from shared.config import StrictConfig, build
 from shared.errors import ConfigError, DataError
 from shared.schema import Dataset
@@ -30,6 +30,9 @@ SOURCES: dict[str, Source] = {
     "synthetic": Source(synthetic.load, synthetic.SyntheticConfig, needs_dir=False),
     "movielens-100k": Source(movielens.load_100k, movielens.MovieLensConfig),
     "movielens-1m": Source(movielens.load_1m, movielens.MovieLensConfig),
+    "movielens-latest": Source(movielens.load_latest, movielens.MovieLensLatestConfig),
+    "homepage": Source(homepage.load, homepage.HomepageConfig),
+    "tabular": Source(tabular.load, tabular.TabularConfig),
 }
 
 
