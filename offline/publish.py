@@ -81,7 +81,7 @@ def publish(
                 if n:
                     args = np.empty(2 * n, dtype=object)
                     args[0::2], args[1::2] = scores[:n], row[:n]
-                    pipe.execute_command("ZADD", key, *args)
+                    pipe.execute_command("ZADD", key, "GT", *args)  # a repeated id keeps its first place
             pipe.execute()
         pipe = client.pipeline(transaction=True)
         pipe.delete(keys.global_hot(version), keys.meta(version))
@@ -89,7 +89,9 @@ def publish(
             pipe.zadd(keys.global_hot(version), dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True)))
         pipe.hset(keys.meta(version), mapping={**meta, "published_at": time.time(), "users": len(user_ids)})
         pipe.execute()
-        _check_complete(client, keys, version, user_ids, lengths)
+        ordered = np.sort(recall, axis=1)
+        distinct = (ordered[:, :1] >= 0).sum(axis=1) + ((ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)).sum(axis=1)
+        _check_complete(client, keys, version, user_ids, distinct)
         client.set(keys.active, version)  # the flip: one command
         client.zadd(keys.versions, {version: time.time()})
         expired = _expire_old(client, keys, version, config)

@@ -111,11 +111,11 @@ class FeatureTables:
     # --- shapes the model configs need ---------------------------------------------
     @property
     def ranker_widths(self) -> dict[str, int]:
-        """Field counts of :meth:`ranker_inputs`: user id + user cats + item id + item cats + context."""
+        """Field counts of :meth:`ranker_inputs`: ids, user and item features, history, context."""
         u, i = self.users, self.items
         return {
             "n_cat": 2 + u.cat.shape[1] + i.cat.shape[1] + len(CONTEXT_FEATURES),
-            "n_multi": u.multi.shape[1] + i.multi.shape[1],
+            "n_multi": u.multi.shape[1] + i.multi.shape[1] + 1,  # + the user's recent items
             "n_dense": u.dense.shape[1] + i.dense.shape[1],
         }
 
@@ -136,7 +136,11 @@ class FeatureTables:
             ],
             axis=1,
         )  # (B, F)
-        multi = _concat_multi(u.multi[user_rows], i.multi[item_rows])  # (B, M, L)
+        # the user's recent items as one more multi-hot field; the scored item itself is
+        # masked out so training positives cannot read their own label from it
+        history = self.history[user_rows]  # (B, H)
+        history = np.where(history == i.id_slot[item_rows, None], 0, history)
+        multi = _concat_multi(u.multi[user_rows], i.multi[item_rows], history[:, None, :])  # (B, M, L)
         dense = np.concatenate([u.dense[user_rows], i.dense[item_rows]], axis=1)  # (B, N)
         return RankerInputs(torch.from_numpy(cat), torch.from_numpy(multi), torch.from_numpy(dense))
 
@@ -161,10 +165,8 @@ class FeatureTables:
         )
 
 
-def _concat_multi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    width = max(a.shape[2], b.shape[2])
-    if a.shape[2] != width:
-        a = np.pad(a, ((0, 0), (0, 0), (0, width - a.shape[2])))
-    if b.shape[2] != width:
-        b = np.pad(b, ((0, 0), (0, 0), (0, width - b.shape[2])))
-    return np.concatenate([a, b], axis=1)
+def _concat_multi(*parts: np.ndarray) -> np.ndarray:
+    """Concatenate (B, M_k, L_k) blocks along fields, right-padding each to the widest L."""
+    width = max(p.shape[2] for p in parts)
+    padded = [np.pad(p, ((0, 0), (0, 0), (0, width - p.shape[2]))) if p.shape[2] != width else p for p in parts]
+    return np.concatenate(padded, axis=1)

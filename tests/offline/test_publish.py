@@ -1,0 +1,126 @@
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from offline.publish import PublishConfig, publish
+from shared.errors import StoreError
+from shared.keys import Keys
+from shared.redis_server import RedisServer
+from tests.conftest import REPO
+
+KEYS = Keys("t:")
+N_ITEMS = 500
+
+
+def _lists(n_users: int, k: int = 20, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    recall = np.stack([rng.permutation(N_ITEMS)[:k] + 1 for _ in range(n_users)])
+    item_ids = np.array([""] + [f"i{i}" for i in range(1, N_ITEMS + 1)], dtype=object)
+    return [f"u{u}" for u in range(n_users)], recall, item_ids
+
+
+def _publish(client: redis.Redis, version: str, n_users: int = 50, **config) -> dict:
+    users, recall, item_ids = _lists(n_users)
+    return publish(client, KEYS, version, users, recall, item_ids, np.arange(1, 11), np.linspace(1, 0, 10),
+                   {"dataset": "test"}, PublishConfig(**config))  # fmt: skip
+
+
+def test_publish_writes_the_layout_then_flips(redis_client: redis.Redis) -> None:
+    users, recall, item_ids = _lists(50)
+    _publish(redis_client, "v1")
+    assert redis_client.get(KEYS.active) == b"v1"
+    got = [m.decode() for m in redis_client.zrevrange(KEYS.recall("v1", "u7"), 0, -1)]
+    assert got == list(item_ids[recall[7]])  # higher score = earlier
+    assert redis_client.zcard(KEYS.global_hot("v1")) == 10
+    assert redis_client.hget(KEYS.meta("v1"), "dataset") == b"test"
+
+
+def test_republishing_a_version_is_harmless(redis_client: redis.Redis) -> None:
+    _publish(redis_client, "v1")
+    before = redis_client.zrange(KEYS.recall("v1", "u3"), 0, -1, withscores=True)
+    _publish(redis_client, "v1")
+    assert redis_client.zrange(KEYS.recall("v1", "u3"), 0, -1, withscores=True) == before
+    assert redis_client.get(KEYS.active) == b"v1"
+
+
+def test_only_the_last_two_versions_are_kept(redis_client: redis.Redis) -> None:
+    for v in ("v1", "v2", "v3"):
+        _publish(redis_client, v, n_users=5)
+    assert redis_client.get(KEYS.active) == b"v3"
+    assert {m.decode() for m in redis_client.zrange(KEYS.versions, 0, -1)} == {"v2", "v3"}
+    assert 0 < redis_client.ttl(KEYS.recall("v1", "u0")) <= 60  # expiring, not yet gone for late readers
+    assert redis_client.ttl(KEYS.meta("v1")) > 0
+    assert redis_client.ttl(KEYS.recall("v2", "u0")) == -1 and redis_client.ttl(KEYS.recall("v3", "u0")) == -1
+
+
+def test_a_reader_never_sees_a_half_written_active_version(redis_client: redis.Redis, redis_server) -> None:
+    _publish(redis_client, "old", n_users=300)
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        r = redis.Redis.from_url(redis_server.url)
+        while not stop.is_set():
+            version = r.get(KEYS.active).decode()
+            pipe = r.pipeline()
+            pipe.exists(KEYS.meta(version))
+            for u in (0, 150, 299):
+                pipe.zcard(KEYS.recall(version, f"u{u}"))
+            meta, *cards = pipe.execute()
+            if not meta or min(cards) == 0:
+                problems.append(f"{version}: meta={meta} cards={cards}")
+        r.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        _publish(redis_client, "new", n_users=300, batch_size=10)
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert redis_client.get(KEYS.active) == b"new"
+
+
+def test_a_publish_killed_part_way_leaves_the_old_version_active(redis_client: redis.Redis, redis_server) -> None:
+    _publish(redis_client, "old", n_users=20)
+    script = f"""
+import numpy as np, redis
+from offline.publish import PublishConfig, publish
+from shared.keys import Keys
+c = redis.Redis.from_url({redis_server.url!r})
+users = [f"u{{u}}" for u in range(200_000)]
+recall = np.tile(np.arange(1, 101), (len(users), 1))
+ids = np.array([""] + [f"i{{i}}" for i in range(1, 101)], dtype=object)
+print("start", flush=True)
+publish(c, Keys("t:"), "doomed", users, recall, ids, np.arange(1, 3), np.ones(2), {{}}, PublishConfig(batch_size=50))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "start"
+    deadline = time.monotonic() + 30
+    while not redis_client.exists(KEYS.recall("doomed", "u0")):  # wait until it is really writing
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    assert redis_client.get(KEYS.active) == b"old"
+    assert redis_client.zcard(KEYS.recall("old", "u5")) == 20
+
+
+def test_redis_gone_is_a_store_error_and_changes_nothing() -> None:
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url, socket_timeout=1)
+    _publish(client, "old", n_users=5)
+    server.stop()
+    with pytest.raises(StoreError, match="active version is unchanged"):
+        _publish(client, "new", n_users=5)
+    server.start()
+    assert client.get(KEYS.active) is None  # a fresh server (no persistence): nothing half-set either
+    client.close()
+    server.stop()
