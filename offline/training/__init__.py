@@ -1,0 +1,1 @@
+"""Training tasks: what each model learns from, and the losses they own."""

@@ -1,0 +1,291 @@
+"""Reusable blocks of the rankers and towers: loss-free, I/O-free ``nn.Module`` s.
+
+Legend used in every docstring and shape comment:
+
+- B: batch size
+- F: number of embedded fields (categorical + multi-hot + numeric)
+- D: embedding dimension
+- K: width of a flat feature vector (usually ``F * D``)
+- L: slots per multi-hot field
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CrossNet",
+    "FactorizationMachine",
+    "FeatureEmbedding",
+    "GatedFusion",
+    "LowRankCrossNet",
+    "MLP",
+    "mlp_head",
+]
+
+
+class MLP(nn.Sequential):
+    """Stack of ``Linear -> (BatchNorm1d) -> ReLU -> Dropout`` layers.
+
+    Every layer, the last included, ends in ReLU (as TorchRec's ``MLP``); put a plain
+    ``nn.Linear`` after it where signed outputs are needed (see :func:`mlp_head`).
+    With ``hidden=()`` it is the identity.
+
+    Args:
+        in_dim (int): width of the input.
+        hidden (tuple[int, ...]): width of each layer.
+        dropout (float): dropout probability after each activation.
+        batch_norm (bool): add ``BatchNorm1d`` between each Linear and its ReLU.
+
+    Call:
+        x (Tensor): ``(B, in_dim)``.
+
+    Returns:
+        Tensor: ``(B, out_dim)`` where ``out_dim = hidden[-1]`` (``in_dim`` if empty).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: tuple[int, ...],
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(width, h, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(
+                nn.ReLU(inplace=True)
+            )  # safe: Linear/BatchNorm backward never reads their output
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        super().__init__(*layers)
+        self.out_dim = width
+
+
+def mlp_head(
+    in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float = 0.0
+) -> nn.Sequential:
+    """An :class:`MLP` followed by a plain ``Linear(…, out_dim)``: signed outputs.
+
+    Returns:
+        nn.Sequential: maps ``(B, in_dim)`` to ``(B, out_dim)``.
+    """
+    mlp = MLP(in_dim, hidden, dropout)
+    return nn.Sequential(mlp, nn.Linear(mlp.out_dim, out_dim))
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds every field of a row into one ``D``-vector per field.
+
+    One ``nn.Embedding(vocab_size, D, padding_idx=0)`` serves all categorical and
+    multi-hot columns (the slot ids of all columns live in one vocabulary)::
+
+        e_f = E[cat_f]                                  for each categorical field f
+        e_m = mean(E[s] for s in multi_m if s != 0)     for each multi-hot field m (0 if empty)
+        e_n = x_n * w_n + b_n                           for each numeric field n, w_n, b_n in R^D
+
+    Each part is one batched op (a lookup, an ``embedding_bag``, a broadcast product),
+    never a loop over fields.
+
+    Args:
+        vocab_size (int): number of slots (slot 0 is padding).
+        embed_dim (int): D.
+        n_cat (int): categorical fields (may be 0).
+        n_multi (int): multi-hot fields (may be 0).
+        n_dense (int): numeric fields (may be 0).
+        embedding (nn.Embedding | None): a table to share with another module (its
+            width must be ``embed_dim``); a new one when ``None``.
+        init_std (float): std of the normal init of new embedding rows and numeric weights.
+
+    Call:
+        cat (Tensor): ``(B, n_cat)`` int64 slot ids.
+        multi (Tensor): ``(B, n_multi, L)`` int64 slot ids, 0 = padding.
+        dense (Tensor): ``(B, n_dense)`` float.
+
+    Returns:
+        Tensor: ``(B, F, D)`` with ``F = n_cat + n_multi + n_dense``, in that order.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        n_cat: int,
+        n_multi: int,
+        n_dense: int,
+        embedding: nn.Embedding | None = None,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if embedding is None:
+            embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+            nn.init.normal_(embedding.weight, std=init_std)
+            with torch.no_grad():
+                embedding.weight[0].zero_()
+        elif embedding.embedding_dim != embed_dim or embedding.num_embeddings != vocab_size:
+            raise ValueError(
+                f"shared embedding is {embedding.num_embeddings}x{embedding.embedding_dim}, "
+                f"expected {vocab_size}x{embed_dim}"
+            )
+        self.embedding = embedding
+        self.n_cat, self.n_multi, self.n_dense = n_cat, n_multi, n_dense
+        self.embed_dim = embed_dim
+        self.n_fields = n_cat + n_multi + n_dense
+        # No zero-size parameters: they would break "every parameter gets a gradient".
+        self.dense_weight = (
+            nn.Parameter(torch.randn(n_dense, embed_dim) * init_std) if n_dense else None
+        )
+        self.dense_bias = nn.Parameter(torch.zeros(n_dense, embed_dim)) if n_dense else None
+
+    def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        b = cat.shape[0]
+        if (
+            cat.shape[1] != self.n_cat
+            or multi.shape[1] != self.n_multi
+            or dense.shape[1] != self.n_dense
+        ):
+            raise ValueError(
+                f"expected {self.n_cat} categorical, {self.n_multi} multi-hot, {self.n_dense} "
+                f"numeric fields, got cat {tuple(cat.shape)}, multi {tuple(multi.shape)}, "
+                f"dense {tuple(dense.shape)}"
+            )
+        parts = [self.embedding(cat)]  # (B, Fc, D)
+        if self.n_multi:
+            parts.append(self.pool(multi.reshape(b * self.n_multi, -1)).view(b, self.n_multi, -1))
+        if self.n_dense:
+            parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)  # (B, N, D)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, F, D)
+
+    def pool(self, slots: torch.Tensor) -> torch.Tensor:
+        """Mean of the embeddings of the non-padding slots of each row.
+
+        Args:
+            slots (Tensor): ``(B, L)`` int64, 0 = padding.
+
+        Returns:
+            Tensor: ``(B, D)``; all-padding rows are zero.
+        """
+        if slots.shape[1] == 0:
+            return self.embedding.weight.new_zeros(slots.shape[0], self.embed_dim)
+        return F.embedding_bag(slots, self.embedding.weight, mode="mean", padding_idx=0)
+
+
+class FactorizationMachine(nn.Module):
+    """Second-order term of a factorization machine over field embeddings.
+
+    ``p = 0.5 * ((sum_f v_f)^2 - sum_f v_f^2)`` (elementwise), so that
+    ``sum_d p_d = sum_{i<j} <v_i, v_j>``, in O(F·D) instead of O(F²·D).
+
+    Args:
+        reduce (bool): sum over D (the classic FM scalar) or keep the ``D``-vector
+            (the "bi-interaction" vector, which a linear head can weight per task).
+
+    Call:
+        fields (Tensor): ``(B, F, D)``.
+
+    Returns:
+        Tensor: ``(B, 1)`` if ``reduce`` else ``(B, D)``.
+    """
+
+    def __init__(self, reduce: bool = True) -> None:
+        super().__init__()
+        self.reduce = reduce
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        square_of_sum = fields.sum(dim=1).square()  # (B, D)
+        sum_of_square = fields.square().sum(dim=1)  # (B, D)
+        p = 0.5 * (square_of_sum - sum_of_square)  # (B, D)
+        return p.sum(dim=1, keepdim=True) if self.reduce else p
+
+
+class CrossNet(nn.Module):
+    """DCN-v2 cross network, full rank: explicit feature crosses of bounded degree.
+
+    ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` with ``W_l ∈ R^{K×K}``; layer ``l``
+    reaches crosses of degree ``l + 2``.
+
+    Args:
+        in_dim (int): K.
+        num_layers (int): number of cross layers (0 = identity).
+
+    Call:
+        x (Tensor): ``(B, K)``.
+
+    Returns:
+        Tensor: ``(B, K)``.
+    """
+
+    def __init__(self, in_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(in_dim, in_dim) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0, xl = x, x  # (B, K)
+        for layer in self.layers:
+            xl = torch.addcmul(xl, x0, layer(xl))  # x0 * (W xl + b) + xl, (B, K)
+        return xl
+
+
+class LowRankCrossNet(nn.Module):
+    """DCN-v2 cross network with low-rank kernels ``W_l = U_l V_l^T``.
+
+    ``x_{l+1} = x_0 ⊙ (U_l (V_l^T x_l) + b_l) + x_l`` with ``U_l, V_l ∈ R^{K×r}``:
+    ``2·K·r`` weights per layer instead of ``K²``.
+
+    Args:
+        in_dim (int): K.
+        num_layers (int): number of cross layers (0 = identity).
+        rank (int): r.
+
+    Call:
+        x (Tensor): ``(B, K)``.
+
+    Returns:
+        Tensor: ``(B, K)``.
+    """
+
+    def __init__(self, in_dim: int, num_layers: int, rank: int) -> None:
+        super().__init__()
+        # down[l].weight is V_l^T (r, K); up[l].weight is U_l (K, r), up[l].bias is b_l.
+        self.down = nn.ModuleList(nn.Linear(in_dim, rank, bias=False) for _ in range(num_layers))
+        self.up = nn.ModuleList(nn.Linear(rank, in_dim) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0, xl = x, x  # (B, K)
+        for down, up in zip(self.down, self.up, strict=True):
+            xl = torch.addcmul(xl, x0, up(down(xl)))  # (B, r) -> (B, K)
+        return xl
+
+
+class GatedFusion(nn.Module):
+    """Mixes an id embedding with a feature representation through a learned gate.
+
+    ``g = σ(w · [id; feat] + b)`` (one scalar per row), ``fused = g·id + (1 − g)·feat``.
+    A cold user or item carries its column's shared out-of-vocabulary id, whose
+    embedding says little; the gate learns to lean on the features then.
+
+    Args:
+        dim (int): D, the width of both inputs.
+
+    Call:
+        id_emb (Tensor): ``(B, D)``.
+        feat (Tensor): ``(B, D)``.
+
+    Returns:
+        Tensor: ``(B, D)``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * dim, 1)
+
+    def forward(self, id_emb: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([id_emb, feat], dim=1)))  # (B, 1)
+        return g * id_emb + (1 - g) * feat  # (B, D)

@@ -1,0 +1,203 @@
+"""Two-tower (DSSM) retrieval: a user tower and an item tower over one embedding table.
+
+Each tower mixes an id embedding with a representation of its features through a
+learned gate (:class:`GatedFusion`), so a cold user or item, which carries its
+column's out-of-vocabulary id, leans on its features; then an MLP maps the mix to an
+L2-normalised vector. The user's features include the mean embedding of its recent
+items, looked up in the same table as the item tower's item ids: history and item
+towers share item-id embeddings.
+
+The towers are separate classes so that the gateway can load only the user tower
+(``save_model(two_tower.user_tower, config, prefix)``); :class:`TwoTower` holds both
+for training. The temperature is fixed (``TowerConfig.temperature``), not learned:
+with normalised vectors it sets how peaked the in-batch softmax is, and a fixed value
+keeps runs comparable.
+
+Legend: B batch, D embedding dimension, O output dimension, F embedded feature fields
+of a tower, H history length.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeInt, PositiveInt
+from torch import nn
+
+from shared.config import StrictConfig
+from shared.models.inputs import ItemInputs, UserInputs
+from shared.models.layers import FeatureEmbedding, GatedFusion, mlp_head
+
+__all__ = ["ItemTower", "TowerConfig", "TwoTower", "UserTower"]
+
+
+class TowerConfig(StrictConfig):
+    """Everything the two towers need to be rebuilt."""
+
+    vocab_size: int = Field(ge=2)
+    n_user_cat: NonNegativeInt
+    n_user_multi: NonNegativeInt
+    n_user_dense: NonNegativeInt
+    n_item_cat: NonNegativeInt
+    n_item_multi: NonNegativeInt
+    n_item_dense: NonNegativeInt
+    embed_dim: PositiveInt = 32
+    out_dim: PositiveInt = 64
+    hidden: tuple[PositiveInt, ...] = (128,)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    temperature: float = Field(0.05, gt=0.0)  # fixed, not learned
+
+
+class _Tower(nn.Module):
+    """Shared body of both towers: ``id ⊕gate feat -> MLP -> L2-normalise``.
+
+    ``feat = Linear(MLP(flat(fields [; extra])))`` is signed and ``D`` wide, like the
+    id embedding. A tower with no feature fields and no extra input uses the id alone
+    (no gate).
+
+    Args:
+        config (TowerConfig): both towers' configuration.
+        n_cat, n_multi, n_dense (int): this tower's feature fields.
+        n_extra (int): extra ``D``-vectors appended to the fields (the user's history).
+        embedding (nn.Embedding | None): the table to share; a new one when ``None``.
+    """
+
+    def __init__(
+        self,
+        config: TowerConfig,
+        n_cat: int,
+        n_multi: int,
+        n_dense: int,
+        n_extra: int,
+        embedding: nn.Embedding | None,
+    ) -> None:
+        super().__init__()
+        d = config.embed_dim
+        self.config = config
+        self.sparse_arch = FeatureEmbedding(
+            config.vocab_size, d, n_cat, n_multi, n_dense, embedding
+        )
+        n_in = (n_cat + n_multi + n_dense + n_extra) * d
+        self.feature_arch = mlp_head(n_in, config.hidden, d, config.dropout) if n_in else None
+        self.fusion = GatedFusion(d) if n_in else None
+        self.over_arch = mlp_head(d, config.hidden, config.out_dim, config.dropout)
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        """The (possibly shared) embedding table, ``(vocab_size, D)``."""
+        return self.sparse_arch.embedding
+
+    def _fuse(
+        self,
+        ids: torch.Tensor,
+        cat: torch.Tensor,
+        multi: torch.Tensor,
+        dense: torch.Tensor,
+        extra: list[torch.Tensor],
+    ) -> torch.Tensor:
+        id_emb = self.embedding(ids)  # (B, D)
+        if self.feature_arch is None or self.fusion is None:
+            return id_emb
+        fields = self.sparse_arch(cat, multi, dense).flatten(1)  # (B, F·D)
+        feat = self.feature_arch(torch.cat([fields, *extra], dim=1))  # (B, D)
+        return self.fusion(id_emb, feat)  # (B, D)
+
+    def _project(self, fused: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.over_arch(fused), dim=-1)  # (B, O)
+
+
+class UserTower(_Tower):
+    """User tower: id, user features and the mean embedding of recent items.
+
+    ``feat = Linear(MLP([flat(fields); mean(E[h] for h in history if h != 0)]))``,
+    ``fused = g·E[id] + (1 − g)·feat``, ``u = normalize(MLP(fused))``.
+
+    Args:
+        config (TowerConfig): both towers' configuration.
+        embedding (nn.Embedding | None): table shared with the item tower.
+
+    Call:
+        inputs (UserInputs): ``id (B,)``, ``cat (B, Fu)``, ``multi (B, Mu, L)``,
+            ``dense (B, Nu)``, ``history (B, H)``.
+
+    Returns:
+        Tensor: ``(B, O)``, unit L2 norm.
+    """
+
+    kind: ClassVar[str] = "user_tower"
+
+    def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
+        c = config
+        super().__init__(c, c.n_user_cat, c.n_user_multi, c.n_user_dense, 1, embedding)
+
+    def fused(self, inputs: UserInputs) -> torch.Tensor:
+        """The gated mix of id and features, ``(B, D)``, before the output MLP."""
+        history = self.sparse_arch.pool(inputs.history)  # (B, D)
+        return self._fuse(inputs.id, inputs.cat, inputs.multi, inputs.dense, [history])
+
+    def forward(self, inputs: UserInputs) -> torch.Tensor:
+        return self._project(self.fused(inputs))  # (B, O)
+
+
+class ItemTower(_Tower):
+    """Item tower: id and item features.
+
+    ``feat = Linear(MLP(flat(fields)))``, ``fused = g·E[id] + (1 − g)·feat``,
+    ``v = normalize(MLP(fused))``; with no item features, ``fused = E[id]``.
+
+    Args:
+        config (TowerConfig): both towers' configuration.
+        embedding (nn.Embedding | None): table shared with the user tower.
+
+    Call:
+        inputs (ItemInputs): ``id (B,)``, ``cat (B, Fi)``, ``multi (B, Mi, L)``, ``dense (B, Ni)``.
+
+    Returns:
+        Tensor: ``(B, O)``, unit L2 norm.
+    """
+
+    kind: ClassVar[str] = "item_tower"
+
+    def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
+        c = config
+        super().__init__(c, c.n_item_cat, c.n_item_multi, c.n_item_dense, 0, embedding)
+
+    def fused(self, inputs: ItemInputs) -> torch.Tensor:
+        """The gated mix of id and features, ``(B, D)``, before the output MLP."""
+        return self._fuse(inputs.id, inputs.cat, inputs.multi, inputs.dense, [])
+
+    def forward(self, inputs: ItemInputs) -> torch.Tensor:
+        return self._project(self.fused(inputs))  # (B, O)
+
+
+class TwoTower(nn.Module):
+    """Both towers over one shared embedding table, for training and batch indexing.
+
+    ``logit(u, i) = cos(user_tower(u), item_tower(i)) / τ`` with fixed ``τ``.
+
+    Args:
+        config (TowerConfig): both towers' configuration.
+    """
+
+    kind: ClassVar[str] = "two_tower"
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_tower = UserTower(config)
+        self.item_tower = ItemTower(config, embedding=self.user_tower.embedding)
+
+    def user_embed(self, user: UserInputs) -> torch.Tensor:
+        """User vectors, ``(B, O)``, unit norm."""
+        return self.user_tower(user)
+
+    def item_embed(self, item: ItemInputs) -> torch.Tensor:
+        """Item vectors, ``(B, O)``, unit norm."""
+        return self.item_tower(item)
+
+    def forward(self, user: UserInputs, item: ItemInputs) -> torch.Tensor:
+        """Row-wise logits ``cos(u_b, v_b) / τ``, ``(B,)``."""
+        u, v = self.user_embed(user), self.item_embed(item)  # (B, O), (B, O)
+        return (u * v).sum(dim=-1) / self.config.temperature  # (B,)

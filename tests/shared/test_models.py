@@ -1,0 +1,353 @@
+"""Models of ``shared.models``: shapes, gradients, layer algebra, towers, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from shared.errors import BundleError, ConfigError
+from shared.models.checkpoint import checkpoint_paths, load_model, save_model
+from shared.models.inputs import ItemInputs, RankerInputs, UserInputs
+from shared.models.layers import (
+    CrossNet,
+    FactorizationMachine,
+    FeatureEmbedding,
+    GatedFusion,
+    LowRankCrossNet,
+)
+from shared.models.rankers import (
+    DCNConfig,
+    Ranker,
+    RankerConfig,
+    TaskHead,
+    build_ranker,
+    chain_probabilities,
+)
+from shared.models.towers import TowerConfig, TwoTower, UserTower
+
+V, B, L, H = 50, 6, 3, 4
+TASKS = (
+    TaskHead(name="click"),
+    TaskHead(name="cart", parent="click"),
+    TaskHead(name="purchase", parent="cart"),
+    TaskHead(name="rating", kind="regression"),
+)
+RANKER_VARIANTS = [
+    ("deepfm", DCNConfig()),
+    ("dcn", DCNConfig(cross_layers=2, structure="parallel")),
+    ("dcn", DCNConfig(cross_layers=2, structure="stacked")),
+    ("dcn", DCNConfig(cross_layers=2, low_rank=3, structure="parallel")),
+]
+WIDTHS = [(3, 2, 2), (3, 0, 0), (0, 1, 0), (1, 0, 2)]  # (n_cat, n_multi, n_dense)
+
+
+def ranker_config(n_cat: int = 3, n_multi: int = 2, n_dense: int = 2, **kw: object) -> RankerConfig:
+    return RankerConfig(
+        vocab_size=V,
+        n_cat=n_cat,
+        n_multi=n_multi,
+        n_dense=n_dense,
+        embed_dim=4,
+        hidden=(8, 6),
+        tasks=TASKS,
+        **kw,
+    )
+
+
+def multi_slots(b: int, m: int) -> torch.Tensor:
+    if m == 0:
+        return torch.zeros(b, 0, 1, dtype=torch.long)
+    slots = torch.randint(1, V, (b, m, L))
+    slots[0, :, 1:] = 0  # some padding
+    slots[1, 0, :] = 0  # an empty bag
+    return slots
+
+
+def ranker_inputs(n_cat: int = 3, n_multi: int = 2, n_dense: int = 2) -> RankerInputs:
+    return RankerInputs(
+        torch.randint(1, V, (B, n_cat)), multi_slots(B, n_multi), torch.randn(B, n_dense)
+    )
+
+
+def assert_all_grads(model: torch.nn.Module) -> None:
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+# ---------------------------------------------------------------- layers
+
+
+def test_feature_embedding_pools_multi_hot_over_non_padding_and_projects_dense() -> None:
+    emb = FeatureEmbedding(V, 4, n_cat=2, n_multi=1, n_dense=2)
+    cat = torch.tensor([[3, 4]])
+    multi = torch.tensor([[[5, 0, 7]]])
+    dense = torch.tensor([[0.5, -2.0]])
+    out = emb(cat, multi, dense)  # (1, 5, 4)
+    table = emb.embedding.weight
+    assert out.shape == (1, 5, 4)
+    torch.testing.assert_close(out[0, :2], table[[3, 4]])
+    torch.testing.assert_close(out[0, 2], (table[5] + table[7]) / 2)
+    torch.testing.assert_close(out[0, 3:], dense[0, :, None] * emb.dense_weight + emb.dense_bias)
+    empty = emb(cat, torch.zeros(1, 1, 3, dtype=torch.long), dense)[0, 2]
+    assert torch.equal(empty, torch.zeros(4))
+
+
+def test_feature_embedding_rejects_wrong_widths() -> None:
+    emb = FeatureEmbedding(V, 4, n_cat=2, n_multi=0, n_dense=1)
+    with pytest.raises(ValueError, match="expected 2 categorical"):
+        emb(
+            torch.ones(1, 3, dtype=torch.long),
+            torch.zeros(1, 0, 1, dtype=torch.long),
+            torch.ones(1, 1),
+        )
+
+
+def test_cross_layer_is_x0_times_affine_of_xl_plus_xl() -> None:
+    net = CrossNet(5, num_layers=2)
+    x0 = torch.randn(3, 5)
+    w0, b0 = net.layers[0].weight, net.layers[0].bias
+    w1, b1 = net.layers[1].weight, net.layers[1].bias
+    x1 = x0 * (x0 @ w0.T + b0) + x0
+    x2 = x0 * (x1 @ w1.T + b1) + x1
+    torch.testing.assert_close(CrossNet(5, 0)(x0), x0)
+    one = CrossNet(5, 1)
+    one.layers[0].load_state_dict(net.layers[0].state_dict())
+    torch.testing.assert_close(one(x0), x1)
+    torch.testing.assert_close(net(x0), x2)
+
+
+def test_low_rank_cross_equals_full_rank_with_w_equal_u_vt() -> None:
+    low = LowRankCrossNet(6, num_layers=2, rank=2)
+    full = CrossNet(6, num_layers=2)
+    with torch.no_grad():
+        for layer, down, up in zip(full.layers, low.down, low.up, strict=True):
+            layer.weight.copy_(up.weight @ down.weight)  # W = U V^T, (6, 2) @ (2, 6)
+            layer.bias.copy_(up.bias)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(low(x), full(x))
+
+
+def test_fm_pairwise_term_equals_brute_force() -> None:
+    v = torch.randn(3, 5, 4)  # (B, F, D)
+    brute = torch.stack(
+        [sum(v[b, i] @ v[b, j] for i in range(5) for j in range(i + 1, 5)) for b in range(3)]
+    )
+    torch.testing.assert_close(FactorizationMachine()(v).squeeze(1), brute)
+    torch.testing.assert_close(FactorizationMachine(reduce=False)(v).sum(1), brute)
+
+
+def test_gate_saturated_open_returns_id_and_closed_returns_features() -> None:
+    fusion = GatedFusion(4)
+    id_emb, feat = torch.randn(3, 4), torch.randn(3, 4)
+    with torch.no_grad():
+        fusion.gate.weight.zero_()
+        fusion.gate.bias.fill_(1e4)
+    assert torch.equal(fusion(id_emb, feat), id_emb)
+    with torch.no_grad():
+        fusion.gate.bias.fill_(-1e4)
+    assert torch.equal(fusion(id_emb, feat), feat)
+
+
+# ---------------------------------------------------------------- rankers
+
+
+@pytest.mark.parametrize("widths", WIDTHS, ids=lambda w: "cat{}-multi{}-dense{}".format(*w))
+@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS, ids=lambda v: getattr(v, "structure", v))
+def test_ranker_shapes_and_gradients(
+    kind: str, dcn: DCNConfig, widths: tuple[int, int, int]
+) -> None:
+    torch.manual_seed(0)
+    model = build_ranker(kind, ranker_config(*widths, dcn=dcn))
+    inputs = ranker_inputs(*widths)
+    out = model(inputs)
+    assert list(out) == [t.name for t in TASKS]
+    assert all(y.shape == (B,) for y in out.values())
+    sum(y.square().sum() for y in out.values()).backward()
+    # The embedding table's padding row never gets a gradient; every other parameter does.
+    assert_all_grads(model)
+
+
+def test_chained_probabilities_are_products_of_sigmoids_and_score_weights_them() -> None:
+    model = build_ranker("dcn", ranker_config())
+    inputs = ranker_inputs()
+    out, probs = model(inputs), model.probabilities(inputs)
+    s = {k: torch.sigmoid(v) for k, v in out.items()}
+    torch.testing.assert_close(probs["click"], s["click"])
+    torch.testing.assert_close(probs["cart"], s["click"] * s["cart"])
+    torch.testing.assert_close(probs["purchase"], s["click"] * s["cart"] * s["purchase"])
+    torch.testing.assert_close(probs["rating"], out["rating"])
+    score = model.score(inputs, {"click": 1.0, "purchase": 3.0})
+    torch.testing.assert_close(score, probs["click"] + 3.0 * probs["purchase"])
+    with pytest.raises(ConfigError, match="unknown tasks"):
+        model.score(inputs, {"like": 1.0})
+    assert chain_probabilities(out, TASKS).keys() == probs.keys()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"tasks": (TaskHead(name="cart", parent="click"),)}, "not an earlier task"),
+        ({"tasks": (TaskHead(name="a"), TaskHead(name="a"))}, "appears twice"),
+        (
+            {"tasks": (TaskHead(name="r", kind="regression"), TaskHead(name="c", parent="r"))},
+            "not binary",
+        ),
+        ({"n_cat": 0, "n_multi": 0, "n_dense": 0}, "at least one feature"),
+        ({"hiddne": (8,)}, "Extra inputs"),
+        ({"dcn": {"structure": "sideways"}}, "stacked"),
+    ],
+)
+def test_ranker_config_rejects_bad_values(change: dict[str, object], message: str) -> None:
+    data = ranker_config().model_dump() | change
+    with pytest.raises(ValidationError, match=message):
+        RankerConfig.model_validate(data)
+
+
+def test_build_ranker_rejects_unknown_kind() -> None:
+    with pytest.raises(ConfigError, match="unknown ranker"):
+        build_ranker("wide-deep", ranker_config())
+
+
+# ---------------------------------------------------------------- towers
+
+
+def tower_config(
+    user: tuple[int, int, int] = (2, 1, 2), item: tuple[int, int, int] = (1, 2, 1)
+) -> TowerConfig:
+    return TowerConfig(
+        vocab_size=V,
+        n_user_cat=user[0],
+        n_user_multi=user[1],
+        n_user_dense=user[2],
+        n_item_cat=item[0],
+        n_item_multi=item[1],
+        n_item_dense=item[2],
+        embed_dim=4,
+        out_dim=5,
+        hidden=(8,),
+    )
+
+
+def user_inputs(widths: tuple[int, int, int] = (2, 1, 2)) -> UserInputs:
+    history = torch.randint(1, V, (B, H))
+    history[0] = 0  # no history yet
+    cat, multi, dense = ranker_inputs(*widths)
+    return UserInputs(torch.randint(1, V, (B,)), cat, multi, dense, history)
+
+
+def item_inputs(widths: tuple[int, int, int] = (1, 2, 1)) -> ItemInputs:
+    return ItemInputs(torch.randint(1, V, (B,)), *ranker_inputs(*widths))
+
+
+@pytest.mark.parametrize(
+    "user,item", [((2, 1, 2), (1, 2, 1)), ((0, 0, 0), (0, 0, 0)), ((1, 0, 0), (0, 0, 1))]
+)
+def test_two_tower_shapes_norms_and_gradients(
+    user: tuple[int, int, int], item: tuple[int, int, int]
+) -> None:
+    torch.manual_seed(0)
+    model = TwoTower(tower_config(user, item))
+    u_in, i_in = user_inputs(user), item_inputs(item)
+    u, v = model.user_embed(u_in), model.item_embed(i_in)
+    assert u.shape == v.shape == (B, 5)
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(B))
+    logits = model(u_in, i_in)
+    assert logits.shape == (B,)
+    torch.testing.assert_close(logits, (u * v).sum(1) / 0.05)
+    (logits.square().sum() + (u @ v.T).sum()).backward()
+    assert_all_grads(model)
+
+
+def test_towers_share_item_id_embeddings_with_user_history() -> None:
+    model = TwoTower(tower_config())
+    assert model.user_tower.embedding is model.item_tower.embedding
+    u_in = user_inputs()
+    before = model.user_embed(u_in)
+    with torch.no_grad():  # move the embedding of an item in user 1's history only
+        model.item_tower.embedding.weight[u_in.history[1, 0]] += 1.0
+    after = model.user_embed(u_in)
+    assert not torch.allclose(before[1], after[1])
+
+
+def test_user_tower_gate_saturated_open_uses_the_id_embedding() -> None:
+    tower = UserTower(tower_config())
+    inputs = user_inputs()
+    with torch.no_grad():
+        tower.fusion.gate.weight.zero_()
+        tower.fusion.gate.bias.fill_(float("inf"))
+    assert torch.equal(tower.fused(inputs), tower.embedding(inputs.id))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS[:2], ids=["deepfm", "dcn"])
+def test_ranker_checkpoint_round_trip_is_exact(tmp_path, kind: str, dcn: DCNConfig) -> None:
+    config = ranker_config(dcn=dcn)
+    model = build_ranker(kind, config).eval()
+    weights, meta = save_model(model, config, tmp_path / "ranker.v1")
+    assert (weights.name, meta.name) == ("ranker.v1.safetensors", "ranker.v1.json")
+    loaded = load_model(tmp_path / "ranker.v1")
+    assert isinstance(loaded, Ranker) and type(loaded) is type(model) and loaded.config == config
+    inputs = ranker_inputs()
+    for name, y in model(inputs).items():
+        assert torch.equal(loaded(inputs)[name], y)
+
+
+def test_two_tower_round_trip_and_user_tower_alone(tmp_path) -> None:
+    config = tower_config()
+    model = TwoTower(config).eval()
+    save_model(model, config, tmp_path / "towers")
+    save_model(model.user_tower, config, tmp_path / "user_tower")
+    loaded = load_model(tmp_path / "towers")
+    user_only = load_model(tmp_path / "user_tower")
+    assert isinstance(user_only, UserTower)
+    assert loaded.user_tower.embedding is loaded.item_tower.embedding
+    u_in, i_in = user_inputs(), item_inputs()
+    assert torch.equal(loaded(u_in, i_in), model(u_in, i_in))
+    assert torch.equal(user_only(u_in), model.user_embed(u_in))
+
+
+def test_save_model_rejects_a_config_that_is_not_the_models(tmp_path) -> None:
+    with pytest.raises(ValueError, match="not the one"):
+        save_model(build_ranker("dcn", ranker_config()), ranker_config(n_dense=1), tmp_path / "m")
+
+
+def test_load_model_errors_are_bundle_errors(tmp_path) -> None:
+    config = ranker_config()
+    save_model(build_ranker("deepfm", config), config, tmp_path / "m")
+    weights, meta = checkpoint_paths(tmp_path / "m")
+    description = json.loads(meta.read_text())
+
+    with pytest.raises(BundleError, match="model file not found"):
+        load_model(tmp_path / "absent")
+
+    meta.write_text(json.dumps(description | {"config": description["config"] | {"embed_dim": 8}}))
+    with pytest.raises(BundleError, match="do not fit"):
+        load_model(tmp_path / "m")
+
+    meta.write_text(json.dumps(description | {"config": description["config"] | {"colour": 1}}))
+    with pytest.raises(BundleError, match="invalid deepfm config: colour"):
+        load_model(tmp_path / "m")
+
+    meta.write_text(json.dumps(description | {"kind": "gbdt"}))
+    with pytest.raises(BundleError, match="unknown model kind"):
+        load_model(tmp_path / "m")
+
+    meta.write_text("{not json")
+    with pytest.raises(BundleError, match="not a model description"):
+        load_model(tmp_path / "m")
+
+    meta.write_text(json.dumps(description))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(BundleError, match="do not fit"):
+        load_model(tmp_path / "m")
+
+    weights.unlink()
+    with pytest.raises(BundleError, match="m.safetensors: model file not found"):
+        load_model(tmp_path / "m")
