@@ -25,18 +25,28 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(1000, args.dim)).astype(np.float32)
-    x = centres[rng.integers(0, 1000, args.items)] + 0.5 * rng.normal(size=(args.items, args.dim)).astype(np.float32)
+    x = centres[rng.integers(0, 1000, args.items)] + 0.5 * rng.normal(
+        size=(args.items, args.dim)
+    ).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = centres[rng.integers(0, 1000, args.queries)] + 0.5 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+    q = centres[rng.integers(0, 1000, args.queries)] + 0.5 * rng.normal(
+        size=(args.queries, args.dim)
+    ).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    for kind, extra in (("flat", {}), ("hnsw", {"hnsw_m": 32, "hnsw_ef_search": 256}), ("ivf", {"ivf_nprobe": 32})):
+    for kind, extra in (
+        ("flat", {}),
+        ("hnsw", {"hnsw_m": 32, "hnsw_ef_search": 256}),
+        ("ivf", {"ivf_nprobe": 32}),
+    ):
         t = time.perf_counter()
         index = build_index(x, IndexConfig(kind=kind, **extra))
         build = time.perf_counter() - t
         qual = index_quality(index, x, q, args.k)
-        print(f"{kind:5s}: build {build:6.1f} s, {qual['index_qps']:9,.0f} queries/s "
-              f"(exact {qual['exact_qps']:,.0f}/s, ×{qual['index_qps'] / qual['exact_qps']:.1f}), "
-              f"recall@{args.k} vs exact {qual['recall_vs_exact']:.3f}")
+        print(
+            f"{kind:5s}: build {build:6.1f} s, {qual['index_qps']:9,.0f} queries/s "
+            f"(exact {qual['exact_qps']:,.0f}/s, ×{qual['index_qps'] / qual['exact_qps']:.1f}), "
+            f"recall@{args.k} vs exact {qual['recall_vs_exact']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,12 +34,24 @@ def main() -> None:
         user_ids = [f"user{u}" for u in range(args.users)]
         hot = np.arange(1, 201)
         for version in ("bench-a", "bench-b"):
-            stats = publish(client, Keys("bench:"), version, user_ids, recall, item_ids, hot,
-                            np.linspace(1, 0, 200), {"dataset": "bench"}, PublishConfig(batch_size=args.batch))
-            print(f"{version}: {stats['users']:,} users × {args.k} items = {stats['items_written']:,} members "
-                  f"in {stats['seconds']:.1f} s ({stats['items_written'] / stats['seconds']:,.0f} members/s, "
-                  f"{stats['users'] / stats['seconds']:,.0f} users/s); redis used_memory "
-                  f"{client.info('memory')['used_memory_human']}")
+            stats = publish(
+                client,
+                Keys("bench:"),
+                version,
+                user_ids,
+                recall,
+                item_ids,
+                hot,
+                np.linspace(1, 0, 200),
+                {"dataset": "bench"},
+                PublishConfig(batch_size=args.batch),
+            )
+            print(
+                f"{version}: {stats['users']:,} users × {args.k} items = {stats['items_written']:,} members "
+                f"in {stats['seconds']:.1f} s ({stats['items_written'] / stats['seconds']:,.0f} members/s, "
+                f"{stats['users'] / stats['seconds']:,.0f} users/s); redis used_memory "
+                f"{client.info('memory')['used_memory_human']}"
+            )
     finally:
         client.close()
         if server:

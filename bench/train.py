@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ml100k", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ml-100k")
+    parser.add_argument(
+        "--ml100k", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ml-100k"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = etl.run(load_dataset("movielens-100k", args.ml100k), etl.EtlConfig())
@@ -49,15 +51,21 @@ def main() -> None:
             if step == 5:
                 start = time.perf_counter()  # after warm-up
             batch = rng.integers(0, len(train), args.batch)
-            inputs = tables.ranker_inputs(train.user[batch], train.item[batch], train.hour[batch], train.dow[batch])
+            inputs = tables.ranker_inputs(
+                train.user[batch], train.item[batch], train.hour[batch], train.dow[batch]
+            )
             idx = torch.from_numpy(batch)
-            loss, _ = multitask_loss(model(inputs), {k: v[idx] for k, v in labels.items()}, model.config.tasks)
+            loss, _ = multitask_loss(
+                model(inputs), {k: v[idx] for k, v in labels.items()}, model.config.tasks
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
         elapsed = time.perf_counter() - start
-        print(f"{kind}: {args.steps * args.batch / elapsed:,.0f} samples/s "
-              f"(batch {args.batch}, {args.threads} threads, features gathered per batch included)")
+        print(
+            f"{kind}: {args.steps * args.batch / elapsed:,.0f} samples/s "
+            f"(batch {args.batch}, {args.threads} threads, features gathered per batch included)"
+        )
 
 
 if __name__ == "__main__":

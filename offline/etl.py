@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
+from offline.datasets.tables import with_all_ids
 from shared.bundle import Bundle, Files
 from shared.config import StrictConfig
 from shared.feature_map import FeatureMap
@@ -135,12 +136,6 @@ def _with_context(interactions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _complete(table: pl.DataFrame, ids: pl.Series, key: str) -> pl.DataFrame:
-    """The table plus a row (null features) for every id that only the interactions know."""
-    extra = ids.unique().to_frame(key).join(table.select(key), on=key, how="anti")
-    return pl.concat([table, extra], how="diagonal").sort(key)
-
-
 def _aggregates(
     train: pl.DataFrame, key: str, positive: pl.Expr, spec: DatasetSpec, m: float
 ) -> pl.DataFrame:
@@ -175,8 +170,8 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
     interactions = _with_context(temporal_split(interactions, config.valid_frac, config.test_frac))
     train = interactions.filter(pl.col("split") == "train")
 
-    users = _complete(dataset.users, interactions["user_id"], "user_id")
-    items = _complete(dataset.items, interactions["item_id"], "item_id")
+    users = with_all_ids(dataset.users, interactions["user_id"], "user_id").sort("user_id")
+    items = with_all_ids(dataset.items, interactions["item_id"], "item_id").sort("item_id")
     hot = hotness(train, positive, config.hot_half_life_days, config.ctr_prior_strength)
     users = users.join(
         _aggregates(train, "user_id", positive, spec, config.ctr_prior_strength),

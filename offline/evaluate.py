@@ -22,7 +22,7 @@ from pydantic import Field
 from offline import metrics as M
 from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
-from offline.training.retrieval import seen_pairs, embed_items, embed_users, positives, top_k
+from offline.training.retrieval import embed_items, embed_users, positives, seen_pairs, top_k
 from shared.config import StrictConfig
 from shared.features import FeatureTables
 from shared.models.rankers import Ranker
@@ -56,24 +56,38 @@ def evaluate(
     users = np.unique(test["user_idx"].to_numpy())
     where = np.zeros(len(tables.users), dtype=np.int64)
     where[users] = np.arange(len(users))
-    relevant = M.relevant_sets(where[test["user_idx"].to_numpy()], test["item_idx"].to_numpy(), len(users))
+    relevant = M.relevant_sets(
+        where[test["user_idx"].to_numpy()], test["item_idx"].to_numpy(), len(users)
+    )
     seen = interactions.filter(pl.col("split") != "test").select("user_idx", "item_idx")
     exclude = seen_pairs(seen, users)
     k_max = max(config.ks)
     n_items = len(tables.items)
 
     item_emb = embed_items(two_tower, tables)
-    candidates = top_k(embed_users(two_tower, tables, users), item_emb, max(config.candidates, k_max), exclude)
+    candidates = top_k(
+        embed_users(two_tower, tables, users), item_emb, max(config.candidates, k_max), exclude
+    )
     item_vectors = item_emb.numpy()
     out: dict[str, Any] = {"dataset": spec.name, "test_users": int(len(users))}
-    out["retrieval"] = _ranking_block(candidates[:, :k_max], relevant, config.ks, n_items, item_vectors)
+    out["retrieval"] = _ranking_block(
+        candidates[:, :k_max], relevant, config.ks, n_items, item_vectors
+    )
 
-    counts = torch.from_numpy(M.popularity_scores(interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy(), n_items).astype(np.float32))
+    counts = torch.from_numpy(
+        M.popularity_scores(
+            interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy(), n_items
+        ).astype(np.float32)
+    )
     pop = top_k(torch.ones(len(users), 1), counts[:, None], k_max, exclude)
     out["popularity"] = _ranking_block(pop, relevant, config.ks, n_items, item_vectors)
 
     # the rankers re-score the retrieval candidates, in each user's first test context
-    first = test.join(interactions.select("user_idx", "item_idx", "ts", "hour", "dow"), on=["user_idx", "item_idx", "ts"], how="left")
+    first = test.join(
+        interactions.select("user_idx", "item_idx", "ts", "hour", "dow"),
+        on=["user_idx", "item_idx", "ts"],
+        how="left",
+    )
     ctx = first.sort("ts").group_by("user_idx", maintain_order=True).first()
     ctx_rows = where[ctx["user_idx"].to_numpy()]
     hour = np.zeros(len(users), dtype=np.int64)
@@ -83,18 +97,28 @@ def evaluate(
     tasks = effective_tasks(spec)
     for kind, ranker in rankers.items():
         reranked = _rerank(ranker, tables, users, candidates, hour, dow, score_weights)
-        out["ranked"][kind] = _ranking_block(reranked[:, :k_max], relevant, config.ks, n_items, item_vectors)
+        out["ranked"][kind] = _ranking_block(
+            reranked[:, :k_max], relevant, config.ks, n_items, item_vectors
+        )
         probs = predict(ranker, tables, test_impressions)
         out["ranking"][kind] = _task_metrics(tasks, test_impressions, probs)
     if spec.oracle_column and test_impressions.oracle is not None:
         first_task = tasks[0].name
-        out["oracle"] = {f"{first_task}_auc": M.auc(test_impressions.labels[first_task], test_impressions.oracle)}
+        out["oracle"] = {
+            f"{first_task}_auc": M.auc(test_impressions.labels[first_task], test_impressions.oracle)
+        }
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples)
     return out, diagnostics, samples
 
 
-def _ranking_block(recs: np.ndarray, relevant: M.RelevantSets, ks: tuple[int, ...], n_items: int, vectors: np.ndarray) -> dict[str, float]:
+def _ranking_block(
+    recs: np.ndarray,
+    relevant: M.RelevantSets,
+    ks: tuple[int, ...],
+    n_items: int,
+    vectors: np.ndarray,
+) -> dict[str, float]:
     block = M.ranking_report(recs, relevant, ks)
     block["coverage"] = M.catalog_coverage(recs[:, : min(ks)], n_items - 1)
     block[f"ild@{min(ks)}"] = M.intra_list_diversity(recs[:, : min(ks)], vectors)
@@ -119,7 +143,10 @@ def _rerank(
             s = slice(lo, lo + batch_users)
             b = len(users[s])
             inputs = tables.ranker_inputs(
-                np.repeat(users[s], c), candidates[s].reshape(-1), np.repeat(hour[s], c), np.repeat(dow[s], c)
+                np.repeat(users[s], c),
+                candidates[s].reshape(-1),
+                np.repeat(hour[s], c),
+                np.repeat(dow[s], c),
             )
             scores = ranker.score(inputs, weights).view(b, c)
             order = torch.argsort(scores, dim=1, descending=True).numpy()
@@ -127,7 +154,9 @@ def _rerank(
     return out
 
 
-def _task_metrics(tasks: tuple, data: RankingData, probs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def _task_metrics(
+    tasks: tuple, data: RankingData, probs: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
     result: dict[str, dict[str, float]] = {}
     for task in tasks:
         y = data.labels[task.name]
@@ -137,8 +166,15 @@ def _task_metrics(tasks: tuple, data: RankingData, probs: dict[str, np.ndarray])
             result[task.name] = {"rmse": M.rmse(y[ok], p[ok]), "n": int(ok.sum())}
             continue
         y0 = np.nan_to_num(y)  # unknown child labels of sampled negatives: not chosen, so 0
-        entry = {"auc": M.auc(y0, p), "logloss": M.logloss(y0, p), "n": len(y0), "positive_rate": float(y0.mean())}
-        if task.parent is not None:  # how well the child separates among rows where the parent happened
+        entry = {
+            "auc": M.auc(y0, p),
+            "logloss": M.logloss(y0, p),
+            "n": len(y0),
+            "positive_rate": float(y0.mean()),
+        }
+        if (
+            task.parent is not None
+        ):  # how well the child separates among rows where the parent happened
             given = data.labels[task.parent] == 1
             parent_p = np.maximum(probs[task.parent][given], 1e-12)
             entry["auc_given_parent"] = M.auc(np.nan_to_num(y[given]), p[given] / parent_p)
@@ -146,7 +182,13 @@ def _task_metrics(tasks: tuple, data: RankingData, probs: dict[str, np.ndarray])
     return result
 
 
-def _diagnostics(model: TwoTower, tables: FeatureTables, vectors: np.ndarray, spec: DatasetSpec, config: EvaluateConfig) -> dict[str, Any]:
+def _diagnostics(
+    model: TwoTower,
+    tables: FeatureTables,
+    vectors: np.ndarray,
+    spec: DatasetSpec,
+    config: EvaluateConfig,
+) -> dict[str, Any]:
     rows = np.arange(1, len(tables.items))
     with torch.no_grad():
         fused = model.item_tower.fused(tables.item_inputs(rows))
@@ -165,12 +207,22 @@ def _diagnostics(model: TwoTower, tables: FeatureTables, vectors: np.ndarray, sp
     return diag
 
 
-def _samples(tables: FeatureTables, interactions: pl.DataFrame, users: np.ndarray, candidates: np.ndarray, n: int) -> list[dict[str, Any]]:
+def _samples(
+    tables: FeatureTables,
+    interactions: pl.DataFrame,
+    users: np.ndarray,
+    candidates: np.ndarray,
+    n: int,
+) -> list[dict[str, Any]]:
     out = []
     ids = tables.items.ids
     for pos in np.linspace(0, len(users) - 1, n).astype(int) if n and len(users) else []:
         u = users[pos]
-        hist = interactions.filter((pl.col("user_idx") == u) & (pl.col("split") == "train")).sort("ts", descending=True).head(10)
+        hist = (
+            interactions.filter((pl.col("user_idx") == u) & (pl.col("split") == "train"))
+            .sort("ts", descending=True)
+            .head(10)
+        )
         out.append(
             {
                 "user_id": str(tables.users.ids[u]),

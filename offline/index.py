@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 class IndexConfig(StrictConfig):
     kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
-    exact_max_items: int = Field(100_000, ge=1, description="auto: exact search up to this many items")
+    exact_max_items: int = Field(
+        100_000, ge=1, description="auto: exact search up to this many items"
+    )
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(200, ge=8)
     hnsw_ef_search: int = Field(128, ge=8)
@@ -62,7 +64,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
     return index
 
 
-def index_quality(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict[str, float]:
+def index_quality(
+    index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> dict[str, float]:
     """Recall@k of ``index`` against exact search, and both query speeds (queries/s)."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(np.ascontiguousarray(vectors, dtype=np.float32))

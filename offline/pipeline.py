@@ -54,7 +54,9 @@ class Context:
     def open_bundle(self) -> Bundle:
         if self.bundle is None:
             self.bundle = Bundle.open(self.artifacts, self.version)
-            self.bundle.verify(required=(Files.INTERACTIONS, Files.USERS, Files.ITEMS, Files.FEATURE_MAP))
+            self.bundle.verify(
+                required=(Files.INTERACTIONS, Files.USERS, Files.ITEMS, Files.FEATURE_MAP)
+            )
         return self.bundle
 
     def spec(self) -> DatasetSpec:
@@ -62,7 +64,9 @@ class Context:
 
     def interactions(self) -> pl.DataFrame:
         if "interactions" not in self.cache:
-            self.cache["interactions"] = pl.read_parquet(self.open_bundle().path(Files.INTERACTIONS))
+            self.cache["interactions"] = pl.read_parquet(
+                self.open_bundle().path(Files.INTERACTIONS)
+            )
         return self.cache["interactions"]
 
     def tables(self) -> FeatureTables:
@@ -78,7 +82,9 @@ class Context:
 
     def ranking_data(self) -> dict:
         if "ranking_data" not in self.cache:
-            self.cache["ranking_data"] = ranking_data(self.tables(), self.interactions(), self.spec(), self.config.ranking)
+            self.cache["ranking_data"] = ranking_data(
+                self.tables(), self.interactions(), self.spec(), self.config.ranking
+            )
         return self.cache["ranking_data"]
 
 
@@ -90,7 +96,11 @@ def _save(bundle: Bundle, model: Any, config: Any, name: str) -> None:
 def _record_history(bundle: Bundle, name: str, history: Any) -> None:
     path = bundle.path(Files.HISTORY)
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[name] = {"epochs": history.epochs, "best_epoch": history.best_epoch, "samples_per_s": history.samples_per_s}
+    data[name] = {
+        "epochs": history.epochs,
+        "best_epoch": history.best_epoch,
+        "samples_per_s": history.samples_per_s,
+    }
     bundle.write_json(Files.HISTORY, data)
 
 
@@ -139,7 +149,12 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
         ctx.cache[f"ranker_{kind}"] = result.model
         h = result.history
         yield f"train-ranking: {kind} best valid AUC {h.best_metric:.4f} (epoch {h.best_epoch}), {h.samples_per_s:,.0f} samples/s"
-    bundle.update_manifest(serving={"score_weights": score_weights(ctx.spec(), ctx.config.ranking), "rankers": list(ctx.config.ranking.models)})
+    bundle.update_manifest(
+        serving={
+            "score_weights": score_weights(ctx.spec(), ctx.config.ranking),
+            "rankers": list(ctx.config.ranking.models),
+        }
+    )
 
 
 def _model(ctx: Context, name: str) -> Any:
@@ -160,7 +175,9 @@ def index_step(ctx: Context) -> Iterator[str]:
     user_rows = np.arange(1, len(tables.users))
     user_vectors = embed_users(model, tables, user_rows).numpy()
     rng = np.random.default_rng(0)
-    queries = user_vectors[rng.choice(len(user_vectors), min(cfg.quality_queries, len(user_vectors)), replace=False)]
+    queries = user_vectors[
+        rng.choice(len(user_vectors), min(cfg.quality_queries, len(user_vectors)), replace=False)
+    ]
     quality = index_quality(index, vectors[1:], queries, cfg.recall_k) | {"build_s": build_s}
     if quality["recall_vs_exact"] < cfg.recall_floor:
         raise ConfigError(
@@ -180,7 +197,9 @@ def index_step(ctx: Context) -> Iterator[str]:
     if cfg.exclude_seen:
         n_items = len(vectors)
         keys = np.unique(seen["user_idx"].to_numpy() * n_items + seen["item_idx"].to_numpy())
-        cand = np.concatenate([recalled, np.broadcast_to(hot_rows, (len(user_rows), len(hot_rows)))], axis=1)
+        cand = np.concatenate(
+            [recalled, np.broadcast_to(hot_rows, (len(user_rows), len(hot_rows)))], axis=1
+        )
         banned = np.isin(user_rows[:, None] * n_items + cand, keys)
     merged = interleave(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
     pl.DataFrame({"user_idx": user_rows, "items": merged}).write_parquet(bundle.path(Files.RECALL))
@@ -222,7 +241,11 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
     )
     data = _merge_metrics(bundle, metrics)
     history_path = bundle.path(Files.HISTORY)
-    histories = {k: v["epochs"] for k, v in json.loads(history_path.read_text()).items()} if history_path.is_file() else {}
+    histories = (
+        {k: v["epochs"] for k, v in json.loads(history_path.read_text()).items()}
+        if history_path.is_file()
+        else {}
+    )
     written = write_report(bundle.root, data, histories, diagnostics, samples)
     bundle.add(*written)
     k = max(ctx.config.evaluate.ks)
@@ -238,7 +261,9 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
 
 def publish_step(ctx: Context) -> Iterator[str]:
     bundle, tables = ctx.open_bundle(), ctx.tables()
-    manifest = bundle.verify(required=(Files.RECALL, Files.HOT, Files.INDEX, Files.TWO_TOWER + ".json"))
+    manifest = bundle.verify(
+        required=(Files.RECALL, Files.HOT, Files.INDEX, Files.TWO_TOWER + ".json")
+    )
     recall = pl.read_parquet(bundle.path(Files.RECALL))
     hot = pl.read_parquet(bundle.path(Files.HOT))
     client = redis.Redis.from_url(ctx.redis_url, socket_timeout=30)
@@ -252,8 +277,12 @@ def publish_step(ctx: Context) -> Iterator[str]:
             tables.items.ids,
             hot["item_idx"].to_numpy(),
             hot["hot_score"].to_numpy(),
-            {"dataset": manifest["dataset"], "created_at": manifest["created_at"], "items": len(tables.items) - 1,
-             "models": ",".join(["two_tower", *manifest.get("serving", {}).get("rankers", [])])},
+            {
+                "dataset": manifest["dataset"],
+                "created_at": manifest["created_at"],
+                "items": len(tables.items) - 1,
+                "models": ",".join(["two_tower", *manifest.get("serving", {}).get("rankers", [])]),
+            },
             ctx.config.publish,
         )
     finally:

@@ -73,30 +73,52 @@ def publish(
     names = np.where(recall >= 0, item_ids[np.maximum(recall, 0)], None)
     lengths = (recall >= 0).sum(axis=1)
     try:
-        for lo in tqdm(range(0, len(user_ids), config.batch_size), disable=not progress, desc="publish", unit="batch"):
+        for lo in tqdm(
+            range(0, len(user_ids), config.batch_size),
+            disable=not progress,
+            desc="publish",
+            unit="batch",
+        ):
             pipe = client.pipeline(transaction=True)
-            for uid, row, n in zip(user_ids[lo : lo + config.batch_size], names[lo : lo + config.batch_size], lengths[lo : lo + config.batch_size], strict=True):
+            for uid, row, n in zip(
+                user_ids[lo : lo + config.batch_size],
+                names[lo : lo + config.batch_size],
+                lengths[lo : lo + config.batch_size],
+                strict=True,
+            ):
                 key = keys.recall(version, uid)
                 pipe.delete(key)
                 if n:
                     args = np.empty(2 * n, dtype=object)
                     args[0::2], args[1::2] = scores[:n], row[:n]
-                    pipe.execute_command("ZADD", key, "GT", *args)  # a repeated id keeps its first place
+                    pipe.execute_command(
+                        "ZADD", key, "GT", *args
+                    )  # a repeated id keeps its first place
             pipe.execute()
         pipe = client.pipeline(transaction=True)
         pipe.delete(keys.global_hot(version), keys.meta(version))
         if len(hot):
-            pipe.zadd(keys.global_hot(version), dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True)))
-        pipe.hset(keys.meta(version), mapping={**meta, "published_at": time.time(), "users": len(user_ids)})
+            pipe.zadd(
+                keys.global_hot(version),
+                dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True)),
+            )
+        pipe.hset(
+            keys.meta(version),
+            mapping={**meta, "published_at": time.time(), "users": len(user_ids)},
+        )
         pipe.execute()
         ordered = np.sort(recall, axis=1)
-        distinct = (ordered[:, :1] >= 0).sum(axis=1) + ((ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)).sum(axis=1)
+        distinct = (ordered[:, :1] >= 0).sum(axis=1) + (
+            (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        ).sum(axis=1)
         _check_complete(client, keys, version, user_ids, distinct)
         client.set(keys.active, version)  # the flip: one command
         client.zadd(keys.versions, {version: time.time()})
         expired = _expire_old(client, keys, version, config)
     except redis.RedisError as e:
-        raise StoreError(f"publishing {version} failed ({e}); the active version is unchanged") from None
+        raise StoreError(
+            f"publishing {version} failed ({e}); the active version is unchanged"
+        ) from None
     return {
         "users": len(user_ids),
         "items_written": int(lengths.sum()),
@@ -105,20 +127,30 @@ def publish(
     }
 
 
-def _check_complete(client: redis.Redis, keys: Keys, version: str, user_ids: Sequence[str], lengths: np.ndarray) -> None:
+def _check_complete(
+    client: redis.Redis, keys: Keys, version: str, user_ids: Sequence[str], lengths: np.ndarray
+) -> None:
     """Count a sample of the written lists (all of them for small publishes) before the flip."""
-    sample = np.arange(len(user_ids)) if len(user_ids) <= 2000 else np.linspace(0, len(user_ids) - 1, 2000).astype(int)
+    sample = (
+        np.arange(len(user_ids))
+        if len(user_ids) <= 2000
+        else np.linspace(0, len(user_ids) - 1, 2000).astype(int)
+    )
     pipe = client.pipeline(transaction=False)
     for i in sample:
         pipe.zcard(keys.recall(version, user_ids[i]))
     pipe.exists(keys.meta(version))
     *counts, meta = pipe.execute()
     if not meta or any(int(c) != int(lengths[i]) for c, i in zip(counts, sample, strict=True)):
-        raise StoreError(f"version {version} is incomplete in Redis after writing; not activating it")
+        raise StoreError(
+            f"version {version} is incomplete in Redis after writing; not activating it"
+        )
 
 
 def _expire_old(client: redis.Redis, keys: Keys, current: str, config: PublishConfig) -> list[str]:
-    versions = [v.decode() if isinstance(v, bytes) else v for v in client.zrevrange(keys.versions, 0, -1)]
+    versions = [
+        v.decode() if isinstance(v, bytes) else v for v in client.zrevrange(keys.versions, 0, -1)
+    ]
     old = [v for v in versions if v != current][config.keep_versions - 1 :]
     for version in old:
         pipe = client.pipeline(transaction=False)

@@ -108,14 +108,22 @@ def _save(fig: Figure, path: Path) -> None:
 # --- sections ----------------------------------------------------------------------
 def _retrieval_section(metrics: Mapping[str, Any]) -> list[str]:
     ranked = metrics.get("ranked")
-    if isinstance(ranked, Mapping) and ranked and all(isinstance(v, Mapping) for v in ranked.values()):
+    if (
+        isinstance(ranked, Mapping)
+        and ranked
+        and all(isinstance(v, Mapping) for v in ranked.values())
+    ):
         # one "retrieval + ranker" column per ranker; the gain column compares the first
-        metrics = {k: v for k, v in metrics.items() if k != "ranked"} | {"ranked": next(iter(ranked.values()))}
+        metrics = {k: v for k, v in metrics.items() if k != "ranked"} | {
+            "ranked": next(iter(ranked.values()))
+        }
         metrics |= {f"ranked:{kind}": block for kind, block in ranked.items()}
         extra = [(f"ranked:{kind}", f"retrieval + {kind}") for kind in ranked]
     else:
         extra = [("ranked", "retrieval + ranker")] if isinstance(ranked, Mapping) else []
-    systems = [(key, title) for key, title in _SYSTEMS[:2] if isinstance(metrics.get(key), Mapping)] + extra
+    systems = [
+        (key, title) for key, title in _SYSTEMS[:2] if isinstance(metrics.get(key), Mapping)
+    ] + extra
     if not systems:
         return []
     names = sorted(
@@ -126,7 +134,9 @@ def _retrieval_section(metrics: Mapping[str, Any]) -> list[str]:
     header = ["metric"] + [title for _, title in systems]
     lift = {"popularity", "retrieval"} <= present
     gain = "retrieval" in present and "ranked" in metrics
-    first = next((t for k, t in systems if k.startswith("ranked")), "ranked").removeprefix("retrieval + ")
+    first = next((t for k, t in systems if k.startswith("ranked")), "ranked").removeprefix(
+        "retrieval + "
+    )
     header += ["retrieval / popularity"] * lift + [f"{first} − retrieval"] * gain
     rows = []
     for name in names:

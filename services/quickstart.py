@@ -69,12 +69,20 @@ def _show(method: str, url: str, body: dict | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.quickstart", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="worker YAML config (default: built-in synthetic data)")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.quickstart", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--config", type=Path, help="worker YAML config (default: built-in synthetic data)"
+    )
     parser.add_argument("--dataset", help="source name (default: synthetic)")
     parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--port", type=int, default=None, help="gateway port (default: $RECSYS_API_PORT or 8000)")
-    parser.add_argument("--no-wait", action="store_true", help="stop after the sample calls (for tests)")
+    parser.add_argument(
+        "--port", type=int, default=None, help="gateway port (default: $RECSYS_API_PORT or 8000)"
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="stop after the sample calls (for tests)"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     say = print  # the quickstart is a CLI: it talks to the person who ran it
@@ -86,14 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         server = RedisServer().start()
         redis_url = server.url
-        say(f"redis: nothing answers at {settings.redis_url}; started {server.binary} at {redis_url}")
+        say(
+            f"redis: nothing answers at {settings.redis_url}; started {server.binary} at {redis_url}"
+        )
     gateway: subprocess.Popen[bytes] | None = None
     try:
         config = load_config(args.config, dataset=args.dataset, data_dir=args.data_dir)
         ctx = pipeline.Context(
-            config=config, artifacts=settings.artifacts_dir, redis_url=redis_url, key_prefix=settings.key_prefix
+            config=config,
+            artifacts=settings.artifacts_dir,
+            redis_url=redis_url,
+            key_prefix=settings.key_prefix,
         )
-        say(f"worker: python -m offline run --dataset {config.dataset} (ETL → train → index → evaluate → publish)")
+        say(
+            f"worker: python -m offline run --dataset {config.dataset} (ETL → train → index → evaluate → publish)"
+        )
         for line in pipeline.run_step("run", ctx):
             say(f"  {line}")
         port = args.port or (settings.api_port if _port_free(settings.api_port) else free_port())

@@ -49,7 +49,9 @@ class EntityTable:
         cat_names = [f.name for f in spec.features_of(owner, FeatureKind.CATEGORICAL)]  # type: ignore[arg-type]
         multi_names = [f.name for f in spec.features_of(owner, FeatureKind.MULTI_HOT)]  # type: ignore[arg-type]
         dense_names = sorted(c.removeprefix("num_") for c in frame.columns if c.startswith("num_"))
-        width = max((len(frame[f"slot_{m}"][0]) for m in multi_names), default=1) if frame.height else 1
+        width = (
+            max((len(frame[f"slot_{m}"][0]) for m in multi_names), default=1) if frame.height else 1
+        )
 
         id_slot = np.empty(n, dtype=np.int64)
         id_slot[0] = fmap.oov(key)
@@ -60,7 +62,9 @@ class EntityTable:
             cat[1:, j] = frame[f"slot_{c}"].to_numpy()
         multi = np.zeros((n, len(multi_names), width), dtype=np.int64)
         for j, c in enumerate(multi_names):
-            multi[1:, j] = np.asarray(frame[f"slot_{c}"].to_list(), dtype=np.int64).reshape(-1, width)
+            multi[1:, j] = np.asarray(frame[f"slot_{c}"].to_list(), dtype=np.int64).reshape(
+                -1, width
+            )
         dense = np.zeros((n, len(dense_names)), dtype=np.float32)
         for j, c in enumerate(dense_names):
             dense[1:, j] = frame[f"num_{c}"].to_numpy()
@@ -140,7 +144,9 @@ class FeatureTables:
         # masked out so training positives cannot read their own label from it
         history = self.history[user_rows]  # (B, H)
         history = np.where(history == i.id_slot[item_rows, None], 0, history)
-        multi = _concat_multi(u.multi[user_rows], i.multi[item_rows], history[:, None, :])  # (B, M, L)
+        multi = _concat_multi(
+            u.multi[user_rows], i.multi[item_rows], history[:, None, :]
+        )  # (B, M, L)
         dense = np.concatenate([u.dense[user_rows], i.dense[item_rows]], axis=1)  # (B, N)
         return RankerInputs(torch.from_numpy(cat), torch.from_numpy(multi), torch.from_numpy(dense))
 
@@ -168,5 +174,8 @@ class FeatureTables:
 def _concat_multi(*parts: np.ndarray) -> np.ndarray:
     """Concatenate (B, M_k, L_k) blocks along fields, right-padding each to the widest L."""
     width = max(p.shape[2] for p in parts)
-    padded = [np.pad(p, ((0, 0), (0, 0), (0, width - p.shape[2]))) if p.shape[2] != width else p for p in parts]
+    padded = [
+        np.pad(p, ((0, 0), (0, 0), (0, width - p.shape[2]))) if p.shape[2] != width else p
+        for p in parts
+    ]
     return np.concatenate(padded, axis=1)

@@ -1,10 +1,10 @@
 """The Redis key layout, in one place (ARCHITECTURE.md, "Redis layout").
 
-    {prefix}active                       → the version id being served
-    {prefix}v:{version}:recall:{uid}     ZSET of raw item ids, higher score = earlier
-    {prefix}v:{version}:global_hot       ZSET of raw item ids scored by hotness
-    {prefix}v:{version}:meta             HASH (created_at, dataset, counts, models)
-    {prefix}versions                     ZSET of published versions by publish time
+{prefix}active                       → the version id being served
+{prefix}v:{version}:recall:{uid}     ZSET of raw item ids, higher score = earlier
+{prefix}v:{version}:global_hot       ZSET of raw item ids scored by hotness
+{prefix}v:{version}:meta             HASH (created_at, dataset, counts, models)
+{prefix}versions                     ZSET of published versions by publish time
 """
 
 from __future__ import annotations

@@ -128,7 +128,9 @@ class DatasetSpec:
     def from_dict(cls, data: dict[str, Any]) -> DatasetSpec:
         return cls(
             name=data["name"],
-            features=tuple(Feature(**{**f, "kind": FeatureKind(f["kind"])}) for f in data.get("features", ())),
+            features=tuple(
+                Feature(**{**f, "kind": FeatureKind(f["kind"])}) for f in data.get("features", ())
+            ),
             tasks=tuple(Task(**{**t, "kind": TaskKind(t["kind"])}) for t in data.get("tasks", ())),
             implicit=data.get("implicit", False),
             positive_label=data.get("positive_label"),

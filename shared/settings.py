@@ -41,3 +41,7 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the gateway's ranker")
     log_level: str = Field("INFO", description="Python logging level")
+    rank_candidates: int = Field(
+        100, ge=1, le=1000, description="recalled candidates /recommend scores per request"
+    )
+    access_log: bool = Field(False, description="log every request (uvicorn's access log)")

@@ -36,7 +36,9 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, options: dict[str, Any] | None = None) -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, options: dict[str, Any] | None = None
+) -> Dataset:
     """Read (or generate) a source and check it against its spec.
 
     Raises:

@@ -18,7 +18,7 @@ from typing import Literal
 import polars as pl
 
 from offline.datasets.delimited import read_delimited
-from offline.datasets.tabular import require_unique, with_all_ids
+from offline.datasets.tables import require_unique, with_all_ids
 from shared.config import StrictConfig
 from shared.errors import DataError
 from shared.schema import Dataset, DatasetSpec, Feature, FeatureKind, Task

@@ -16,7 +16,7 @@ import polars as pl
 from pydantic import Field
 
 from offline.datasets.delimited import Column, read_csv, read_delimited
-from offline.datasets.tabular import require_unique, with_all_ids
+from offline.datasets.tables import require_unique, with_all_ids
 from shared.config import StrictConfig
 from shared.schema import Dataset, DatasetSpec, Feature, FeatureKind, Task, TaskKind
 

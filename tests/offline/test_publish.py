@@ -53,12 +53,19 @@ def test_only_the_last_two_versions_are_kept(redis_client: redis.Redis) -> None:
         _publish(redis_client, v, n_users=5)
     assert redis_client.get(KEYS.active) == b"v3"
     assert {m.decode() for m in redis_client.zrange(KEYS.versions, 0, -1)} == {"v2", "v3"}
-    assert 0 < redis_client.ttl(KEYS.recall("v1", "u0")) <= 60  # expiring, not yet gone for late readers
+    assert (
+        0 < redis_client.ttl(KEYS.recall("v1", "u0")) <= 60
+    )  # expiring, not yet gone for late readers
     assert redis_client.ttl(KEYS.meta("v1")) > 0
-    assert redis_client.ttl(KEYS.recall("v2", "u0")) == -1 and redis_client.ttl(KEYS.recall("v3", "u0")) == -1
+    assert (
+        redis_client.ttl(KEYS.recall("v2", "u0")) == -1
+        and redis_client.ttl(KEYS.recall("v3", "u0")) == -1
+    )
 
 
-def test_a_reader_never_sees_a_half_written_active_version(redis_client: redis.Redis, redis_server) -> None:
+def test_a_reader_never_sees_a_half_written_active_version(
+    redis_client: redis.Redis, redis_server
+) -> None:
     _publish(redis_client, "old", n_users=300)
     problems: list[str] = []
     stop = threading.Event()
@@ -87,7 +94,9 @@ def test_a_reader_never_sees_a_half_written_active_version(redis_client: redis.R
     assert redis_client.get(KEYS.active) == b"new"
 
 
-def test_a_publish_killed_part_way_leaves_the_old_version_active(redis_client: redis.Redis, redis_server) -> None:
+def test_a_publish_killed_part_way_leaves_the_old_version_active(
+    redis_client: redis.Redis, redis_server
+) -> None:
     _publish(redis_client, "old", n_users=20)
     script = f"""
 import numpy as np, redis
@@ -100,7 +109,9 @@ ids = np.array([""] + [f"i{{i}}" for i in range(1, 101)], dtype=object)
 print("start", flush=True)
 publish(c, Keys("t:"), "doomed", users, recall, ids, np.arange(1, 3), np.ones(2), {{}}, PublishConfig(batch_size=50))
 """
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "start"
     deadline = time.monotonic() + 30
     while not redis_client.exists(KEYS.recall("doomed", "u0")):  # wait until it is really writing
@@ -121,6 +132,8 @@ def test_redis_gone_is_a_store_error_and_changes_nothing() -> None:
     with pytest.raises(StoreError, match="active version is unchanged"):
         _publish(client, "new", n_users=5)
     server.start()
-    assert client.get(KEYS.active) is None  # a fresh server (no persistence): nothing half-set either
+    assert (
+        client.get(KEYS.active) is None
+    )  # a fresh server (no persistence): nothing half-set either
     client.close()
     server.stop()
