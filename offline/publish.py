@@ -69,32 +69,30 @@ def publish(
     """
     started = time.perf_counter()
     k = recall.shape[1] if recall.ndim == 2 else 0
-    scores = np.arange(k, 0, -1, dtype=np.int64)  # higher = earlier
-    names = np.where(recall >= 0, item_ids[np.maximum(recall, 0)], None)
     lengths = (recall >= 0).sum(axis=1)
+    # RESP fragments are built once per item and per rank; a user's ZADD is then one
+    # bytes join (redis-py would pack 400 arguments per user in Python)
+    item_frag = np.array([_bulk(str(name).encode()) for name in item_ids], dtype=object)
+    score_frag = np.array(
+        [_bulk(str(k - j).encode()) for j in range(k)], dtype=object
+    )  # higher = earlier
     try:
-        for lo in tqdm(
-            range(0, len(user_ids), config.batch_size),
-            disable=not progress,
-            desc="publish",
-            unit="batch",
-        ):
-            pipe = client.pipeline(transaction=True)
-            for uid, row, n in zip(
-                user_ids[lo : lo + config.batch_size],
-                names[lo : lo + config.batch_size],
-                lengths[lo : lo + config.batch_size],
-                strict=True,
-            ):
-                key = keys.recall(version, uid)
-                pipe.delete(key)
-                if n:
-                    args = np.empty(2 * n, dtype=object)
-                    args[0::2], args[1::2] = scores[:n], row[:n]
-                    pipe.execute_command(
-                        "ZADD", key, "GT", *args
-                    )  # a repeated id keeps its first place
-            pipe.execute()
+        batches = range(0, len(user_ids), config.batch_size)
+        for lo in tqdm(batches, disable=not progress, desc="publish", unit="batch"):
+            hi = min(lo + config.batch_size, len(user_ids))
+            frags = np.empty((hi - lo, 2 * k), dtype=object)
+            frags[:, 0::2] = score_frag
+            frags[:, 1::2] = item_frag[np.maximum(recall[lo:hi], 0)]
+            commands = []
+            for uid, row, n in zip(user_ids[lo:hi], frags, lengths[lo:hi], strict=True):
+                key = _bulk(keys.recall(version, uid).encode())
+                commands.append(b"*2\r\n$3\r\nDEL\r\n" + key)
+                if n:  # GT: a repeated id keeps its first (highest) place
+                    commands.append(
+                        b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s"
+                        % (3 + 2 * n, key, b"".join(row[: 2 * n]))
+                    )
+            _transaction(client, commands)
         pipe = client.pipeline(transaction=True)
         pipe.delete(keys.global_hot(version), keys.meta(version))
         if len(hot):
@@ -125,6 +123,29 @@ def publish(
         "seconds": time.perf_counter() - started,
         "expired_versions": len(expired),
     }
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _transaction(client: redis.Redis, commands: list[bytes]) -> None:
+    """Send pre-packed commands as one MULTI/EXEC round trip; raise on any error."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", *commands, b"*1\r\n$4\r\nEXEC\r\n"])
+        for _ in range(len(commands) + 1):  # +OK, then +QUEUED per command
+            conn.read_response()
+        results = conn.read_response()
+    except BaseException:
+        conn.disconnect()  # a half-read reply stream must not go back to the pool
+        raise
+    finally:
+        pool.release(conn)
+    errors = [r for r in results or () if isinstance(r, Exception)]
+    if results is None or errors:
+        raise redis.ResponseError(f"transaction failed: {errors[:1] or 'aborted'}")
 
 
 def _check_complete(
