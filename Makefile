@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
 
 demo: setup  ## whole stack on the built-in synthetic data: worker, Redis, gateway, sample calls
-	$(BIN)/python -m offline run
+	$(BIN)/python -m services.quickstart $(ARGS)
 
 run: setup  ## only the offline worker, end to end (ETL → train → index → evaluate → publish)
 	$(BIN)/python -m offline run $(ARGS)
@@ -27,8 +27,8 @@ test: setup  ## the test suite (starts its own Redis server on a free port)
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: setup
-	$(BIN)/python bench/etl.py
+bench: setup  ## all benchmarks (minutes; numbers in the README)
+	for b in etl train index publish load; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
