@@ -51,7 +51,7 @@ class TowerConfig(StrictConfig):
 
 
 class _Tower(nn.Module):
-    """Shared body of both towers: ``id ⊕gate feat -> MLP -> L2-normalise``.
+    """Shared body of both towers: ``gate(id, feat) -> MLP -> Linear -> L2-normalise``.
 
     ``feat = Linear(MLP(flat(fields [; extra])))`` is signed and ``D`` wide, like the
     id embedding. A tower with no feature fields and no extra input uses the id alone
@@ -112,7 +112,7 @@ class UserTower(_Tower):
     """User tower: id, user features and the mean embedding of recent items.
 
     ``feat = Linear(MLP([flat(fields); mean(E[h] for h in history if h != 0)]))``,
-    ``fused = g·E[id] + (1 − g)·feat``, ``u = normalize(MLP(fused))``.
+    ``fused = g·E[id] + (1 − g)·feat``, ``u = normalize(Linear(MLP(fused)))``.
 
     Args:
         config (TowerConfig): both towers' configuration.
@@ -145,7 +145,7 @@ class ItemTower(_Tower):
     """Item tower: id and item features.
 
     ``feat = Linear(MLP(flat(fields)))``, ``fused = g·E[id] + (1 − g)·feat``,
-    ``v = normalize(MLP(fused))``; with no item features, ``fused = E[id]``.
+    ``v = normalize(Linear(MLP(fused)))``; with no item features, ``fused = E[id]``.
 
     Args:
         config (TowerConfig): both towers' configuration.

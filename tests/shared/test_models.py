@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from offline.training.losses import multitask_loss
 from shared.errors import BundleError, ConfigError
 from shared.models.checkpoint import checkpoint_paths, load_model, save_model
 from shared.models.inputs import ItemInputs, RankerInputs, UserInputs
@@ -41,6 +42,7 @@ RANKER_VARIANTS = [
     ("dcn", DCNConfig(cross_layers=2, structure="stacked")),
     ("dcn", DCNConfig(cross_layers=2, low_rank=3, structure="parallel")),
 ]
+RANKER_IDS = ["deepfm", "dcn-parallel", "dcn-stacked", "dcn-low-rank"]
 WIDTHS = [(3, 2, 2), (3, 0, 0), (0, 1, 0), (1, 0, 2)]  # (n_cat, n_multi, n_dense)
 
 
@@ -157,7 +159,7 @@ def test_gate_saturated_open_returns_id_and_closed_returns_features() -> None:
 
 
 @pytest.mark.parametrize("widths", WIDTHS, ids=lambda w: "cat{}-multi{}-dense{}".format(*w))
-@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS, ids=lambda v: getattr(v, "structure", v))
+@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS, ids=RANKER_IDS)
 def test_ranker_shapes_and_gradients(
     kind: str, dcn: DCNConfig, widths: tuple[int, int, int]
 ) -> None:
@@ -170,6 +172,29 @@ def test_ranker_shapes_and_gradients(
     sum(y.square().sum() for y in out.values()).backward()
     # The embedding table's padding row never gets a gradient; every other parameter does.
     assert_all_grads(model)
+
+
+@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS, ids=RANKER_IDS)
+def test_ranker_learns_a_tiny_task_in_a_few_steps(kind: str, dcn: DCNConfig) -> None:
+    torch.manual_seed(0)
+    config = ranker_config(dcn=dcn)
+    model = build_ranker(kind, config)
+    inputs = ranker_inputs()
+    labels = {
+        "click": (inputs.cat[:, 0] % 2).float(),  # depends on the first field's slot
+        "cart": torch.ones(B),
+        "purchase": torch.zeros(B),
+        "rating": inputs.dense[:, 0],
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        total, _ = multitask_loss(model(inputs), labels, config.tasks)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_chained_probabilities_are_products_of_sigmoids_and_score_weights_them() -> None:
@@ -286,7 +311,7 @@ def test_user_tower_gate_saturated_open_uses_the_id_embedding() -> None:
 # ---------------------------------------------------------------- checkpoints
 
 
-@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS[:2], ids=["deepfm", "dcn"])
+@pytest.mark.parametrize("kind,dcn", RANKER_VARIANTS[:2], ids=RANKER_IDS[:2])
 def test_ranker_checkpoint_round_trip_is_exact(tmp_path, kind: str, dcn: DCNConfig) -> None:
     config = ranker_config(dcn=dcn)
     model = build_ranker(kind, config).eval()
