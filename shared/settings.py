@@ -44,4 +44,9 @@ class Settings(BaseSettings):
     rank_candidates: int = Field(
         100, ge=1, le=1000, description="recalled candidates /recommend scores per request"
     )
+    score_in_thread: bool = Field(
+        True,
+        description="run ranker forward passes on a model thread, overlapping request "
+        "handling (false: on the event loop, cheaper when no core is spare)",
+    )
     access_log: bool = Field(False, description="log every request (uvicorn's access log)")

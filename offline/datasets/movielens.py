@@ -63,7 +63,9 @@ def movielens_spec(
         name=name,
         features=features,
         tasks=(
-            Task(name="like", parent="interact", score_weight=1.0),
+            # ranked by p(interact): what a user will pick; p(like) is served beside it
+            # (raise ranking.score_weights.like to favour what they will also rate highly)
+            Task(name="like", parent="interact", score_weight=0.0),
             Task(
                 name="rating",
                 kind=TaskKind.REGRESSION,

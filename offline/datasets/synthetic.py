@@ -45,6 +45,9 @@ class SyntheticConfig(StrictConfig):
     taste_dim: int = Field(8, ge=2)
     click_bias: float = -2.2
     taste_strength: float = 1.6
+    personal_taste: float = Field(0.35, ge=0, description="share of a user's taste not in their features")
+    item_taste_noise: float = Field(0.45, ge=0, description="spread of items around their category")
+    item_quality: float = Field(0.4, ge=0, description="spread of hidden per-item quality (logit)")
     item_popularity_exponent: float = Field(1.0, ge=0)
     user_activity_exponent: float = Field(0.5, ge=0)
 
@@ -98,12 +101,12 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
     region = rng.integers(0, 10, c.n_users)
     device = rng.choice(3, c.n_users, p=[0.5, 0.35, 0.15])
     A, G, R = rng.normal(0, 1, (6, k)), rng.normal(0, 0.8, (2, k)), rng.normal(0, 0.6, (10, k))
-    u = (A[age] + G[gender] + R[region] + 0.35 * rng.normal(0, 1, (c.n_users, k))) / 1.5
+    u = (A[age] + G[gender] + R[region] + c.personal_taste * rng.normal(0, 1, (c.n_users, k))) / 1.5
 
     # items: taste around their category's centroid, a hidden quality, tags and price
     cat = rng.integers(0, c.n_categories, c.n_items)
-    v = rng.normal(0, 1, (c.n_categories, k))[cat] + 0.45 * rng.normal(0, 1, (c.n_items, k))
-    quality = rng.normal(0, 0.4, c.n_items)
+    v = rng.normal(0, 1, (c.n_categories, k))[cat] + c.item_taste_noise * rng.normal(0, 1, (c.n_items, k))
+    quality = rng.normal(0, c.item_quality, c.n_items)
     brand = cat * 4 + rng.integers(0, 4, c.n_items)
     price_band = np.clip(np.round(rng.normal(2 + (cat % 3) - 1, 1.0)), 0, 4).astype(np.int64)
     price = np.round(np.exp(2.5 + 0.6 * price_band + 0.2 * rng.normal(0, 1, c.n_items)), 2)

@@ -42,12 +42,12 @@ class RankingConfig(StrictConfig):
     dropout: float = Field(0.1, ge=0, lt=1)
     dcn: DCNConfig = DCNConfig()
     neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
-    negative_sampling: Sampling = "popularity"
+    negative_sampling: Sampling = "mixed"
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
     score_weights: dict[str, float] = Field(
         default_factory=dict, description="final score weight per task"
     )
-    trainer: TrainerConfig = TrainerConfig(epochs=8, batch_size=4096, lr=2e-3, patience=2)
+    trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=4096, lr=2e-3, patience=2)
 
 
 @dataclass

@@ -44,8 +44,11 @@ class RetrievalConfig(StrictConfig):
     hidden: tuple[int, ...] = (128,)
     dropout: float = Field(0.0, ge=0, lt=1)
     temperature: float = Field(0.05, gt=0)
-    loss: Literal["sampled_softmax", "bce"] = "sampled_softmax"
+    loss: Literal["sampled_softmax", "full_softmax", "bce"] = "sampled_softmax"
     log_q: bool = True
+    history: Literal["causal", "latest"] = Field(
+        "causal", description="training history: items before each positive, or the latest ones"
+    )
     negatives: Literal["random", "hard", "mixed"] = "mixed"
     n_negatives: int = Field(8, ge=1)
     eval_k: int = Field(50, ge=1)
@@ -116,12 +119,16 @@ class TwoTowerTrainTask(torch.nn.Module):
         self.register_buffer(
             "log_q", log_q if log_q is not None else torch.zeros(0), persistent=False
         )
-        self.item_table: torch.Tensor | None = None  # refreshed per epoch for hard negatives
+        self.all_items = None  # ItemInputs of every item row, for full softmax
 
     def forward(self, user, item, item_rows: torch.Tensor, negatives=None) -> torch.Tensor:  # noqa: ANN001
         u = self.model.user_embed(user)  # (B, D)
-        v = self.model.item_embed(item)  # (B, D)
         t = self.config.temperature
+        if self.config.loss == "full_softmax":  # exact softmax over the whole catalog
+            logits = u @ self.model.item_embed(self.all_items).T / t  # (B, I)
+            logits[:, 0] = -torch.inf  # row 0 is the unknown item
+            return torch.nn.functional.cross_entropy(logits, item_rows)
+        v = self.model.item_embed(item)  # (B, D)
         if self.config.loss == "sampled_softmax":
             log_q = self.log_q[item_rows] if self.config.log_q else None
             return sampled_softmax_loss(u, v, t, log_q, item_ids=item_rows)
@@ -140,9 +147,11 @@ def train_retrieval(
     tables: FeatureTables, interactions: pl.DataFrame, spec: DatasetSpec, config: RetrievalConfig
 ) -> RetrievalResult:
     """Train the two-tower model on training positives; keep the best validation Recall@K."""
-    train = positives(interactions, spec, "train")
+    train = positives(interactions, spec, "train").sort("user_idx", "ts", maintain_order=True)
     users = train["user_idx"].to_numpy()
     items = train["item_idx"].to_numpy()
+    # position of each positive within its user's time-ordered sequence
+    seq_pos = train.select(pl.int_range(pl.len()).over("user_idx"))["literal"].to_numpy()
     n_items = len(tables.items)
     tower_config = TowerConfig(
         vocab_size=tables.feature_map.size,
@@ -163,6 +172,7 @@ def train_retrieval(
     counts = np.bincount(items, minlength=n_items).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1, len(items)))).float()
     task = TwoTowerTrainTask(model, config, log_q)
+    task.all_items = tables.item_inputs(np.arange(n_items))
     item_slots = tables.items.id_slot
     history_all = tables.history
     rng = np.random.default_rng(config.trainer.seed)
@@ -170,8 +180,13 @@ def train_retrieval(
 
     def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
         u_rows, i_rows = users[batch], items[batch]
-        hist = history_all[u_rows].copy()
-        hist[hist == item_slots[i_rows][:, None]] = 0  # the target must not be in its own history
+        if config.history == "causal":  # the items the user chose just before this one
+            back = np.arange(1, history_all.shape[1] + 1)
+            prev = batch[:, None] - back[None, :]  # (B, H) positions, most recent first
+            hist = np.where(back[None, :] <= seq_pos[batch][:, None], item_slots[items[np.maximum(prev, 0)]], 0)
+        else:  # the user's latest training items, as served; the target masked out
+            hist = history_all[u_rows].copy()
+            hist[hist == item_slots[i_rows][:, None]] = 0
         negatives = None
         if config.loss == "bce":
             negatives = (

@@ -1,0 +1,1 @@
+"""The online gateway: FastAPI app serving /recall, /recommend, /rerank, /health, /metrics."""

@@ -1,0 +1,128 @@
+"""The gateway app: ``create_app(settings)`` builds it, its lifespan builds the runtime.
+
+The lifespan creates the Redis pool, loads the active bundle (models, FAISS index,
+tables) and starts the scorer and the hot-reload poller; nothing is created at import
+time, so several apps (tests) live side by side, each with its own metrics registry.
+Errors become statuses here, at the edge: no bundle or no scorer → 503, invalid input
+→ 422, anything else → 500 (counted in ``recsys_errors_total{kind="internal"}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.metrics import Metrics
+from services.gateway.recommender import Clock, utc_now
+from services.gateway.routes import api_router
+from services.gateway.runtime import Runtime
+from shared.errors import BundleError, RecsysError, StoreError
+from shared.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_ERROR_KINDS = ((BundleError, "bundle"), (StoreError, "redis"))  # → recsys_errors_total{kind}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock = utc_now,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """A gateway app.
+
+    Args:
+        settings (Settings | None): defaults to ``Settings()`` (the ``RECSYS_*`` env).
+        clock (Clock): the current time for the context features (tests pin it).
+        registry (CollectorRegistry | None): where metrics go (a fresh one by default).
+
+    Returns:
+        FastAPI: the app; its lifespan starts and stops the runtime.
+    """
+    settings = settings or Settings()
+    metrics = Metrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        runtime = Runtime(settings, metrics, clock)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = FastAPI(
+        title="recsys gateway",
+        summary="Two-stage recommendations: recall (Redis, two-tower + FAISS) then DCN-v2/DeepFM ranking.",
+        version="0.1.0",
+        lifespan=lifespan,
+        # "/recall/a%2F" decodes to "/recall/a/": a uid with a slash is not addressable,
+        # and redirecting it to "/recall/a" would answer for another user
+        redirect_slashes=False,
+    )
+    app.state.metrics = metrics
+    app.state.settings = settings
+    app.include_router(api_router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("validation").inc()
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(RecsysError)
+    async def unavailable(request: Request, exc: RecsysError) -> JSONResponse:
+        kind = next((k for cls, k in _ERROR_KINDS if isinstance(exc, cls)), "recsys")
+        metrics.errors.labels(kind).inc()
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        metrics.errors.labels("internal").inc()
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    return app
+
+
+class RequestMetrics:
+    """ASGI middleware: latency and count of every request by route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "<unmatched>")
+            self.metrics.request_latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, str(status)).inc()

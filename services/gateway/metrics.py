@@ -1,0 +1,79 @@
+"""Every Prometheus metric of the gateway, in one place, on a per-app registry.
+
+The names are a contract: ``deploy/grafana/dashboards/recsys.json`` queries them.
+
+    recsys_request_latency_seconds{route}        histogram, route = the path template
+    recsys_stage_latency_seconds{stage}          histogram, stage = recall|features|scoring
+    recsys_requests_total{route, status}         counter
+    recsys_cold_starts_total                     counter, users the bundle does not know
+    recsys_fallbacks_total{reason}               counter, online_tower|global_hot|memory_hot
+    recsys_errors_total{kind}                    counter, redis|bundle|validation|reload|internal
+    recsys_served_version_info{version}          info, the bundle version being served
+    recsys_bundle_load_failures_total            counter
+    recsys_scorer_batch_size                     histogram, requests per forward pass
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# from 0.5 ms: a recommendation takes a few milliseconds, a degraded one a timeout
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The gateway's metrics, registered on ``registry`` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram(
+            "recsys_request_latency_seconds", "Request latency by route template",
+            ["route"], buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stage_latency = Histogram(
+            "recsys_stage_latency_seconds", "Latency of each stage of a recommendation",
+            ["stage"], buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "recsys_requests",
+            "Requests by route template and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.cold_starts = Counter(
+            "recsys_cold_starts", "Requests for users the served bundle does not know", registry=r
+        )
+        self.fallbacks = Counter(
+            "recsys_fallbacks", "Recall answered by a fallback source", ["reason"], registry=r
+        )
+        self.errors = Counter("recsys_errors", "Errors by kind", ["kind"], registry=r)
+        self.served_version = Info(
+            "recsys_served_version", "The bundle version being served", registry=r
+        )
+        self.bundle_load_failures = Counter(
+            "recsys_bundle_load_failures", "Bundle versions that failed to load", registry=r
+        )
+        self.batch_size = Histogram(
+            "recsys_scorer_batch_size", "Requests scored in one forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )  # fmt: skip
+        for stage in ("recall", "features", "scoring"):
+            self.stage_latency.labels(stage)
+        for reason in ("online_tower", "global_hot", "memory_hot"):
+            self.fallbacks.labels(reason)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

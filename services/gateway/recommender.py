@@ -1,0 +1,216 @@
+"""What the endpoints do: recall, then features and scores, then the top k.
+
+Recall for a user, in order of preference:
+
+1. the served version's ``recall:{uid}`` ZSET in Redis (one ZREVRANGE);
+2. a user the bundle knows but Redis has no list for: the user tower and FAISS, online
+   (``recsys_fallbacks_total{reason="online_tower"}``);
+3. a user the bundle does not know (a cold start): the version's ``global_hot`` ZSET
+   (``reason="global_hot"``);
+4. Redis unreachable: the hot list the bundle holds in memory, with ``degraded: true``
+   (``reason="memory_hot"``); never an error.
+
+Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
+items the user already interacted with, and is padded from the memory hot list up to
+the count asked for. Features come from the in-memory tables; scores from one batched
+forward pass (:class:`~services.gateway.scorer.BatchScorer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
+from services.gateway.metrics import Metrics
+from services.gateway.schemas import (
+    RecallResponse,
+    RecommendResponse,
+    RerankRequest,
+    RerankResponse,
+    ScoredItem,
+)
+from services.gateway.scorer import BatchScorer, Scores
+from shared.keys import Keys
+from shared.serving import ServingBundle, merge_candidates
+from shared.settings import Settings
+
+__all__ = ["Candidates", "Clock", "Recommender", "utc_now"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+_NONE = np.empty(0, dtype=np.int64)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The recall stage's answer for one user."""
+
+    user_row: int  # 0: unknown to the bundle (cold features)
+    rows: np.ndarray  # (n,) item rows, best first
+    source: str  # redis | online_tower | global_hot | memory_hot
+    degraded: bool
+
+    @property
+    def is_cold_start(self) -> bool:
+        return self.user_row == 0
+
+
+class Recommender:
+    """The endpoints' logic over one served bundle at a time.
+
+    Args:
+        settings (Settings): candidate counts, ``exclude_seen``.
+        redis (redis.asyncio.Redis): the online store (short timeouts, no backoff).
+        scorer (BatchScorer): the micro-batching ranker.
+        executor (Executor): the model thread (online user tower + FAISS).
+        metrics (Metrics): where stage latencies, cold starts and fallbacks go.
+        clock (Clock): the current time, for the hour/day-of-week context features.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aredis.Redis,
+        scorer: BatchScorer,
+        executor: Executor,
+        metrics: Metrics,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis
+        self.scorer = scorer
+        self.executor = executor
+        self.metrics = metrics
+        self.clock = clock
+        self._redis_down = False  # log outages once, not once per request
+        self._recall_seconds = metrics.stage_latency.labels("recall")
+        self._features_seconds = metrics.stage_latency.labels("features")
+        self._scoring_seconds = metrics.stage_latency.labels("scoring")
+
+    # --- stages --------------------------------------------------------------------
+    async def candidates(self, bundle: ServingBundle, uid: str, n: int) -> Candidates:
+        """Up to ``n`` item rows for ``uid`` (fewer only when the catalogue runs out)."""
+        started = time.perf_counter()
+        user_row = bundle.user_row(uid)
+        seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
+        source, degraded, primary = "redis", False, _NONE
+        try:
+            if user_row:
+                listed = await self.redis.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+                hot = []
+            else:  # a cold user may still have a list; fetch the hot list in the same trip
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+                pipe.zrevrange(self.keys.global_hot(bundle.version), 0, n - 1)
+                listed, hot = await pipe.execute()
+        except (RedisError, OSError) as e:
+            if not self._redis_down:
+                log.warning("redis unreachable (%s): answering from the memory hot list", e)
+                self._redis_down = True
+            self.metrics.errors.labels("redis").inc()
+            source, degraded = "memory_hot", True
+        else:
+            if self._redis_down:
+                log.warning("redis answers again: recall lists are back")
+                self._redis_down = False
+            if listed:
+                primary = bundle.item_rows(listed)
+            elif user_row:
+                source = "online_tower"
+                loop = asyncio.get_running_loop()
+                primary = await loop.run_in_executor(
+                    self.executor, bundle.search, user_row, n + len(seen)
+                )
+            else:
+                source, primary = "global_hot", bundle.item_rows(hot)
+        rows = merge_candidates(primary, bundle.hot, seen, n)
+        if source != "redis":
+            self.metrics.fallbacks.labels(source).inc()
+        if not user_row:
+            self.metrics.cold_starts.inc()
+        self._recall_seconds.observe(time.perf_counter() - started)
+        return Candidates(user_row, rows, source, degraded)
+
+    async def _score(self, bundle: ServingBundle, user_row: int, rows: np.ndarray) -> Scores:
+        now = self.clock().astimezone(UTC)
+        scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday())
+        self._features_seconds.observe(scores.features_s)
+        self._scoring_seconds.observe(scores.scoring_s)
+        return scores
+
+    # --- endpoints -------------------------------------------------------------------
+    async def recall(self, bundle: ServingBundle, uid: str, top_k: int) -> RecallResponse:
+        found = await self.candidates(bundle, uid, top_k)
+        return RecallResponse(
+            uid=uid,
+            version=bundle.version,
+            count=len(found.rows),
+            is_cold_start=found.is_cold_start,
+            degraded=found.degraded,
+            items=bundle.item_ids[found.rows].tolist(),
+        )
+
+    async def recommend(self, bundle: ServingBundle, uid: str, top_k: int) -> RecommendResponse:
+        with self.scorer.expect():
+            found = await self.candidates(bundle, uid, max(self.settings.rank_candidates, top_k))
+        items: list[ScoredItem] = []
+        if len(found.rows):
+            scores = await self._score(bundle, found.user_row, found.rows)
+            items = _ranked(bundle, found.rows, scores, top_k)
+        return RecommendResponse(
+            uid=uid,
+            is_cold_start=found.is_cold_start,
+            version=bundle.version,
+            degraded=found.degraded,
+            items=items,
+        )
+
+    async def rerank(self, bundle: ServingBundle, request: RerankRequest) -> RerankResponse:
+        given = np.asarray(request.items, dtype=str)
+        _, first = np.unique(given, return_index=True)  # repeats keep their first place
+        given = given[np.sort(first)]
+        rows = bundle.item_rows(given.tolist())
+        known = rows > 0
+        user_row = bundle.user_row(request.uid)
+        if not user_row:
+            self.metrics.cold_starts.inc()
+        items: list[ScoredItem] = []
+        if known.any():
+            scores = await self._score(bundle, user_row, rows[known])
+            items = _ranked(bundle, rows[known], scores, request.top_k or int(known.sum()))
+        return RerankResponse(
+            uid=request.uid,
+            is_cold_start=not user_row,
+            version=bundle.version,
+            items=items,
+            unknown_items=given[~known].tolist(),
+        )
+
+
+def _ranked(bundle: ServingBundle, rows: np.ndarray, scores: Scores, k: int) -> list[ScoredItem]:
+    """The best ``k`` rows by score (ties keep recall order) as response items."""
+    order = np.argsort(-scores.score, kind="stable")[:k]
+    ids = bundle.item_ids[rows[order]].tolist()
+    score = scores.score[order].tolist()
+    probs = scores.probs[order].tolist()
+    tasks = bundle.tasks
+    # one object per returned item (k ≤ 200), not per candidate
+    return [
+        ScoredItem(id=i, score=s, scores=dict(zip(tasks, p, strict=True)))
+        for i, s, p in zip(ids, score, probs, strict=True)
+    ]

@@ -1,0 +1,202 @@
+"""The gateway's served state: the Redis pool, the model thread, the bundle, hot reload.
+
+Hot reload: a background task reads ``recsys:active`` every ``reload_interval_s``. When
+it names another version, the bundle is loaded in a worker thread
+(``asyncio.to_thread``) while the current one keeps serving, then swapped in with one
+reference assignment; a request holds the bundle it started with to the end, so a
+swap never mixes versions inside a request. A version that fails to load leaves the
+old one serving, shows as ``bundle: "stale: …"`` in ``/health`` and counts in
+``recsys_bundle_load_failures_total``; it is retried with exponential backoff.
+
+At start-up with Redis unreachable, the newest complete bundle on disk (``LATEST``) is
+served, degraded, until Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from services.gateway.metrics import Metrics
+from services.gateway.recommender import Clock, Recommender, utc_now
+from services.gateway.schemas import HealthResponse
+from services.gateway.scorer import BatchScorer
+from shared.bundle import Bundle
+from shared.errors import BundleError
+from shared.keys import Keys
+from shared.serving import ServingBundle
+from shared.settings import Settings
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RETRY_S = 60.0
+
+
+class Runtime:
+    """Everything one gateway process holds; built and closed by the app's lifespan."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.keys = Keys(settings.key_prefix)
+        timeout = settings.redis_timeout_s
+        # short timeouts and one immediate retry (a pooled connection that died with a
+        # restarted server reconnects); never the client's default exponential backoff
+        self.redis = aredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="recsys-model")
+        self.scorer = BatchScorer(
+            max_batch=settings.max_batch,
+            wait_s=settings.batch_wait_ms / 1000,
+            executor=self.executor if settings.score_in_thread else None,
+            metrics=metrics,
+        )
+        self.recommender = Recommender(
+            settings, self.redis, self.scorer, self.executor, metrics, clock
+        )
+        self.bundle_error: str | None = None
+        self._bundle: ServingBundle | None = None
+        self._failed: dict[str, tuple[int, float]] = {}  # version → (attempts, retry at)
+        self._sync_lock = asyncio.Lock()
+        self._reloader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- the served bundle ------------------------------------------------------------
+    @property
+    def bundle(self) -> ServingBundle | None:
+        return self._bundle
+
+    def require_bundle(self) -> ServingBundle:
+        """The bundle being served, or a BundleError (503) saying why there is none."""
+        bundle = self._bundle
+        if bundle is None:
+            raise BundleError(f"no bundle loaded yet ({self.bundle_error or 'starting'})")
+        return bundle
+
+    def swap(self, bundle: ServingBundle) -> None:
+        """Serve ``bundle`` from the next request on (one reference assignment)."""
+        self._bundle = bundle
+        self.bundle_error = None
+        self._failed.pop(bundle.version, None)
+        self.metrics.served_version.info({"version": bundle.version})
+        log.info("serving bundle %s", bundle.version)
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self.scorer.start()
+        if not await self.sync() and self._bundle is None:
+            await self._load_latest()
+        self._reloader = asyncio.create_task(self._reload_forever(), name="recsys-reloader")
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._reloader is not None:
+            # the flag as well as the cancel: a cancel delivered inside a Redis call can be
+            # swallowed by the client, and the poller would then run on
+            self._reloader.cancel()
+            await asyncio.wait({self._reloader}, timeout=5)
+        await self.scorer.aclose()
+        await self.redis.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _reload_forever(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await self.sync()
+            except Exception:  # the poller must outlive any surprise
+                log.exception("checking the active version failed")
+                self.metrics.errors.labels("reload").inc()
+
+    # --- reload ---------------------------------------------------------------------------
+    async def sync(self) -> bool:
+        """Load and serve the active version if it is not the one being served.
+
+        Returns:
+            bool: whether Redis answered.
+        """
+        async with self._sync_lock:
+            try:
+                active = await self.redis.get(self.keys.active)
+            except (RedisError, OSError) as e:
+                if self._bundle is None:
+                    self.bundle_error = f"redis unreachable: {e}"
+                return False
+            current = self._bundle
+            if active is None:
+                if current is None:
+                    self.bundle_error = f"no active version in Redis ({self.keys.active} unset)"
+                return True
+            if current is not None and active == current.version:
+                self.bundle_error = None
+                return True
+            attempts, retry_at = self._failed.get(active, (0, 0.0))
+            if time.monotonic() >= retry_at:
+                await self._load(active, attempts)
+            return True
+
+    async def _load(self, version: str, attempts: int = 0) -> bool:
+        try:
+            bundle = await asyncio.to_thread(
+                ServingBundle.load, self.settings.artifacts_dir, version, self.settings.ranker
+            )
+        except BundleError as e:
+            attempts += 1
+            delay = min(_MAX_RETRY_S, self.settings.reload_interval_s * 2**attempts)
+            self._failed[version] = (attempts, time.monotonic() + delay)
+            self.bundle_error = f"version {version} failed to load: {e}"
+            self.metrics.bundle_load_failures.inc()
+            self.metrics.errors.labels("bundle").inc()
+            log.error("%s; retrying in %.0f s", self.bundle_error, delay)
+            return False
+        self.swap(bundle)
+        return True
+
+    async def _load_latest(self) -> None:
+        try:
+            version = Bundle.open(self.settings.artifacts_dir).version
+        except BundleError as e:
+            log.warning("redis unreachable and no bundle on disk: %s", e)
+            return
+        log.warning("redis unreachable at start-up: serving %s, the newest bundle on disk", version)
+        error = self.bundle_error
+        if await self._load(version):
+            self.bundle_error = error  # still not the version Redis names: say so in /health
+
+    # --- health ------------------------------------------------------------------------------
+    async def health(self) -> HealthResponse:
+        """Each dependency's state; ``status`` is ``unavailable`` when one is down."""
+        deps: dict[str, str] = {}
+        try:
+            await self.redis.ping()
+            deps["redis"] = "ok"
+        except (RedisError, OSError) as e:
+            deps["redis"] = f"down: {e or type(e).__name__}"
+        bundle = self._bundle
+        if bundle is None:
+            deps["bundle"] = f"missing: {self.bundle_error or 'starting'}"
+        elif self.bundle_error:
+            deps["bundle"] = f"stale: {self.bundle_error}"
+        else:
+            deps["bundle"] = "ok"
+        failing = [name for name, state in deps.items() if state.startswith(("down", "missing"))]
+        return HealthResponse(
+            status="unavailable" if failing else "ok",
+            version=bundle.version if bundle else None,
+            dependencies=deps,
+            failing=failing,
+        )

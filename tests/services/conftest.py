@@ -1,0 +1,166 @@
+"""Fixtures of the serving tests: one small real bundle per session, published to Redis.
+
+The bundle is built once, in-process, by the worker's own steps (etl, train-retrieval,
+train-ranking, index) on tiny synthetic data; tests publish it to databases of the
+session's real redis-server (``redis_server`` in ``tests/conftest.py``) that no other
+test flushes: :data:`STORE_DB` stays as published (read-only tests), :data:`SCRATCH_DB`
+is wiped and republished for every test that changes Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import redis
+
+from offline import pipeline
+from offline.config import PipelineConfig, load_config
+from shared.bundle import Bundle, Files
+from shared.feature_map import FeatureMap
+from shared.redis_server import RedisServer
+
+STORE_DB = 5
+SCRATCH_DB = 6
+# hot_n < n_items so the memory hot list is longer than the published one; recall_k
+# < n_items so that top_k=200 asks for more than any list holds
+CONFIG = {
+    "dataset_options": {"n_users": 120, "n_items": 80, "n_impressions": 4000},
+    "retrieval": {"trainer": {"epochs": 1}},
+    "ranking": {"trainer": {"epochs": 1}},
+    "index": {"recall_k": 40, "hot_n": 30},
+}
+# Wednesday 3 January 2024, 14:30 UTC: hour 14, day of week 2 (Monday = 0, as in the ETL)
+PINNED = datetime(2024, 1, 3, 14, 30, tzinfo=UTC)
+
+
+def db_url(server: RedisServer, db: int) -> str:
+    return server.url.rsplit("/", 1)[0] + f"/{db}"
+
+
+@dataclass
+class BuiltBundle:
+    """The session's bundle folder and how to publish or derive versions from it."""
+
+    artifacts: Path
+    version: str
+    config: PipelineConfig
+
+    @property
+    def root(self) -> Path:
+        return self.artifacts / self.version
+
+    def publish(self, redis_url: str, version: str | None = None) -> None:
+        ctx = pipeline.Context(
+            config=self.config,
+            artifacts=self.artifacts,
+            redis_url=redis_url,
+            version=version or self.version,
+        )
+        for _ in pipeline.run_step("publish", ctx):
+            pass
+
+    def derive(self, version: str, change: Callable[[Path], tuple[str, ...]] | None = None) -> str:
+        """Copy the bundle as ``version``; ``change(root)`` edits files and names them."""
+        root = self.artifacts / version
+        if root.exists():
+            shutil.rmtree(root)
+        shutil.copytree(self.root, root)
+        bundle = Bundle(root)
+        bundle.update_manifest(version=version)
+        changed = change(root) if change is not None else ()
+        if changed:
+            bundle.add(*changed)
+        return version
+
+    # --- what the bundle's own files say (the offline view) -----------------------------
+    def users(self) -> pl.DataFrame:
+        return pl.read_parquet(self.root / Files.USERS)
+
+    def items(self) -> pl.DataFrame:
+        return pl.read_parquet(self.root / Files.ITEMS)
+
+    def seen(self, uid: str) -> set[str]:
+        inter = pl.read_parquet(self.root / Files.INTERACTIONS, columns=["user_id", "item_id"])
+        return set(inter.filter(pl.col("user_id") == uid)["item_id"].to_list())
+
+    def score_weights(self) -> dict[str, float]:
+        return json.loads((self.root / Files.MANIFEST).read_text())["serving"]["score_weights"]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
+    folder = tmp_path_factory.mktemp("serving")
+    config_path = folder / "config.json"
+    config_path.write_text(json.dumps(CONFIG))  # JSON is YAML
+    config = load_config(config_path)
+    ctx = pipeline.Context(config=config, artifacts=folder / "artifacts", redis_url="unused")
+    for step in ("etl", "train-retrieval", "train-ranking", "index"):
+        for _ in pipeline.run_step(step, ctx):
+            pass
+    assert ctx.bundle is not None
+    return BuiltBundle(folder / "artifacts", ctx.bundle.version, config)
+
+
+@pytest.fixture(scope="session")
+def store_url(redis_server: RedisServer, built: BuiltBundle) -> str:
+    """A Redis database holding the published bundle; tests must not change it."""
+    url = db_url(redis_server, STORE_DB)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    built.publish(url)
+    return url
+
+
+@pytest.fixture
+def scratch_url(redis_server: RedisServer, built: BuiltBundle) -> Iterator[str]:
+    """A Redis database with the bundle freshly published, for tests that change Redis."""
+    url = db_url(redis_server, SCRATCH_DB)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    built.publish(url)
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def own_redis(built: BuiltBundle) -> Iterator[RedisServer]:
+    """A redis-server of this test alone (fault tests stop and restart it)."""
+    with RedisServer() as server:
+        built.publish(server.url)
+        yield server
+
+
+def null_user_features(root: Path, uid: str) -> tuple[str, ...]:
+    """Rewrite users.parquet as the ETL encodes a user with null features: OOV slots."""
+    fmap = FeatureMap.load(root / Files.FEATURE_MAP)
+    users = pl.read_parquet(root / Files.USERS)
+    this = pl.col("user_id") == uid
+    changes = [
+        pl.when(this).then(pl.lit(fmap.oov(c.removeprefix("slot_")))).otherwise(pl.col(c)).alias(c)
+        for c in users.columns
+        if c.startswith("slot_") and c != "slot_user_id"
+    ]
+    changes += [
+        pl.when(this).then(pl.lit(0.0, dtype=users[c].dtype)).otherwise(pl.col(c)).alias(c)
+        for c in users.columns
+        if c.startswith("num_")
+    ]
+    width = len(users["history"][0])
+    changes.append(
+        pl.when(this)
+        .then(pl.lit(np.zeros(width, dtype=np.int64).tolist(), dtype=users["history"].dtype))
+        .otherwise(pl.col("history"))
+        .alias("history")
+    )
+    users.with_columns(changes).write_parquet(root / Files.USERS)
+    return (Files.USERS,)

@@ -1,0 +1,86 @@
+"""Redis faults: /health says so, /recommend degrades to the memory hot list, never 500s."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from shared.redis_server import RedisServer
+from tests.services.conftest import BuiltBundle
+from tests.services.gateway.conftest import MakeGateway, wait_for
+
+
+def test_outage_degrades_then_recovers_without_restart(
+    make_gateway: MakeGateway, own_redis: RedisServer, built: BuiltBundle
+) -> None:
+    gateway = make_gateway(own_redis.url)
+    uid = built.users()["user_id"][0]
+    assert gateway.get(f"/recommend/{uid}").json()["degraded"] is False
+
+    own_redis.stop()
+    health = gateway.get("/health")
+    assert health.status_code == 503
+    assert health.json()["failing"] == ["redis"]
+    assert health.json()["dependencies"]["redis"].startswith("down")
+    for _ in range(3):
+        response = gateway.get(f"/recommend/{uid}", params={"top_k": 10})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["degraded"] is True and body["version"] == built.version
+        assert len(body["items"]) == 10
+        assert not {i["id"] for i in body["items"]} & built.seen(uid)
+    cold = gateway.get("/recommend/new-user").json()
+    assert cold["degraded"] is True and cold["is_cold_start"] is True and cold["items"]
+    assert gateway.get(f"/recall/{uid}").json()["degraded"] is True
+    items = built.items()["item_id"].to_list()[:3]
+    assert len(gateway.post("/rerank", json={"uid": uid, "items": items}).json()["items"]) == 3
+    metrics = gateway.get("/metrics").text
+    assert 'recsys_fallbacks_total{reason="memory_hot"} 5.0' in metrics
+    assert 'recsys_errors_total{kind="redis"} 5.0' in metrics
+
+    own_redis.start()  # same port, empty: the worker publishes again
+    built.publish(own_redis.url)
+    wait_for(lambda: gateway.get("/health").status_code == 200)
+    body = gateway.get(f"/recommend/{uid}").json()
+    assert body["degraded"] is False and len(body["items"]) == 10
+
+
+def test_a_stalled_redis_times_out_into_degraded_answers(
+    make_gateway: MakeGateway, own_redis: RedisServer, built: BuiltBundle
+) -> None:
+    gateway = make_gateway(own_redis.url, redis_timeout_s=0.1)
+    uid = built.users()["user_id"][0]
+    gateway.get(f"/recommend/{uid}")  # warm the pool
+    pauser = redis.Redis.from_url(own_redis.url)
+    pauser.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # every client's command stalls
+    try:
+        started = time.perf_counter()
+        body = gateway.get(f"/recommend/{uid}").json()
+        elapsed = time.perf_counter() - started
+    finally:
+        pauser.execute_command("CLIENT", "UNPAUSE")
+        pauser.close()
+    assert body["degraded"] is True and len(body["items"]) == 10
+    assert elapsed < 1.0  # two 0.1 s attempts, not the 1.5 s pause
+    wait_for(lambda: gateway.get(f"/recommend/{uid}").json()["degraded"] is False)
+
+
+def test_start_with_redis_down_serves_the_newest_bundle_on_disk(
+    make_gateway: MakeGateway, own_redis: RedisServer, built: BuiltBundle
+) -> None:
+    own_redis.stop()
+    gateway = make_gateway(own_redis.url)
+    health = gateway.get("/health")
+    assert health.status_code == 503 and health.json()["failing"] == ["redis"]
+    assert health.json()["version"] == built.version
+    body = gateway.get(f"/recommend/{built.users()['user_id'][0]}").json()
+    assert body["degraded"] is True and body["items"]
+
+    own_redis.start()
+    built.publish(own_redis.url)
+    # once Redis answers and names the version already served, nothing is stale any more
+    wait_for(
+        lambda: gateway.get("/health").json()["dependencies"] == {"redis": "ok", "bundle": "ok"}
+    )
+    assert gateway.get("/health").status_code == 200

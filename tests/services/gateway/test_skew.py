@@ -1,0 +1,84 @@
+"""No train/serve skew: the gateway's scores are the offline model's, pair for pair.
+
+The expected values are computed here from the bundle's files alone, along the offline
+path (``FeatureTables`` → ``Ranker.score`` / ``offline.training.ranking.predict``), at the
+hour and day of week the gateway's pinned clock reads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from offline.training.ranking import RankingData, predict
+from shared.bundle import Files
+from shared.feature_map import FeatureMap
+from shared.features import FeatureTables
+from shared.models.checkpoint import load_model
+from shared.schema import DatasetSpec
+from tests.services.conftest import PINNED, BuiltBundle
+from tests.services.gateway.conftest import LiveGateway
+
+
+class Offline:
+    """The offline scorer, rebuilt from the bundle's files."""
+
+    def __init__(self, built: BuiltBundle) -> None:
+        root = built.root
+        self.tables = FeatureTables.from_frames(
+            pl.read_parquet(root / Files.USERS),
+            pl.read_parquet(root / Files.ITEMS),
+            DatasetSpec.from_dict(json.loads((root / Files.SPEC).read_text())),
+            FeatureMap.load(root / Files.FEATURE_MAP),
+        )
+        self.ranker = load_model(root / Files.RANKER.format(kind="dcn"))
+        self.weights = built.score_weights()
+
+    def scores(self, uid: str, item_ids: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        n = len(item_ids)
+        user = np.full(n, self.tables.users.index.get(uid, 0))
+        items = self.tables.items.rows(item_ids)
+        hour, dow = np.full(n, PINNED.hour), np.full(n, PINNED.weekday())
+        with torch.no_grad():
+            score = self.ranker.score(
+                self.tables.ranker_inputs(user, items, hour, dow), self.weights
+            )
+        probs = predict(self.ranker, self.tables, RankingData(user, items, hour, dow, labels={}))
+        return score.numpy(), probs
+
+
+@pytest.fixture(scope="module")
+def offline(built: BuiltBundle) -> Offline:
+    return Offline(built)
+
+
+def _check(items: list[dict], expected: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+    score, probs = expected
+    np.testing.assert_allclose([i["score"] for i in items], score, atol=1e-5, rtol=0)
+    for task, p in probs.items():
+        np.testing.assert_allclose([i["scores"][task] for i in items], p, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("who", ["known", "another", "cold"])
+def test_rerank_scores_equal_the_offline_scores(
+    api: LiveGateway, built: BuiltBundle, offline: Offline, who: str
+) -> None:
+    uids = built.users()["user_id"].to_list()
+    uid = {"known": uids[0], "another": uids[-1], "cold": "nobody-we-know"}[who]
+    every_item = built.items()["item_id"].to_list()  # seen ones too: the caller chose them
+    body = api.post("/rerank", json={"uid": uid, "items": every_item}).json()
+    assert len(body["items"]) == len(every_item)
+    ranked = [i["id"] for i in body["items"]]
+    _check(body["items"], offline.scores(uid, ranked))
+
+
+def test_recommend_scores_equal_the_offline_scores(
+    api: LiveGateway, built: BuiltBundle, offline: Offline
+) -> None:
+    for uid in built.users()["user_id"].to_list()[:5]:
+        body = api.get(f"/recommend/{uid}", params={"top_k": 20}).json()
+        _check(body["items"], offline.scores(uid, [i["id"] for i in body["items"]]))
