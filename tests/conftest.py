@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from shared.errors import DataError
 from shared.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,3 +36,15 @@ def ml100k_dir() -> Path:
     if not (ML100K / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not found at {ML100K} (the shared data folder is absent)")
     return ML100K
+
+
+def raises_data_error(call: Callable[[], object], path: Path, line: int | None) -> DataError:
+    """Run ``call``; its DataError must name ``path`` and ``line`` on one line."""
+    with pytest.raises(DataError) as info:
+        call()
+    e = info.value
+    assert e.path == str(path)
+    assert e.line == line
+    assert str(e).startswith(f"{path}:{line}: " if line is not None else f"{path}: ")
+    assert "\n" not in str(e)
+    return e

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from offline.datasets import SOURCES, load_dataset
-from shared.errors import ConfigError, DataError
+from shared.errors import ConfigError
 from shared.schema import Dataset, FeatureKind
+from tests.conftest import raises_data_error
 
 SMALL_SYNTHETIC = {"n_users": 40, "n_items": 30, "n_impressions": 3000, "days": 5}
 
@@ -21,18 +21,6 @@ def _write(directory: Path, files: dict[str, str | bytes]) -> Path:
         data = content.encode() if isinstance(content, str) else content
         (directory / name).write_bytes(data)
     return directory
-
-
-def _raises(call: Callable[[], object], path: Path, line: int | None) -> DataError:
-    """Run ``call``; its DataError must name ``path`` and ``line`` on one line."""
-    with pytest.raises(DataError) as info:
-        call()
-    e = info.value
-    assert e.path == str(path)
-    assert e.line == line
-    assert str(e).startswith(f"{path}:{line}: " if line is not None else f"{path}: ")
-    assert "\n" not in str(e)
-    return e
 
 
 def _features(dataset: Dataset, owner: str) -> dict[str, FeatureKind]:
@@ -77,7 +65,9 @@ def test_bad_options(tmp_path: Path, name: str, options: dict, match: str) -> No
 def test_data_dir_needed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs --data-dir"):
         load_dataset("movielens-1m")
-    _raises(lambda: load_dataset("homepage", tmp_path / "nowhere"), tmp_path / "nowhere", None)
+    raises_data_error(
+        lambda: load_dataset("homepage", tmp_path / "nowhere"), tmp_path / "nowhere", None
+    )
 
 
 # ----------------------------------------------------------------- synthetic
@@ -170,13 +160,13 @@ def test_movielens_1m_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str
 ) -> None:
     data_dir = _write(tmp_path, ML1M | {name: content})
-    e = _raises(lambda: load_dataset("movielens-1m", data_dir), data_dir / name, line)
+    e = raises_data_error(lambda: load_dataset("movielens-1m", data_dir), data_dir / name, line)
     assert e.reason.startswith(reason)
 
 
 def test_movielens_1m_missing_file(tmp_path: Path) -> None:
     data_dir = _write(tmp_path, {k: v for k, v in ML1M.items() if k != "users.dat"})
-    _raises(lambda: load_dataset("movielens-1m", data_dir), data_dir / "users.dat", None)
+    raises_data_error(lambda: load_dataset("movielens-1m", data_dir), data_dir / "users.dat", None)
 
 
 # ---------------------------------------------------------- movielens-latest
@@ -249,12 +239,14 @@ def test_movielens_latest_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int
 ) -> None:
     data_dir = _write(tmp_path, LATEST | {name: content})
-    _raises(lambda: load_dataset("movielens-latest", data_dir), data_dir / name, line)
+    raises_data_error(lambda: load_dataset("movielens-latest", data_dir), data_dir / name, line)
 
 
 def test_movielens_latest_missing_file(tmp_path: Path) -> None:
     data_dir = _write(tmp_path, {k: v for k, v in LATEST.items() if k != "movies.csv"})
-    _raises(lambda: load_dataset("movielens-latest", data_dir), data_dir / "movies.csv", None)
+    raises_data_error(
+        lambda: load_dataset("movielens-latest", data_dir), data_dir / "movies.csv", None
+    )
 
 
 # ------------------------------------------------------------------ homepage
@@ -323,13 +315,15 @@ def test_homepage_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str
 ) -> None:
     data_dir = _write(tmp_path, HOMEPAGE | {name: content})
-    e = _raises(lambda: load_dataset("homepage", data_dir), data_dir / name, line)
+    e = raises_data_error(lambda: load_dataset("homepage", data_dir), data_dir / name, line)
     assert e.reason.startswith(reason)
 
 
 def test_homepage_missing_file(tmp_path: Path) -> None:
     data_dir = _write(tmp_path, {k: v for k, v in HOMEPAGE.items() if k != "item_feature.dat"})
-    _raises(lambda: load_dataset("homepage", data_dir), data_dir / "item_feature.dat", None)
+    raises_data_error(
+        lambda: load_dataset("homepage", data_dir), data_dir / "item_feature.dat", None
+    )
 
 
 # ------------------------------------------------------------------- tabular
@@ -495,7 +489,7 @@ def test_tabular_bad_vectors(
     reason: str,
 ) -> None:
     data_dir = _vectors(tmp_path, users, item_embs)
-    e = _raises(lambda: load_dataset("tabular", data_dir), data_dir / name, line)
+    e = raises_data_error(lambda: load_dataset("tabular", data_dir), data_dir / name, line)
     assert e.reason == reason
 
 
@@ -545,19 +539,21 @@ def test_tabular_csv_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str
 ) -> None:
     data_dir = _write(tmp_path, TABULAR_CSV | {name: content})
-    e = _raises(lambda: load_dataset("tabular", data_dir), data_dir / name, line)
+    e = raises_data_error(lambda: load_dataset("tabular", data_dir), data_dir / name, line)
     assert e.reason.startswith(reason)
 
 
 def test_tabular_csv_missing_file(tmp_path: Path) -> None:
     data_dir = _write(tmp_path, {k: v for k, v in TABULAR_CSV.items() if k != "items.csv"})
-    _raises(lambda: load_dataset("tabular", data_dir), data_dir / "items.csv", None)
+    raises_data_error(lambda: load_dataset("tabular", data_dir), data_dir / "items.csv", None)
 
 
 def test_tabular_parquet_missing_file(tmp_path: Path) -> None:
     data_dir = _tabular_parquet(tmp_path / "d")
     (data_dir / "users.parquet").unlink()
-    e = _raises(lambda: load_dataset("tabular", data_dir), data_dir / "users.parquet", None)
+    e = raises_data_error(
+        lambda: load_dataset("tabular", data_dir), data_dir / "users.parquet", None
+    )
     assert e.reason == "file not found"
 
 
@@ -582,5 +578,5 @@ def test_tabular_parquet_bad_input(tmp_path: Path, frame: pl.DataFrame | None, r
         path.write_bytes(b"PAR1 this is not parquet")
     else:
         frame.write_parquet(path)
-    e = _raises(lambda: load_dataset("tabular", data_dir), path, None)
+    e = raises_data_error(lambda: load_dataset("tabular", data_dir), path, None)
     assert e.reason.startswith(reason)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -10,7 +9,7 @@ import pytest
 
 from offline.datasets import delimited
 from offline.datasets.delimited import read_csv, read_delimited
-from shared.errors import DataError
+from tests.conftest import raises_data_error
 
 COLUMNS = [("a", pl.Int64), ("b", pl.String), ("c", pl.Float64)]
 
@@ -19,19 +18,6 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-def _raises(call: Callable[[], object], path: Path, line: int | None) -> DataError:
-    """Run ``call``; its DataError must name ``path`` and ``line`` on one line."""
-    with pytest.raises(DataError) as info:
-        call()
-    e = info.value
-    assert e.path == str(path)
-    assert e.line == line
-    where = f"{path}:{line}: " if line is not None else f"{path}: "
-    assert str(e).startswith(where)
-    assert "\n" not in str(e)
-    return e
 
 
 # ---------------------------------------------------------------- read_delimited
@@ -75,25 +61,25 @@ def test_delimited_empty_file(tmp_path: Path) -> None:
 )
 def test_delimited_bad_input(tmp_path: Path, data: bytes, line: int, reason: str) -> None:
     path = _write(tmp_path, "x.dat", data)
-    e = _raises(lambda: read_delimited(path, COLUMNS, "|"), path, line)
+    e = raises_data_error(lambda: read_delimited(path, COLUMNS, "|"), path, line)
     assert e.reason.startswith(reason)
 
 
 def test_delimited_bad_line_after_header(tmp_path: Path) -> None:
     path = _write(tmp_path, "x.dat", b"a|b|c\n1|x|2\n2|y\n")
-    _raises(lambda: read_delimited(path, COLUMNS, "|", skip_header=True), path, 3)
+    raises_data_error(lambda: read_delimited(path, COLUMNS, "|", skip_header=True), path, 3)
 
 
 def test_delimited_required_columns(tmp_path: Path) -> None:
     path = _write(tmp_path, "x.dat", b"1|x|2\n\n2||3\n")
     assert read_delimited(path, COLUMNS, "|", required=["a", "c"]).height == 2
-    e = _raises(lambda: read_delimited(path, COLUMNS, "|", required=["b"]), path, 3)
+    e = raises_data_error(lambda: read_delimited(path, COLUMNS, "|", required=["b"]), path, 3)
     assert e.reason == "column 'b': empty value"
 
 
 def test_delimited_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.dat"
-    e = _raises(lambda: read_delimited(path, COLUMNS, "|"), path, None)
+    e = raises_data_error(lambda: read_delimited(path, COLUMNS, "|"), path, None)
     assert e.reason == "file not found"
 
 
@@ -179,7 +165,7 @@ def test_csv_clean_file_is_read_without_a_line_by_line_pass(
 )
 def test_csv_bad_input(tmp_path: Path, data: bytes, line: int, reason: str) -> None:
     path = _write(tmp_path, "x.csv", data)
-    e = _raises(lambda: read_csv(path, COLUMNS), path, line)
+    e = raises_data_error(lambda: read_csv(path, COLUMNS), path, line)
     assert e.reason.startswith(reason)
 
 
@@ -191,11 +177,11 @@ def test_csv_bad_input(tmp_path: Path, data: bytes, line: int, reason: str) -> N
 def test_csv_required_columns(tmp_path: Path, data: bytes, line: int) -> None:
     path = _write(tmp_path, "x.csv", data)
     assert read_csv(path, COLUMNS, required=["a", "c"]).height == 2
-    e = _raises(lambda: read_csv(path, COLUMNS, required=["b"]), path, line)
+    e = raises_data_error(lambda: read_csv(path, COLUMNS, required=["b"]), path, line)
     assert e.reason == "column 'b': empty value"
 
 
 def test_csv_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.csv"
-    e = _raises(lambda: read_csv(path, COLUMNS), path, None)
+    e = raises_data_error(lambda: read_csv(path, COLUMNS), path, None)
     assert e.reason == "file not found"
