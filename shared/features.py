@@ -125,9 +125,18 @@ class FeatureTables:
 
     # --- model inputs ----------------------------------------------------------------
     def ranker_inputs(
-        self, user_rows: np.ndarray, item_rows: np.ndarray, hour: np.ndarray, dow: np.ndarray
+        self,
+        user_rows: np.ndarray,
+        item_rows: np.ndarray,
+        hour: np.ndarray,
+        dow: np.ndarray,
+        history: np.ndarray | None = None,
     ) -> RankerInputs:
-        """Rows of (user, item, context) → ranker tensors; all arguments are (B,) int arrays."""
+        """Rows of (user, item, context) → ranker tensors; all arguments are (B,) int arrays.
+
+        ``history`` (B, H) replaces the users' latest items (training uses each
+        example's own past; serving the latest, as stored).
+        """
         u, i = self.users, self.items
         cat = np.concatenate(
             [
@@ -142,7 +151,7 @@ class FeatureTables:
         )  # (B, F)
         # the user's recent items as one more multi-hot field; the scored item itself is
         # masked out so training positives cannot read their own label from it
-        history = self.history[user_rows]  # (B, H)
+        history = self.history[user_rows] if history is None else history  # (B, H)
         history = np.where(history == i.id_slot[item_rows, None], 0, history)
         multi = _concat_multi(
             u.multi[user_rows], i.multi[item_rows], history[:, None, :]

@@ -81,8 +81,8 @@ def ranking_impressions(
     known: np.ndarray,
     popularity: np.ndarray,
 ) -> pl.DataFrame:
-    """Impressions of one split: ``user_idx, item_idx, hour, dow`` and a column per task."""
-    base = ["user_idx", "item_idx", "hour", "dow"]
+    """Impressions of one split: ``user_idx, item_idx, ts, hour, dow`` and a column per task."""
+    base = ["user_idx", "item_idx", "ts", "hour", "dow"]
     labels = spec.label_columns
     if not spec.implicit:
         return interactions.select(
@@ -99,6 +99,7 @@ def ranking_impressions(
         {
             "user_idx": neg_users,
             "item_idx": neg_items,
+            "ts": pos["ts"].to_numpy()[source],
             "hour": pos["hour"].to_numpy()[source],
             "dow": pos["dow"].to_numpy()[source],
         }

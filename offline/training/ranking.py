@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from offline.metrics import auc
+from offline.training.history import CausalHistory
 from offline.training.impressions import Sampling, effective_tasks, known_keys, ranking_impressions
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import multitask_loss
@@ -43,6 +44,9 @@ class RankingConfig(StrictConfig):
     dcn: DCNConfig = DCNConfig()
     neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
     negative_sampling: Sampling = "mixed"
+    history: Literal["causal", "latest"] = Field(
+        "causal", description="training history: items before each impression, or the latest ones"
+    )
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
     score_weights: dict[str, float] = Field(
         default_factory=dict, description="final score weight per task"
@@ -56,6 +60,7 @@ class RankingData:
 
     user: np.ndarray
     item: np.ndarray
+    ts: np.ndarray
     hour: np.ndarray
     dow: np.ndarray
     labels: dict[str, np.ndarray]
@@ -92,6 +97,7 @@ def ranking_data(
         out[split] = RankingData(
             user=frame["user_idx"].to_numpy(),
             item=frame["item_idx"].to_numpy(),
+            ts=frame["ts"].to_numpy(),
             hour=frame["hour"].to_numpy(),
             dow=frame["dow"].to_numpy(),
             labels={t.name: frame[t.name].cast(pl.Float32).to_numpy() for t in tasks},
@@ -172,9 +178,19 @@ def train_ranker(
     labels = {name: torch.from_numpy(v) for name, v in train.labels.items()}
     first = tasks[0].name
 
+    positive = train.labels[first] == 1
+    causal = CausalHistory(
+        train.user[positive],
+        train.ts[positive],
+        tables.items.id_slot[train.item[positive]],
+        tables.history.shape[1],
+    )
+
     def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
+        users = train.user[batch]
+        history = causal(users, train.ts[batch]) if config.history == "causal" else None
         inputs = tables.ranker_inputs(
-            train.user[batch], train.item[batch], train.hour[batch], train.dow[batch]
+            users, train.item[batch], train.hour[batch], train.dow[batch], history
         )
         idx = torch.from_numpy(batch)
         return net(inputs, {name: v[idx] for name, v in labels.items()})

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from offline.metrics import recall_at_k, relevant_sets
+from offline.training.history import CausalHistory
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import bce_retrieval_loss, hard_negatives, sampled_softmax_loss
 from shared.config import StrictConfig
@@ -150,8 +151,8 @@ def train_retrieval(
     train = positives(interactions, spec, "train").sort("user_idx", "ts", maintain_order=True)
     users = train["user_idx"].to_numpy()
     items = train["item_idx"].to_numpy()
-    # position of each positive within its user's time-ordered sequence
-    seq_pos = train.select(pl.int_range(pl.len()).over("user_idx"))["literal"].to_numpy()
+    times = train["ts"].to_numpy()
+    causal = CausalHistory(users, times, tables.items.id_slot[items], tables.history.shape[1])
     n_items = len(tables.items)
     tower_config = TowerConfig(
         vocab_size=tables.feature_map.size,
@@ -180,10 +181,8 @@ def train_retrieval(
 
     def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
         u_rows, i_rows = users[batch], items[batch]
-        if config.history == "causal":  # the items the user chose just before this one
-            back = np.arange(1, history_all.shape[1] + 1)
-            prev = batch[:, None] - back[None, :]  # (B, H) positions, most recent first
-            hist = np.where(back[None, :] <= seq_pos[batch][:, None], item_slots[items[np.maximum(prev, 0)]], 0)
+        if config.history == "causal":  # the items the user chose before this one
+            hist = causal(u_rows, times[batch])
         else:  # the user's latest training items, as served; the target masked out
             hist = history_all[u_rows].copy()
             hist[hist == item_slots[i_rows][:, None]] = 0

@@ -76,7 +76,18 @@ def test_scores_are_the_offline_models(served: ServingBundle, built: BuiltBundle
         expected = ranker.score(
             served.tables.ranker_inputs(users, items, hour, dow), built.score_weights()
         ).numpy()
-    probs = predict(ranker, served.tables, RankingData(users, items, hour, dow, labels={}))
+    probs = predict(
+        ranker,
+        served.tables,
+        RankingData(
+            user=users,
+            item=items,
+            ts=np.zeros(len(users), dtype=np.int64),
+            hour=hour,
+            dow=dow,
+            labels={},
+        ),
+    )
     got = served.score(users, items, hour, dow)
     np.testing.assert_allclose(got.score, expected, atol=1e-5)
     for j, task in enumerate(served.tasks):

@@ -47,7 +47,13 @@ class Offline:
             score = self.ranker.score(
                 self.tables.ranker_inputs(user, items, hour, dow), self.weights
             )
-        probs = predict(self.ranker, self.tables, RankingData(user, items, hour, dow, labels={}))
+        probs = predict(
+            self.ranker,
+            self.tables,
+            RankingData(
+                user=user, item=items, ts=np.zeros(n, dtype=np.int64), hour=hour, dow=dow, labels={}
+            ),
+        )
         return score.numpy(), probs
 
 

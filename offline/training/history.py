@@ -1,0 +1,42 @@
+"""Causal histories: for each training example, the items its user chose before it.
+
+Serving sees a user's latest items; a training example from months ago would see the
+future if it were given the same list. Training therefore rebuilds, per example, the
+last ``length`` positives strictly before its timestamp — by binary search over one
+sorted key array, no loop per example.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CausalHistory"]
+
+_SPAN = np.int64(1) << 34  # > any unix timestamp in seconds until the year 2514
+
+
+class CausalHistory:
+    """Look-ups of each (user, time)'s previous positives.
+
+    Args:
+        users: (P,) user rows of the training positives.
+        ts: (P,) their timestamps.
+        slots: (P,) the item_id slot of each positive.
+        length: H, the history length.
+    """
+
+    def __init__(self, users: np.ndarray, ts: np.ndarray, slots: np.ndarray, length: int) -> None:
+        order = np.lexsort((ts, users))
+        self.keys = users[order].astype(np.int64) * _SPAN + ts[order].astype(np.int64)
+        self.slots = slots[order]
+        self.length = length
+
+    def __call__(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(B, H) item slots, most recent first, 0 where the user had fewer."""
+        base = users.astype(np.int64) * _SPAN
+        end = np.searchsorted(
+            self.keys, base + ts.astype(np.int64), side="left"
+        )  # strictly before ts
+        start = np.searchsorted(self.keys, base, side="left")
+        idx = end[:, None] - 1 - np.arange(self.length)[None, :]  # (B, H)
+        return np.where(idx >= start[:, None], self.slots[np.maximum(idx, 0)], 0)
