@@ -22,6 +22,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--k", type=int, default=200)
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="noise around cluster centres (1.0: clusters overlap)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(1000, args.dim)).astype(np.float32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             key_prefix=settings.key_prefix,
             version=args.bundle_version,
         )
+        quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 reports
         for line in pipeline.run_step(args.step, context):
-            print(line)
+            if not quiet:
+                print(line)
     except RecsysError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CODES.get(type(e), 1)
