@@ -23,6 +23,18 @@ def _write(directory: Path, files: dict[str, str | bytes]) -> Path:
     return directory
 
 
+def _bad_input(tmp_path: Path, source: str, files: dict, name: str, line: int, reason: str) -> None:
+    """Loading ``source`` from ``files`` fails on ``name``:``line`` with ``reason``."""
+    data_dir = _write(tmp_path, files)
+    e = raises_data_error(lambda: load_dataset(source, data_dir), data_dir / name, line)
+    assert e.reason.startswith(reason)
+
+
+def _missing_file(tmp_path: Path, source: str, files: dict, missing: str) -> None:
+    data_dir = _write(tmp_path, {k: v for k, v in files.items() if k != missing})
+    raises_data_error(lambda: load_dataset(source, data_dir), data_dir / missing, None)
+
+
 def _features(dataset: Dataset, owner: str) -> dict[str, FeatureKind]:
     return {f.name: f.kind for f in dataset.spec.features_of(owner)}  # type: ignore[arg-type]
 
@@ -159,14 +171,11 @@ def test_movielens_1m(tmp_path: Path) -> None:
 def test_movielens_1m_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str
 ) -> None:
-    data_dir = _write(tmp_path, ML1M | {name: content})
-    e = raises_data_error(lambda: load_dataset("movielens-1m", data_dir), data_dir / name, line)
-    assert e.reason.startswith(reason)
+    _bad_input(tmp_path, "movielens-1m", ML1M | {name: content}, name, line, reason)
 
 
 def test_movielens_1m_missing_file(tmp_path: Path) -> None:
-    data_dir = _write(tmp_path, {k: v for k, v in ML1M.items() if k != "users.dat"})
-    raises_data_error(lambda: load_dataset("movielens-1m", data_dir), data_dir / "users.dat", None)
+    _missing_file(tmp_path, "movielens-1m", ML1M, "users.dat")
 
 
 # ---------------------------------------------------------- movielens-latest
@@ -243,10 +252,7 @@ def test_movielens_latest_bad_input(
 
 
 def test_movielens_latest_missing_file(tmp_path: Path) -> None:
-    data_dir = _write(tmp_path, {k: v for k, v in LATEST.items() if k != "movies.csv"})
-    raises_data_error(
-        lambda: load_dataset("movielens-latest", data_dir), data_dir / "movies.csv", None
-    )
+    _missing_file(tmp_path, "movielens-latest", LATEST, "movies.csv")
 
 
 # ------------------------------------------------------------------ homepage
@@ -314,16 +320,11 @@ def test_homepage_milliseconds(tmp_path: Path) -> None:
 def test_homepage_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str
 ) -> None:
-    data_dir = _write(tmp_path, HOMEPAGE | {name: content})
-    e = raises_data_error(lambda: load_dataset("homepage", data_dir), data_dir / name, line)
-    assert e.reason.startswith(reason)
+    _bad_input(tmp_path, "homepage", HOMEPAGE | {name: content}, name, line, reason)
 
 
 def test_homepage_missing_file(tmp_path: Path) -> None:
-    data_dir = _write(tmp_path, {k: v for k, v in HOMEPAGE.items() if k != "item_feature.dat"})
-    raises_data_error(
-        lambda: load_dataset("homepage", data_dir), data_dir / "item_feature.dat", None
-    )
+    _missing_file(tmp_path, "homepage", HOMEPAGE, "item_feature.dat")
 
 
 # ------------------------------------------------------------------- tabular
@@ -538,14 +539,11 @@ def test_tabular_missing_schema(tmp_path: Path) -> None:
 def test_tabular_csv_bad_input(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str
 ) -> None:
-    data_dir = _write(tmp_path, TABULAR_CSV | {name: content})
-    e = raises_data_error(lambda: load_dataset("tabular", data_dir), data_dir / name, line)
-    assert e.reason.startswith(reason)
+    _bad_input(tmp_path, "tabular", TABULAR_CSV | {name: content}, name, line, reason)
 
 
 def test_tabular_csv_missing_file(tmp_path: Path) -> None:
-    data_dir = _write(tmp_path, {k: v for k, v in TABULAR_CSV.items() if k != "items.csv"})
-    raises_data_error(lambda: load_dataset("tabular", data_dir), data_dir / "items.csv", None)
+    _missing_file(tmp_path, "tabular", TABULAR_CSV, "items.csv")
 
 
 def test_tabular_parquet_missing_file(tmp_path: Path) -> None:
