@@ -43,9 +43,14 @@ def test_quickstart_trains_publishes_serves_and_answers(tmp_path, redis_server) 
     assert f"redis: using {redis_server.url}" in out.stdout
     answers = _answers(out.stdout)
     assert answers["health"]["status"] == "ok"
-    known = next(v for k, v in answers.items() if k.startswith("recommend/") and "someone-new" not in k)
+    known = next(
+        v for k, v in answers.items() if k.startswith("recommend/") and "someone-new" not in k
+    )
     assert known["stage"] == "rank" and not known["is_cold_start"] and len(known["items"]) == 3
-    assert all(0 <= item["score"] and set(item["scores"]) == {"click", "add_to_cart", "purchase"} for item in known["items"])
+    assert all(
+        0 <= item["score"] and set(item["scores"]) == {"click", "add_to_cart", "purchase"}
+        for item in known["items"]
+    )
     cold = answers["recommend/someone-new?top_k=3"]
     assert cold["is_cold_start"] and len(cold["items"]) == 3
     rerank = answers["rerank"]

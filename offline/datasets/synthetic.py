@@ -45,7 +45,9 @@ class SyntheticConfig(StrictConfig):
     taste_dim: int = Field(8, ge=2)
     click_bias: float = -2.2
     taste_strength: float = 1.6
-    personal_taste: float = Field(0.35, ge=0, description="share of a user's taste not in their features")
+    personal_taste: float = Field(
+        0.35, ge=0, description="share of a user's taste not in their features"
+    )
     item_taste_noise: float = Field(0.45, ge=0, description="spread of items around their category")
     item_quality: float = Field(0.4, ge=0, description="spread of hidden per-item quality (logit)")
     item_popularity_exponent: float = Field(1.0, ge=0)
@@ -105,7 +107,9 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
 
     # items: taste around their category's centroid, a hidden quality, tags and price
     cat = rng.integers(0, c.n_categories, c.n_items)
-    v = rng.normal(0, 1, (c.n_categories, k))[cat] + c.item_taste_noise * rng.normal(0, 1, (c.n_items, k))
+    v = rng.normal(0, 1, (c.n_categories, k))[cat] + c.item_taste_noise * rng.normal(
+        0, 1, (c.n_items, k)
+    )
     quality = rng.normal(0, c.item_quality, c.n_items)
     brand = cat * 4 + rng.integers(0, 4, c.n_items)
     price_band = np.clip(np.round(rng.normal(2 + (cat % 3) - 1, 1.0)), 0, 4).astype(np.int64)

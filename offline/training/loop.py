@@ -35,6 +35,9 @@ class TrainerConfig(StrictConfig):
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
+    embedding_weight_decay: float = Field(
+        0.0, ge=0, description="decoupled decay of embedding tables"
+    )
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     clip_norm: float = Field(5.0, gt=0)
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
@@ -101,12 +104,14 @@ def fit(
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
+    groups: dict[str, list[torch.nn.Parameter]] = {"dense": [], "embedding": [], "rest": []}
+    for n, p in model.named_parameters():
+        groups["embedding" if "embedding" in n else "dense" if p.ndim > 1 else "rest"].append(p)
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": rest, "weight_decay": 0.0},
+            {"params": groups["dense"], "weight_decay": config.weight_decay},
+            {"params": groups["embedding"], "weight_decay": config.embedding_weight_decay},
+            {"params": groups["rest"], "weight_decay": 0.0},
         ],
         lr=config.lr,
     )

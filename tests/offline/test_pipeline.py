@@ -21,7 +21,9 @@ TINY = {
 
 def _run(artifacts: Path, redis_url: str, steps: tuple[str, ...]) -> list[str]:
     config = load_config(None, **TINY)
-    ctx = pipeline.Context(config=config, artifacts=artifacts, redis_url=redis_url, key_prefix="pipe:")
+    ctx = pipeline.Context(
+        config=config, artifacts=artifacts, redis_url=redis_url, key_prefix="pipe:"
+    )
     return [line for step in steps for line in pipeline.run_step(step, ctx)]
 
 
@@ -47,7 +49,9 @@ def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> No
     b, _ = bundle
     m = json.loads(b.path(Files.METRICS).read_text())
     for block in ("retrieval", "popularity"):
-        assert {"recall@50", "ndcg@10", "map@10", "mrr", "hitrate@10", "coverage", "ild@10"} <= m[block].keys()
+        assert {"recall@50", "ndcg@10", "map@10", "mrr", "hitrate@10", "coverage", "ild@10"} <= m[
+            block
+        ].keys()
     assert m["ranked"].keys() == {"dcn", "deepfm"}
     assert {"auc", "logloss"} <= m["ranking"]["dcn"]["click"].keys()
     assert "auc_given_parent" in m["ranking"]["deepfm"]["purchase"]
@@ -68,7 +72,9 @@ def test_publish_flipped_the_active_version(bundle, redis_server) -> None:
 
 def test_same_config_gives_the_same_metrics(bundle, tmp_path, redis_server) -> None:
     b, _ = bundle
-    _run(tmp_path, redis_server.url, ("etl", "train-retrieval", "train-ranking", "index", "evaluate"))
+    _run(
+        tmp_path, redis_server.url, ("etl", "train-retrieval", "train-ranking", "index", "evaluate")
+    )
     first = json.loads(b.path(Files.METRICS).read_text())
     again = json.loads(Bundle.open(tmp_path).path(Files.METRICS).read_text())
     for block in ("retrieval", "ranked", "ranking"):
