@@ -173,7 +173,8 @@ def train_retrieval(
     counts = np.bincount(items, minlength=n_items).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1, len(items)))).float()
     task = TwoTowerTrainTask(model, config, log_q)
-    task.all_items = tables.item_inputs(np.arange(n_items))
+    if config.loss == "full_softmax":
+        task.all_items = tables.item_inputs(np.arange(n_items))
     item_slots = tables.items.id_slot
     history_all = tables.history
     rng = np.random.default_rng(config.trainer.seed)
