@@ -25,6 +25,7 @@ from offline.datasets import load_dataset
 from offline.evaluate import evaluate
 from offline.index import build_index, index_quality, interleave, search
 from offline.publish import publish
+from offline.training.impressions import known_keys
 from offline.training.loop import distributed
 from offline.training.ranking import ranking_data, score_weights, train_ranker
 from offline.training.retrieval import embed_items, embed_users, train_retrieval
@@ -195,12 +196,12 @@ def index_step(ctx: Context) -> Iterator[str]:
     recalled = np.where(found >= 0, found + 1, -1)
     banned = None
     if cfg.exclude_seen:
-        n_items = len(vectors)
-        keys = np.unique(seen["user_idx"].to_numpy() * n_items + seen["item_idx"].to_numpy())
+        n_items = len(vectors) - 1
+        keys = known_keys(ctx.interactions(), n_items)
         cand = np.concatenate(
             [recalled, np.broadcast_to(hot_rows, (len(user_rows), len(hot_rows)))], axis=1
         )
-        banned = np.isin(user_rows[:, None] * n_items + cand, keys)
+        banned = np.isin(user_rows[:, None] * (n_items + 1) + cand, keys)
     merged = interleave(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
     pl.DataFrame({"user_idx": user_rows, "items": merged}).write_parquet(bundle.path(Files.RECALL))
     hot.write_parquet(bundle.path(Files.HOT))

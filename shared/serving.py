@@ -289,11 +289,7 @@ class ServingBundle:
         inputs = self.ranker_inputs(user_rows, item_rows, hour, dow)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            probs = self.ranker.probabilities(inputs)  # task → (B,)
-            # Σ_t w_t p_t in the order and dtype of Ranker.score
-            total = torch.zeros(inputs.cat.shape[0], device=inputs.cat.device)  # (B,)
-            for name, weight in self.score_weights.items():
-                total = total + weight * probs[name]
+            total, probs = self.ranker.score_with_probabilities(inputs, self.score_weights)
             stacked = torch.stack([probs[t] for t in self.tasks], dim=1)  # (B, T)
         t2 = time.perf_counter()
         return ScoredBatch(total.numpy(), stacked.numpy(), t1 - t0, t2 - t1)

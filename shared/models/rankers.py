@@ -210,6 +210,16 @@ class Ranker(nn.Module):
         Raises:
             ConfigError: a weight names a task this ranker does not have.
         """
+        return self.score_with_probabilities(inputs, weights)[0]
+
+    def score_with_probabilities(
+        self, inputs: RankerInputs, weights: Mapping[str, float]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`score` and :meth:`probabilities` from one forward pass.
+
+        Raises:
+            ConfigError: a weight names a task this ranker does not have.
+        """
         unknown = set(weights) - {t.name for t in self.config.tasks}
         if unknown:
             raise ConfigError(f"score weights name unknown tasks: {sorted(unknown)}")
@@ -217,7 +227,7 @@ class Ranker(nn.Module):
         total = torch.zeros(inputs.cat.shape[0], device=inputs.cat.device)  # (B,)
         for name, weight in weights.items():
             total = total + weight * probs[name]
-        return total
+        return total, probs
 
 
 class DeepFM(Ranker):
