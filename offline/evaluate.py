@@ -2,6 +2,8 @@
 
 - retrieval: each test user's top K over every item (training and validation items
   excluded), against a popularity baseline on the same split;
+- every model sees, as a user's history, the positives before the test split
+  (training and validation): what a live system would know at the time;
 - ranked: the retrieval candidates re-scored by each ranker, next to retrieval alone;
 - ranking: AUC and logloss per task on test impressions, with the oracle AUC where
   the data knows the true probabilities;
@@ -20,6 +22,7 @@ import torch
 from pydantic import Field
 
 from offline import metrics as M
+from offline.training.history import CausalHistory
 from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
 from offline.training.retrieval import embed_items, embed_users, positives, seen_pairs, top_k
@@ -59,14 +62,28 @@ def evaluate(
     relevant = M.relevant_sets(
         where[test["user_idx"].to_numpy()], test["item_idx"].to_numpy(), len(users)
     )
-    seen = interactions.filter(pl.col("split") != "test").select("user_idx", "item_idx")
-    exclude = seen_pairs(seen, users)
+    before = interactions.filter(pl.col("split") != "test")
+    exclude = seen_pairs(before.select("user_idx", "item_idx"), users)
     k_max = max(config.ks)
     n_items = len(tables.items)
+    earlier = pl.concat([positives(interactions, spec, s) for s in ("train", "valid")])
+    causal = CausalHistory(
+        earlier["user_idx"].to_numpy(),
+        earlier["ts"].to_numpy(),
+        tables.items.id_slot[earlier["item_idx"].to_numpy()],
+        tables.history.shape[1],
+    )
+    first_ts = test.group_by("user_idx").agg(pl.col("ts").min())
+    ts = np.zeros(len(tables.users), dtype=np.int64)
+    ts[first_ts["user_idx"].to_numpy()] = first_ts["ts"].to_numpy()
+    history = causal(users, ts[users])  # (U, H)
 
     item_emb = embed_items(two_tower, tables)
     candidates = top_k(
-        embed_users(two_tower, tables, users), item_emb, max(config.candidates, k_max), exclude
+        embed_users(two_tower, tables, users, history),
+        item_emb,
+        max(config.candidates, k_max),
+        exclude,
     )
     item_vectors = item_emb.numpy()
     out: dict[str, Any] = {"dataset": spec.name, "test_users": int(len(users))}
@@ -76,7 +93,7 @@ def evaluate(
 
     counts = torch.from_numpy(
         M.popularity_scores(
-            interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy(), n_items
+            before["item_idx"].to_numpy(), n_items
         ).astype(np.float32)
     )
     pop = top_k(torch.ones(len(users), 1), counts[:, None], k_max, exclude)
@@ -96,11 +113,13 @@ def evaluate(
     out["ranked"], out["ranking"] = {}, {}
     tasks = effective_tasks(spec)
     for kind, ranker in rankers.items():
-        reranked = _rerank(ranker, tables, users, candidates, hour, dow, score_weights)
+        reranked = _rerank(ranker, tables, users, history, candidates, hour, dow, score_weights)
         out["ranked"][kind] = _ranking_block(
             reranked[:, :k_max], relevant, config.ks, n_items, item_vectors
         )
-        probs = predict(ranker, tables, test_impressions)
+        probs = predict(
+            ranker, tables, test_impressions, causal(test_impressions.user, test_impressions.ts)
+        )
         out["ranking"][kind] = _task_metrics(tasks, test_impressions, probs)
     if spec.oracle_column and test_impressions.oracle is not None:
         first_task = tasks[0].name
@@ -129,6 +148,7 @@ def _rerank(
     ranker: Ranker,
     tables: FeatureTables,
     users: np.ndarray,
+    history: np.ndarray,
     candidates: np.ndarray,
     hour: np.ndarray,
     dow: np.ndarray,
@@ -147,6 +167,7 @@ def _rerank(
                 candidates[s].reshape(-1),
                 np.repeat(hour[s], c),
                 np.repeat(dow[s], c),
+                np.repeat(history[s], c, axis=0),
             )
             scores = ranker.score(inputs, weights).view(b, c)
             order = torch.argsort(scores, dim=1, descending=True).numpy()

@@ -4,6 +4,10 @@ Serving sees a user's latest items; a training example from months ago would see
 future if it were given the same list. Training therefore rebuilds, per example, the
 last ``length`` positives strictly before its timestamp — by binary search over one
 sorted key array, no loop per example.
+
+:meth:`CausalHistory.around` gives instead the items nearest in time on both sides
+(cloze-style context, as in BERT4Rec): a training-only augmentation that shows the
+model each item beside the ones chosen with it, in both orders.
 """
 
 from __future__ import annotations
@@ -34,9 +38,25 @@ class CausalHistory:
     def __call__(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(B, H) item slots, most recent first, 0 where the user had fewer."""
         base = users.astype(np.int64) * _SPAN
-        end = np.searchsorted(
-            self.keys, base + ts.astype(np.int64), side="left"
-        )  # strictly before ts
+        end = np.searchsorted(self.keys, base + ts, side="left")  # strictly before ts
         start = np.searchsorted(self.keys, base, side="left")
         idx = end[:, None] - 1 - np.arange(self.length)[None, :]  # (B, H)
         return np.where(idx >= start[:, None], self.slots[np.maximum(idx, 0)], 0)
+
+    def around(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(B, H) item slots nearest in time, alternating before / after, 0-padded at the end.
+
+        Items sharing ``ts`` (the example's own item among them) are left out.
+        """
+        base = users.astype(np.int64) * _SPAN
+        before = np.searchsorted(self.keys, base + ts, side="left") - 1
+        after = np.searchsorted(self.keys, base + ts, side="right")
+        start = np.searchsorted(self.keys, base, side="left")
+        stop = np.searchsorted(self.keys, base + _SPAN, side="left")
+        step = np.arange(self.length) // 2
+        idx = np.where(  # (B, H): before, after, before − 1, after + 1, …
+            np.arange(self.length) % 2 == 0, before[:, None] - step, after[:, None] + step
+        )
+        ok = (idx >= start[:, None]) & (idx < stop[:, None])
+        slots = np.where(ok, self.slots[np.clip(idx, 0, len(self.slots) - 1)], 0)
+        return np.take_along_axis(slots, np.argsort(slots == 0, axis=1, kind="stable"), axis=1)

@@ -121,15 +121,23 @@ class RankerTrainTask(torch.nn.Module):
 
 
 def predict(
-    model: Ranker, tables: FeatureTables, data: RankingData, batch: int = 65_536
+    model: Ranker,
+    tables: FeatureTables,
+    data: RankingData,
+    history: np.ndarray | None = None,
+    batch: int = 65_536,
 ) -> dict[str, np.ndarray]:
-    """Chained probabilities of every task for every impression of ``data``."""
+    """Chained probabilities of every task for every impression of ``data``.
+
+    ``history`` (len(data), H) replaces the users' stored latest items.
+    """
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for lo in range(0, len(data), batch):
             s = slice(lo, lo + batch)
+            hist = None if history is None else history[s]
             probs = model.probabilities(
-                tables.ranker_inputs(data.user[s], data.item[s], data.hour[s], data.dow[s])
+                tables.ranker_inputs(data.user[s], data.item[s], data.hour[s], data.dow[s], hist)
             )
             for name, p in probs.items():
                 parts.setdefault(name, []).append(p.numpy())

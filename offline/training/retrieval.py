@@ -50,10 +50,20 @@ class RetrievalConfig(StrictConfig):
     history: Literal["causal", "latest"] = Field(
         "causal", description="training history: items before each positive, or the latest ones"
     )
+    history_decay: float = Field(
+        0.8, gt=0, le=1, description="pooling weight ratio of each older history item"
+    )
+    two_sided: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of causal examples whose history is the items nearest in time "
+        "on both sides (cloze-style augmentation)",
+    )
     negatives: Literal["random", "hard", "mixed"] = "mixed"
     n_negatives: int = Field(8, ge=1)
     eval_k: int = Field(50, ge=1)
-    trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=1024, lr=3e-3, patience=3)
+    trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=512, lr=3e-3, patience=3)
 
 
 def positives(interactions: pl.DataFrame, spec: DatasetSpec, split: str) -> pl.DataFrame:
@@ -77,11 +87,20 @@ def embed_items(model: TwoTower, tables: FeatureTables, batch: int = 8192) -> to
 
 
 def embed_users(
-    model: TwoTower, tables: FeatureTables, rows: np.ndarray, batch: int = 8192
+    model: TwoTower,
+    tables: FeatureTables,
+    rows: np.ndarray,
+    history: np.ndarray | None = None,
+    batch: int = 8192,
 ) -> torch.Tensor:
+    """(U, D) vectors of user ``rows``; ``history`` (U, H) replaces their stored latest items."""
     with torch.no_grad():
         parts = [
-            model.user_embed(tables.user_inputs(rows[i : i + batch]))
+            model.user_embed(
+                tables.user_inputs(
+                    rows[i : i + batch], None if history is None else history[i : i + batch]
+                )
+            )
             for i in range(0, len(rows), batch)
         ]
     return torch.cat(parts) if parts else torch.empty(0, model.config.out_dim)
@@ -167,6 +186,7 @@ def train_retrieval(
         hidden=config.hidden,
         dropout=config.dropout,
         temperature=config.temperature,
+        history_decay=config.history_decay,
     )
     torch.manual_seed(config.trainer.seed)
     model = TwoTower(tower_config)
@@ -184,6 +204,8 @@ def train_retrieval(
         u_rows, i_rows = users[batch], items[batch]
         if config.history == "causal":  # the items the user chose before this one
             hist = causal(u_rows, times[batch])
+            two_sided = rng.random(len(batch)) < config.two_sided
+            hist[two_sided] = causal.around(u_rows[two_sided], times[batch][two_sided])
         else:  # the user's latest training items, as served; the target masked out
             hist = history_all[u_rows].copy()
             hist[hist == item_slots[i_rows][:, None]] = 0

@@ -163,18 +163,29 @@ class FeatureEmbedding(nn.Module):
             parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)  # (B, N, D)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, F, D)
 
-    def pool(self, slots: torch.Tensor) -> torch.Tensor:
-        """Mean of the embeddings of the non-padding slots of each row.
+    def pool(self, slots: torch.Tensor, decay: float = 1.0) -> torch.Tensor:
+        """Weighted mean of the embeddings of the non-padding slots of each row.
+
+        Slot ``j`` weighs ``decay**j``: 1.0 is the plain mean; below 1 the first slots
+        (a history's most recent items) count most.
 
         Args:
             slots (Tensor): ``(B, L)`` int64, 0 = padding.
+            decay (float): weight ratio of consecutive slots, in (0, 1].
 
         Returns:
             Tensor: ``(B, D)``; all-padding rows are zero.
         """
         if slots.shape[1] == 0:
             return self.embedding.weight.new_zeros(slots.shape[0], self.embed_dim)
-        return F.embedding_bag(slots, self.embedding.weight, mode="mean", padding_idx=0)
+        if decay == 1.0:
+            return F.embedding_bag(slots, self.embedding.weight, mode="mean", padding_idx=0)
+        steps = torch.arange(slots.shape[1], dtype=self.embedding.weight.dtype)
+        weights = (slots != 0) * decay**steps  # (B, L)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return F.embedding_bag(
+            slots, self.embedding.weight, mode="sum", per_sample_weights=weights, padding_idx=0
+        )
 
 
 class FactorizationMachine(nn.Module):

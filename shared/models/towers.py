@@ -3,8 +3,8 @@
 Each tower mixes an id embedding with a representation of its features through a
 learned gate (:class:`GatedFusion`), so a cold user or item, which carries its
 column's out-of-vocabulary id, leans on its features; then an MLP maps the mix to an
-L2-normalised vector. The user's features include the mean embedding of its recent
-items, looked up in the same table as the item tower's item ids: history and item
+L2-normalised vector. The user's features include a recency-weighted mean embedding of its
+recent items, looked up in the same table as the item tower's item ids: history and item
 towers share item-id embeddings.
 
 The towers are separate classes so that the gateway can load only the user tower
@@ -48,6 +48,7 @@ class TowerConfig(StrictConfig):
     hidden: tuple[PositiveInt, ...] = (128,)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     temperature: float = Field(0.05, gt=0.0)  # fixed, not learned
+    history_decay: float = Field(1.0, gt=0.0, le=1.0)  # pooling weight ratio of older items
 
 
 class _Tower(nn.Module):
@@ -109,9 +110,10 @@ class _Tower(nn.Module):
 
 
 class UserTower(_Tower):
-    """User tower: id, user features and the mean embedding of recent items.
+    """User tower: id, user features and a recency-weighted mean of recent items.
 
-    ``feat = Linear(MLP([flat(fields); mean(E[h] for h in history if h != 0)]))``,
+    ``feat = Linear(MLP([flat(fields); Σ_j w_j·E[h_j] / Σ_j w_j]))`` with
+    ``w_j = decay**j`` for the j-th most recent item (0 for padding),
     ``fused = g·E[id] + (1 − g)·feat``, ``u = normalize(Linear(MLP(fused)))``.
 
     Args:
@@ -134,7 +136,7 @@ class UserTower(_Tower):
 
     def fused(self, inputs: UserInputs) -> torch.Tensor:
         """The gated mix of id and features, ``(B, D)``, before the output MLP."""
-        history = self.sparse_arch.pool(inputs.history)  # (B, D)
+        history = self.sparse_arch.pool(inputs.history, self.config.history_decay)  # (B, D)
         return self._fuse(inputs.id, inputs.cat, inputs.multi, inputs.dense, [history])
 
     def forward(self, inputs: UserInputs) -> torch.Tensor:
