@@ -47,6 +47,16 @@ class RankingConfig(StrictConfig):
     history: Literal["causal", "latest"] = Field(
         "causal", description="training history: items before each impression, or the latest ones"
     )
+    history_decay: float = Field(
+        0.8, gt=0, le=1, description="pooling weight ratio of each older history item"
+    )
+    two_sided: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of causal examples whose history is the items nearest in time "
+        "on both sides (cloze-style augmentation)",
+    )
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
     score_weights: dict[str, float] = Field(
         default_factory=dict, description="final score weight per task"
@@ -157,6 +167,7 @@ def ranker_config(
             TaskHead(name=t.name, kind=t.kind.value, parent=t.parent) for t in effective_tasks(spec)
         ),
         dcn=config.dcn,
+        history_decay=config.history_decay,
     )
 
 
@@ -194,9 +205,15 @@ def train_ranker(
         tables.history.shape[1],
     )
 
+    rng = np.random.default_rng(config.trainer.seed)
+
     def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
-        users = train.user[batch]
-        history = causal(users, train.ts[batch]) if config.history == "causal" else None
+        users, ts = train.user[batch], train.ts[batch]
+        history = None
+        if config.history == "causal":
+            history = causal(users, ts)
+            two_sided = rng.random(len(batch)) < config.two_sided
+            history[two_sided] = causal.around(users[two_sided], ts[two_sided])
         inputs = tables.ranker_inputs(
             users, train.item[batch], train.hour[batch], train.dow[batch], history
         )

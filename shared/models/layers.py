@@ -11,6 +11,8 @@ Legend used in every docstring and shape comment:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,11 +90,13 @@ class FeatureEmbedding(nn.Module):
     multi-hot columns (the slot ids of all columns live in one vocabulary)::
 
         e_f = E[cat_f]                                  for each categorical field f
-        e_m = mean(E[s] for s in multi_m if s != 0)     for each multi-hot field m (0 if empty)
+        e_m = Σ_j r_m^j·E[s_j] / Σ_j r_m^j over s_j != 0  for each multi-hot field m (0 if empty)
         e_n = x_n * w_n + b_n                           for each numeric field n, w_n, b_n in R^D
 
-    Each part is one batched op (a lookup, an ``embedding_bag``, a broadcast product),
-    never a loop over fields.
+    ``r_m`` is field m's pooling decay (``multi_decay``, 1.0 = plain mean; below 1 the
+    first slots, e.g. a history's most recent items, count most). Each part is one
+    batched op (a lookup, an ``embedding_bag``, a broadcast product), never a loop over
+    fields.
 
     Args:
         vocab_size (int): number of slots (slot 0 is padding).
@@ -102,6 +106,8 @@ class FeatureEmbedding(nn.Module):
         n_dense (int): numeric fields (may be 0).
         embedding (nn.Embedding | None): a table to share with another module (its
             width must be ``embed_dim``); a new one when ``None``.
+        multi_decay (Sequence[float] | None): pooling decay per multi-hot field; all 1.0
+            when ``None``.
         init_std (float): std of the normal init of new embedding rows and numeric weights.
 
     Call:
@@ -121,9 +127,14 @@ class FeatureEmbedding(nn.Module):
         n_multi: int,
         n_dense: int,
         embedding: nn.Embedding | None = None,
+        multi_decay: Sequence[float] | None = None,
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
+        decay = torch.tensor(multi_decay if multi_decay is not None else [1.0] * n_multi)
+        if decay.shape != (n_multi,) or not bool(((decay > 0) & (decay <= 1)).all()):
+            raise ValueError(f"multi_decay needs {n_multi} values in (0, 1], got {multi_decay}")
+        self.register_buffer("multi_decay", decay[:, None], persistent=False)  # (M, 1)
         if embedding is None:
             embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
             nn.init.normal_(embedding.weight, std=init_std)
@@ -158,12 +169,13 @@ class FeatureEmbedding(nn.Module):
             )
         parts = [self.embedding(cat)]  # (B, Fc, D)
         if self.n_multi:
-            parts.append(self.pool(multi.reshape(b * self.n_multi, -1)).view(b, self.n_multi, -1))
+            decay = self.multi_decay.repeat(b, 1)  # (B·M, 1)
+            parts.append(self.pool(multi.reshape(b * self.n_multi, -1), decay).view(b, self.n_multi, -1))
         if self.n_dense:
             parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)  # (B, N, D)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, F, D)
 
-    def pool(self, slots: torch.Tensor, decay: float = 1.0) -> torch.Tensor:
+    def pool(self, slots: torch.Tensor, decay: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Weighted mean of the embeddings of the non-padding slots of each row.
 
         Slot ``j`` weighs ``decay**j``: 1.0 is the plain mean; below 1 the first slots
@@ -171,14 +183,15 @@ class FeatureEmbedding(nn.Module):
 
         Args:
             slots (Tensor): ``(B, L)`` int64, 0 = padding.
-            decay (float): weight ratio of consecutive slots, in (0, 1].
+            decay (float | Tensor): weight ratio of consecutive slots, in (0, 1]; a
+                ``(B, 1)`` tensor gives each row its own.
 
         Returns:
             Tensor: ``(B, D)``; all-padding rows are zero.
         """
         if slots.shape[1] == 0:
             return self.embedding.weight.new_zeros(slots.shape[0], self.embed_dim)
-        if decay == 1.0:
+        if bool((torch.as_tensor(decay) == 1.0).all()):
             return F.embedding_bag(slots, self.embedding.weight, mode="mean", padding_idx=0)
         steps = torch.arange(slots.shape[1], dtype=self.embedding.weight.dtype)
         weights = (slots != 0) * decay**steps  # (B, L)

@@ -83,6 +83,8 @@ class RankerConfig(StrictConfig):
     batch_norm: bool = False
     tasks: tuple[TaskHead, ...] = Field(min_length=1)
     dcn: DCNConfig = DCNConfig()
+    # pooling decay of the last multi-hot field: the user's recent items, most recent first
+    history_decay: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> RankerConfig:
@@ -180,6 +182,7 @@ class Ranker(nn.Module):
             config.n_cat,
             config.n_multi,
             config.n_dense,
+            multi_decay=[1.0] * (config.n_multi - 1) + [config.history_decay][: config.n_multi],
         )
         self.over_arch = TaskHeads(over_dim, [t.name for t in config.tasks])
 
