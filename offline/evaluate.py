@@ -4,7 +4,8 @@
   excluded), against a popularity baseline on the same split;
 - every model sees, as a user's history, the positives before the test split
   (training and validation): what a live system would know at the time;
-- ranked: the retrieval candidates re-scored by each ranker, next to retrieval alone;
+- ranked: the retrieval candidates re-scored by each ranker (its final score, which may
+  blend in the retrieval logit), next to retrieval alone and the ranker alone;
 - ranking: AUC and logloss per task on test impressions, with the oracle AUC where
   the data knows the true probabilities;
 - diagnostics: embedding norms, how often an item's nearest neighbours share its
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,11 @@ from offline.training.ranking import RankingData, predict
 from offline.training.retrieval import embed_items, embed_users, positives, seen_pairs, top_k
 from shared.config import StrictConfig
 from shared.features import FeatureTables
-from shared.models.rankers import Ranker
+from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower
 from shared.schema import DatasetSpec, FeatureKind
 
-__all__ = ["EvaluateConfig", "evaluate"]
+__all__ = ["EvaluateConfig", "HeldOut", "evaluate", "held_out", "retrieve", "tune_retrieval_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,100 @@ class EvaluateConfig(StrictConfig):
     samples: int = Field(3, ge=0)
 
 
+@dataclass
+class HeldOut:
+    """One held-out split, seen as a live system would see it at the split's start."""
+
+    users: np.ndarray  # (U,) user rows with a positive in the split
+    relevant: M.RelevantSets  # their positives in the split
+    exclude: tuple[np.ndarray, np.ndarray]  # (user position, item row) seen before the split
+    earlier: pl.DataFrame  # every interaction before the split
+    causal: CausalHistory  # positives before the split, for any (user, time)
+    history: np.ndarray  # (U, H) each user's latest items at their first held-out one
+    hour: np.ndarray  # (U,) context of that first held-out interaction
+    dow: np.ndarray  # (U,)
+
+
+def held_out(
+    tables: FeatureTables, interactions: pl.DataFrame, spec: DatasetSpec, split: str
+) -> HeldOut:
+    """``split`` (valid or test) with everything before it: train, then train + valid."""
+    before = ("train",) if split == "valid" else ("train", "valid")
+    rows = positives(interactions, spec, split)
+    users = np.unique(rows["user_idx"].to_numpy())
+    where = np.zeros(len(tables.users), dtype=np.int64)
+    where[users] = np.arange(len(users))
+    relevant = M.relevant_sets(
+        where[rows["user_idx"].to_numpy()], rows["item_idx"].to_numpy(), len(users)
+    )
+    earlier = interactions.filter(pl.col("split").is_in(before))
+    chosen = pl.concat([positives(interactions, spec, s) for s in before])
+    causal = CausalHistory(
+        chosen["user_idx"].to_numpy(),
+        chosen["ts"].to_numpy(),
+        tables.items.id_slot[chosen["item_idx"].to_numpy()],
+        tables.history.shape[1],
+    )
+    first = (
+        rows.join(
+            interactions.select("user_idx", "item_idx", "ts", "hour", "dow"),
+            on=["user_idx", "item_idx", "ts"],
+            how="left",
+        )
+        .sort("ts")
+        .group_by("user_idx", maintain_order=True)
+        .first()
+        .sort("user_idx")
+    )
+    return HeldOut(
+        users=users,
+        relevant=relevant,
+        exclude=seen_pairs(earlier.select("user_idx", "item_idx"), users),
+        earlier=earlier,
+        causal=causal,
+        history=causal(users, first["ts"].to_numpy()),
+        hour=first["hour"].to_numpy().astype(np.int64),
+        dow=first["dow"].to_numpy().astype(np.int64),
+    )
+
+
+def retrieve(
+    two_tower: TwoTower, tables: FeatureTables, split: HeldOut, n: int
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(U, n) candidates of each user over the whole catalogue, their (U, n) logits
+    ``u·v/τ``, and every item's vector (I, D)."""
+    items = embed_items(two_tower, tables)
+    users = embed_users(two_tower, tables, split.users, split.history)
+    candidates = top_k(users, items, n, split.exclude)
+    vectors = items[torch.from_numpy(candidates)]  # (U, n, D)
+    logits = (users[:, None, :] * vectors).sum(-1) / two_tower.config.temperature
+    return candidates, logits, items
+
+
+def tune_retrieval_weight(
+    ranker: Ranker,
+    two_tower: TwoTower,
+    tables: FeatureTables,
+    interactions: pl.DataFrame,
+    spec: DatasetSpec,
+    score_weights: dict[str, float],
+    grid: tuple[float, ...],
+    candidates: int = 200,
+) -> tuple[float, dict[float, float]]:
+    """The ``retrieval_weight`` of ``grid`` whose re-ranked order has the best NDCG@10 on
+    the validation split, and the NDCG@10 of each (ties go to the smaller weight)."""
+    split = held_out(tables, interactions, spec, "valid")
+    if len(split.users) == 0 or not grid:
+        return 0.0, {}
+    cands, logits, _ = retrieve(two_tower, tables, split, candidates)
+    scores = _ranker_scores(ranker, tables, split, cands, score_weights)
+    ndcg = {
+        w: M.ranking_report(_order(cands, scores, logits, w), split.relevant, (10,))["ndcg@10"]
+        for w in sorted(grid)
+    }
+    return max(ndcg, key=lambda w: (ndcg[w], -w)), ndcg
+
+
 def evaluate(
     tables: FeatureTables,
     interactions: pl.DataFrame,
@@ -51,74 +147,52 @@ def evaluate(
     two_tower: TwoTower,
     rankers: dict[str, Ranker],
     score_weights: dict[str, float],
+    retrieval_weights: dict[str, float],
     test_impressions: RankingData,
     config: EvaluateConfig,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """Returns (metrics, diagnostics, samples)."""
-    test = positives(interactions, spec, "test")
-    users = np.unique(test["user_idx"].to_numpy())
-    where = np.zeros(len(tables.users), dtype=np.int64)
-    where[users] = np.arange(len(users))
-    relevant = M.relevant_sets(
-        where[test["user_idx"].to_numpy()], test["item_idx"].to_numpy(), len(users)
-    )
-    before = interactions.filter(pl.col("split") != "test")
-    exclude = seen_pairs(before.select("user_idx", "item_idx"), users)
+    """Returns (metrics, diagnostics, samples).
+
+    ``retrieval_weights`` (ranker kind -> weight, 0 when absent) blend the retrieval
+    logit into each ranker's final score, as served (see :func:`final_score`).
+    """
+    test = held_out(tables, interactions, spec, "test")
+    users, relevant, exclude = test.users, test.relevant, test.exclude
     k_max = max(config.ks)
     n_items = len(tables.items)
-    earlier = pl.concat([positives(interactions, spec, s) for s in ("train", "valid")])
-    causal = CausalHistory(
-        earlier["user_idx"].to_numpy(),
-        earlier["ts"].to_numpy(),
-        tables.items.id_slot[earlier["item_idx"].to_numpy()],
-        tables.history.shape[1],
-    )
-    first_ts = test.group_by("user_idx").agg(pl.col("ts").min())
-    ts = np.zeros(len(tables.users), dtype=np.int64)
-    ts[first_ts["user_idx"].to_numpy()] = first_ts["ts"].to_numpy()
-    history = causal(users, ts[users])  # (U, H)
-
-    item_emb = embed_items(two_tower, tables)
-    candidates = top_k(
-        embed_users(two_tower, tables, users, history),
-        item_emb,
-        max(config.candidates, k_max),
-        exclude,
-    )
+    candidates, logits, item_emb = retrieve(two_tower, tables, test, max(config.candidates, k_max))
     item_vectors = item_emb.numpy()
     out: dict[str, Any] = {"dataset": spec.name, "test_users": int(len(users))}
     out["retrieval"] = _ranking_block(
         candidates[:, :k_max], relevant, config.ks, n_items, item_vectors
     )
-
-    counts = torch.from_numpy(
-        M.popularity_scores(
-            before["item_idx"].to_numpy(), n_items
-        ).astype(np.float32)
+    counts = M.popularity_scores(test.earlier["item_idx"].to_numpy(), n_items)
+    pop = top_k(
+        torch.ones(len(users), 1), torch.from_numpy(counts).float()[:, None], k_max, exclude
     )
-    pop = top_k(torch.ones(len(users), 1), counts[:, None], k_max, exclude)
     out["popularity"] = _ranking_block(pop, relevant, config.ks, n_items, item_vectors)
 
     # the rankers re-score the retrieval candidates, in each user's first test context
-    first = test.join(
-        interactions.select("user_idx", "item_idx", "ts", "hour", "dow"),
-        on=["user_idx", "item_idx", "ts"],
-        how="left",
-    )
-    ctx = first.sort("ts").group_by("user_idx", maintain_order=True).first()
-    ctx_rows = where[ctx["user_idx"].to_numpy()]
-    hour = np.zeros(len(users), dtype=np.int64)
-    dow = np.zeros(len(users), dtype=np.int64)
-    hour[ctx_rows], dow[ctx_rows] = ctx["hour"].to_numpy(), ctx["dow"].to_numpy()
-    out["ranked"], out["ranking"] = {}, {}
+    out["ranked"], out["ranker_only"], out["ranking"] = {}, {}, {}
     tasks = effective_tasks(spec)
     for kind, ranker in rankers.items():
-        reranked = _rerank(ranker, tables, users, history, candidates, hour, dow, score_weights)
+        scores = _ranker_scores(ranker, tables, test, candidates, score_weights)
+        weight = retrieval_weights.get(kind, 0.0)
         out["ranked"][kind] = _ranking_block(
-            reranked[:, :k_max], relevant, config.ks, n_items, item_vectors
+            _order(candidates, scores, logits, weight)[:, :k_max],
+            relevant,
+            config.ks,
+            n_items,
+            item_vectors,
+        ) | {"retrieval_weight": weight}
+        out["ranker_only"][kind] = M.ranking_report(
+            _order(candidates, scores, logits, 0.0)[:, :k_max], relevant, config.ks
         )
         probs = predict(
-            ranker, tables, test_impressions, causal(test_impressions.user, test_impressions.ts)
+            ranker,
+            tables,
+            test_impressions,
+            test.causal(test_impressions.user, test_impressions.ts),
         )
         out["ranking"][kind] = _task_metrics(tasks, test_impressions, probs)
     if spec.oracle_column and test_impressions.oracle is not None:
@@ -144,35 +218,38 @@ def _ranking_block(
     return block
 
 
-def _rerank(
+def _ranker_scores(
     ranker: Ranker,
     tables: FeatureTables,
-    users: np.ndarray,
-    history: np.ndarray,
+    split: HeldOut,
     candidates: np.ndarray,
-    hour: np.ndarray,
-    dow: np.ndarray,
     weights: dict[str, float],
     batch_users: int = 256,
-) -> np.ndarray:
-    """Candidates of each user ordered by the ranker's score (one batched pass per chunk)."""
+) -> torch.Tensor:
+    """(U, C) ranking scores ``Σ_t w_t p_t`` of each user's candidates (batched passes)."""
     n, c = candidates.shape
-    out = np.empty_like(candidates)
+    out = torch.empty(n, c)
     with torch.no_grad():
         for lo in range(0, n, batch_users):
             s = slice(lo, lo + batch_users)
-            b = len(users[s])
             inputs = tables.ranker_inputs(
-                np.repeat(users[s], c),
+                np.repeat(split.users[s], c),
                 candidates[s].reshape(-1),
-                np.repeat(hour[s], c),
-                np.repeat(dow[s], c),
-                np.repeat(history[s], c, axis=0),
+                np.repeat(split.hour[s], c),
+                np.repeat(split.dow[s], c),
+                np.repeat(split.history[s], c, axis=0),
             )
-            scores = ranker.score(inputs, weights).view(b, c)
-            order = torch.argsort(scores, dim=1, descending=True).numpy()
-            out[s] = np.take_along_axis(candidates[s], order, axis=1)
+            out[s] = ranker.score(inputs, weights).view(-1, c)
     return out
+
+
+def _order(
+    candidates: np.ndarray, scores: torch.Tensor, logits: torch.Tensor, weight: float
+) -> np.ndarray:
+    """Each user's candidates by their final score, best first."""
+    final = final_score(scores, logits, weight)
+    order = torch.argsort(final, dim=1, descending=True, stable=True).numpy()
+    return np.take_along_axis(candidates, order, axis=1)
 
 
 def _task_metrics(

@@ -22,7 +22,7 @@ import redis
 from offline import etl
 from offline.config import PipelineConfig
 from offline.datasets import load_dataset
-from offline.evaluate import evaluate
+from offline.evaluate import evaluate, tune_retrieval_weight
 from offline.index import build_index, index_quality, interleave, search
 from offline.publish import publish
 from offline.training.impressions import known_keys
@@ -130,7 +130,7 @@ def train_retrieval_step(ctx: Context) -> Iterator[str]:
     if rank == 0:
         _save(bundle, result.model, result.config, Files.TWO_TOWER)
         _record_history(bundle, "two_tower", result.history)
-    ctx.cache["two_tower"] = result.model
+    ctx.cache[Files.TWO_TOWER] = result.model
     h = result.history
     yield (
         f"train-retrieval: best valid recall@{ctx.config.retrieval.eval_k} {h.best_metric:.4f} "
@@ -139,21 +139,39 @@ def train_retrieval_step(ctx: Context) -> Iterator[str]:
 
 
 def train_ranking_step(ctx: Context) -> Iterator[str]:
-    bundle = ctx.open_bundle()
+    bundle, config, spec = ctx.open_bundle(), ctx.config.ranking, ctx.spec()
     data = ctx.ranking_data()
+    weights = score_weights(spec, config)
     rank, _ = distributed()
-    for kind in ctx.config.ranking.models:
-        result = train_ranker(kind, ctx.tables(), data, ctx.spec(), ctx.config.ranking)
+    retrieval_weights = {}
+    for kind in config.models:
+        result = train_ranker(kind, ctx.tables(), data, spec, config)
         if rank == 0:
             _save(bundle, result.model, result.config, Files.RANKER.format(kind=kind))
             _record_history(bundle, kind, result.history)
-        ctx.cache[f"ranker_{kind}"] = result.model
+        ctx.cache[Files.RANKER.format(kind=kind)] = result.model
         h = result.history
         yield f"train-ranking: {kind} best valid AUC {h.best_metric:.4f} (epoch {h.best_epoch}), {h.samples_per_s:,.0f} samples/s"
+        if config.retrieval_weight is not None:
+            retrieval_weights[kind] = config.retrieval_weight
+            continue
+        best, ndcg = tune_retrieval_weight(
+            result.model,
+            _model(ctx, Files.TWO_TOWER),
+            ctx.tables(),
+            ctx.interactions(),
+            spec,
+            weights,
+            config.retrieval_weight_grid,
+        )
+        retrieval_weights[kind] = best
+        tried = ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items())
+        yield f"train-ranking: {kind} retrieval weight {best:g} (valid ndcg@10 {tried})"
     bundle.update_manifest(
         serving={
-            "score_weights": score_weights(ctx.spec(), ctx.config.ranking),
-            "rankers": list(ctx.config.ranking.models),
+            "score_weights": weights,
+            "retrieval_weights": retrieval_weights,
+            "rankers": list(config.models),
         }
     )
 
@@ -228,7 +246,8 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
 
     bundle, spec = ctx.open_bundle(), ctx.spec()
     manifest = bundle.manifest()
-    kinds = manifest.get("serving", {}).get("rankers", list(ctx.config.ranking.models))
+    serving = manifest.get("serving", {})
+    kinds = serving.get("rankers", list(ctx.config.ranking.models))
     rankers = {k: _model(ctx, Files.RANKER.format(kind=k)) for k in kinds}
     metrics, diagnostics, samples = evaluate(
         ctx.tables(),
@@ -237,6 +256,7 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         _model(ctx, Files.TWO_TOWER),
         rankers,
         score_weights(spec, ctx.config.ranking),
+        serving.get("retrieval_weights", {}),
         ctx.ranking_data()["test"],
         ctx.config.evaluate,
     )
@@ -254,7 +274,11 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
     yield f"evaluate: two-tower recall@{k} {r[f'recall@{k}']:.4f} vs popularity {p[f'recall@{k}']:.4f}; ndcg@10 {r['ndcg@10']:.4f}"
     for kind, tasks in metrics["ranking"].items():
         aucs = ", ".join(f"{t} AUC {m['auc']:.4f}" for t, m in tasks.items() if "auc" in m)
-        yield f"evaluate: {kind}: {aucs}; ranked ndcg@10 {metrics['ranked'][kind]['ndcg@10']:.4f}"
+        ranked, alone = metrics["ranked"][kind], metrics["ranker_only"][kind]
+        yield (
+            f"evaluate: {kind}: {aucs}; ranked ndcg@10 {ranked['ndcg@10']:.4f} "
+            f"(retrieval weight {ranked['retrieval_weight']:g}; ranker alone {alone['ndcg@10']:.4f})"
+        )
     if "oracle" in metrics:
         yield f"evaluate: oracle {metrics['oracle']}"
     yield f"evaluate: wrote {bundle.path(Files.REPORT)}"

@@ -4,7 +4,8 @@ Inputs are plain dicts (what the pipeline also stores as JSON), and every sectio
 optional: a missing key skips its section and its plot rather than failing.
 
 - ``metrics``: ``dataset``; ``retrieval`` / ``ranked`` / ``popularity`` dicts of
-  ranking metrics (``recall@50``, ``ndcg@10``, ...); ``ranking``:
+  ranking metrics (``recall@50``, ``ndcg@10``, ...), ``ranked`` and ``ranker_only``
+  per ranker (the served order, and the ranker's order alone); ``ranking``:
   ``{model: {task: {"auc": .., "logloss": ..}}}``; optional ``oracle``
   (``{"<task>_auc": ..}``) and ``index`` (flat stats).
 - ``histories``: ``{model: [{"epoch": 1, "train_loss": .., "valid_metric": .., "lr": ..}]}``.
@@ -119,6 +120,10 @@ def _retrieval_section(metrics: Mapping[str, Any]) -> list[str]:
         }
         metrics |= {f"ranked:{kind}": block for kind, block in ranked.items()}
         extra = [(f"ranked:{kind}", f"retrieval + {kind}") for kind in ranked]
+        alone = metrics.get("ranker_only")
+        if isinstance(alone, Mapping):  # the rankers' own order, before any retrieval blend
+            metrics |= {f"alone:{kind}": block for kind, block in alone.items()}
+            extra += [(f"alone:{kind}", f"{kind} alone") for kind in alone]
     else:
         extra = [("ranked", "retrieval + ranker")] if isinstance(ranked, Mapping) else []
     systems = [

@@ -37,7 +37,7 @@ from shared.feature_map import FeatureMap
 from shared.features import FeatureTables
 from shared.models.checkpoint import checkpoint_paths, load_model
 from shared.models.inputs import RankerInputs
-from shared.models.rankers import Ranker
+from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower, UserTower
 from shared.schema import DatasetSpec
 
@@ -93,7 +93,7 @@ def merge_candidates(
 class ScoredBatch:
     """Scores of B (user, item) pairs, as numpy arrays."""
 
-    score: np.ndarray  # (B,) float32 Σ_t w_t · p_t
+    score: np.ndarray  # (B,) float32 final score (see shared.models.rankers.final_score)
     probs: np.ndarray  # (B, T) float32 chained probability (or value) of each task
     features_s: float  # time spent building inputs
     scoring_s: float  # time spent in the forward pass
@@ -118,6 +118,8 @@ class ServingBundle:
     seen: SeenItems
     hot: np.ndarray  # (I',) item rows, hottest first: global_hot, then every other item
     score_weights: dict[str, float]
+    retrieval_weight: float  # weight of the two-tower logit in the final score
+    item_vectors: torch.Tensor | None  # (I, O) two-tower item vectors; None when unused
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
 
@@ -162,7 +164,7 @@ class ServingBundle:
         ranker_prefix = Files.RANKER.format(kind=ranker_kind)
         required = (
             Files.SPEC, Files.FEATURE_MAP, Files.USERS, Files.ITEMS, Files.INTERACTIONS,
-            Files.INDEX, Files.HOT,
+            Files.INDEX, Files.HOT, Files.ITEM_EMBEDDINGS,
             *(p.name for p in checkpoint_paths(bundle.path(Files.TWO_TOWER))),
             *(p.name for p in checkpoint_paths(bundle.path(ranker_prefix))),
         )  # fmt: skip
@@ -203,6 +205,16 @@ class ServingBundle:
         tasks = tuple(t.name for t in ranker.config.tasks)
         if unknown := set(weights) - set(tasks):
             raise BundleError(f"{bundle.root}: score weights name unknown tasks {sorted(unknown)}")
+        retrieval_weight = float(serving.get("retrieval_weights", {}).get(ranker_kind, 0.0))
+        item_vectors = None
+        if retrieval_weight > 0:
+            path = bundle.path(Files.ITEM_EMBEDDINGS)
+            item_vectors = torch.from_numpy(np.load(path)).float()
+            if item_vectors.shape != (n_items, user_tower.config.out_dim):
+                raise BundleError(
+                    f"{path}: shape {tuple(item_vectors.shape)}, "
+                    f"expected ({n_items}, {user_tower.config.out_dim})"
+                )
 
         index = faiss.read_index(str(bundle.path(Files.INDEX)))
         if index.ntotal != n_items - 1 or index.d != user_tower.config.out_dim:
@@ -235,6 +247,8 @@ class ServingBundle:
             seen=seen,
             hot=hot,
             score_weights=weights,
+            retrieval_weight=retrieval_weight,
+            item_vectors=item_vectors,
             tasks=tasks,
             item_ids=tables.items.ids,
         )
@@ -284,12 +298,25 @@ class ServingBundle:
     def score(
         self, user_rows: np.ndarray, item_rows: np.ndarray, hour: np.ndarray, dow: np.ndarray
     ) -> ScoredBatch:
-        """One forward pass of the ranker over B pairs: ``Σ_t w_t · p_t`` and every ``p_t``."""
+        """One forward pass of the ranker over B pairs: the final score and every ``p_t``.
+
+        With a retrieval weight, the user tower runs once per distinct user of the batch
+        and the score blends in ``u·v/τ`` (:func:`~shared.models.rankers.final_score`).
+        """
         t0 = time.perf_counter()
         inputs = self.ranker_inputs(user_rows, item_rows, hour, dow)
         t1 = time.perf_counter()
         with torch.inference_mode():
             total, probs = self.ranker.score_with_probabilities(inputs, self.score_weights)
+            logits = None
+            if self.item_vectors is not None:
+                users, where = np.unique(user_rows, return_inverse=True)
+                u = self.user_tower(self.tables.user_inputs(users))  # (U', O)
+                v = self.item_vectors[torch.from_numpy(item_rows)]  # (B, O)
+                logits = (u[torch.from_numpy(where)] * v).sum(
+                    1
+                ) / self.user_tower.config.temperature
+            total = final_score(total, logits, self.retrieval_weight)
             stacked = torch.stack([probs[t] for t in self.tasks], dim=1)  # (B, T)
         t2 = time.perf_counter()
         return ScoredBatch(total.numpy(), stacked.numpy(), t1 - t0, t2 - t1)

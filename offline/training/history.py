@@ -46,7 +46,8 @@ class CausalHistory:
     def around(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(B, H) item slots nearest in time, alternating before / after, 0-padded at the end.
 
-        Items sharing ``ts`` (the example's own item among them) are left out.
+        Up to ⌈H/2⌉ items before ``ts`` and ⌊H/2⌋ after it; items sharing ``ts`` (the
+        example's own item among them) are left out.
         """
         base = users.astype(np.int64) * _SPAN
         before = np.searchsorted(self.keys, base + ts, side="left") - 1

@@ -73,7 +73,10 @@ class RecallResponse(_Body):
 
 class ScoredItem(_Body):
     id: str
-    score: float = Field(description="Σ_task weight · p(task), the ranking score")
+    score: float = Field(
+        description="the final ranking score, higher first: Σ_task weight · p(task), or, with "
+        "the bundle's retrieval weight λ > 0, log(Σ_task weight · p(task)) + λ · u·v/τ"
+    )
     scores: dict[str, float] = Field(description="each task's probability (funnel-chained)")
 
 

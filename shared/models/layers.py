@@ -170,7 +170,9 @@ class FeatureEmbedding(nn.Module):
         parts = [self.embedding(cat)]  # (B, Fc, D)
         if self.n_multi:
             decay = self.multi_decay.repeat(b, 1)  # (B·M, 1)
-            parts.append(self.pool(multi.reshape(b * self.n_multi, -1), decay).view(b, self.n_multi, -1))
+            parts.append(
+                self.pool(multi.reshape(b * self.n_multi, -1), decay).view(b, self.n_multi, -1)
+            )
         if self.n_dense:
             parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)  # (B, N, D)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, F, D)

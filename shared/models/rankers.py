@@ -47,6 +47,7 @@ __all__ = [
     "TaskHeads",
     "build_ranker",
     "chain_probabilities",
+    "final_score",
 ]
 
 
@@ -314,3 +315,22 @@ def build_ranker(kind: str, config: RankerConfig) -> Ranker:
     if kind not in RANKERS:
         raise ConfigError(f"unknown ranker {kind!r}; expected one of {sorted(RANKERS)}")
     return RANKERS[kind](config)
+
+
+def final_score(
+    score: torch.Tensor, retrieval_logit: torch.Tensor | None, retrieval_weight: float
+) -> torch.Tensor:
+    """The order the service ranks by.
+
+    ``score = Σ_t w_t p_t`` alone when ``retrieval_weight`` is 0; otherwise the product
+    of experts ``log(score) + λ·logit``, where ``logit = u·v/τ`` is the two-tower's
+    evidence for the same (user, item) and ``λ = retrieval_weight``.
+
+    Raises:
+        ValueError: a positive weight without retrieval logits.
+    """
+    if retrieval_weight == 0:
+        return score
+    if retrieval_logit is None:
+        raise ValueError("a positive retrieval_weight needs the retrieval logits")
+    return torch.log(score.clamp_min(1e-12)) + retrieval_weight * retrieval_logit

@@ -17,3 +17,17 @@ def test_history_holds_only_earlier_positives_of_the_same_user_most_recent_first
         [201, 0, 0],
         [0, 0, 0],  # a user without positives
     ]
+
+
+def test_around_alternates_nearest_before_and_after_and_skips_same_time_items() -> None:
+    users = np.array([1, 1, 1, 1, 1, 1, 2])
+    ts = np.array([10, 20, 30, 30, 40, 50, 5])
+    slots = np.array([101, 102, 103, 104, 105, 106, 201])
+    history = CausalHistory(users, ts, slots, length=4)
+    got = history.around(np.array([1, 1, 2, 3]), np.array([30, 50, 5, 7]))
+    assert got.tolist() == [
+        [102, 105, 101, 106],  # before, after, before − 1, after + 1; both t=30 items left out
+        [105, 104, 0, 0],  # the last positive: its two nearest earlier ones, then padding
+        [0, 0, 0, 0],  # the user's only positive
+        [0, 0, 0, 0],  # a user without positives
+    ]

@@ -52,7 +52,12 @@ def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> No
         assert {"recall@50", "ndcg@10", "map@10", "mrr", "hitrate@10", "coverage", "ild@10"} <= m[
             block
         ].keys()
-    assert m["ranked"].keys() == {"dcn", "deepfm"}
+    assert m["ranked"].keys() == m["ranker_only"].keys() == {"dcn", "deepfm"}
+    grid = set(load_config(None).ranking.retrieval_weight_grid)
+    for kind, weight in b.manifest()["serving"]["retrieval_weights"].items():
+        assert weight in grid and m["ranked"][kind]["retrieval_weight"] == weight
+        if weight == 0:  # the served order is the ranker's own
+            assert m["ranked"][kind]["ndcg@10"] == m["ranker_only"][kind]["ndcg@10"]
     assert {"auc", "logloss"} <= m["ranking"]["dcn"]["click"].keys()
     assert "auc_given_parent" in m["ranking"]["deepfm"]["purchase"]
     assert 0.5 < m["oracle"]["click_auc"] <= 1.0

@@ -20,12 +20,19 @@ import numpy as np
 import polars as pl
 import pytest
 import redis
+import torch
 
 from offline import pipeline
 from offline.config import PipelineConfig, load_config
+from offline.training.ranking import RankingData, predict
+from offline.training.retrieval import embed_items, embed_users
 from shared.bundle import Bundle, Files
 from shared.feature_map import FeatureMap
+from shared.features import FeatureTables
+from shared.models.checkpoint import load_model
+from shared.models.rankers import final_score
 from shared.redis_server import RedisServer
+from shared.schema import DatasetSpec
 
 STORE_DB = 5
 SCRATCH_DB = 6
@@ -34,7 +41,7 @@ SCRATCH_DB = 6
 CONFIG = {
     "dataset_options": {"n_users": 120, "n_items": 80, "n_impressions": 4000},
     "retrieval": {"trainer": {"epochs": 1}},
-    "ranking": {"trainer": {"epochs": 1}},
+    "ranking": {"trainer": {"epochs": 1}, "retrieval_weight": 0.5},  # the blended score
     "index": {"recall_k": 40, "hot_n": 30},
 }
 # Wednesday 3 January 2024, 14:30 UTC: hour 14, day of week 2 (Monday = 0, as in the ETL)
@@ -91,8 +98,55 @@ class BuiltBundle:
         inter = pl.read_parquet(self.root / Files.INTERACTIONS, columns=["user_id", "item_id"])
         return set(inter.filter(pl.col("user_id") == uid)["item_id"].to_list())
 
+    def serving(self) -> dict:
+        return json.loads((self.root / Files.MANIFEST).read_text())["serving"]
+
     def score_weights(self) -> dict[str, float]:
-        return json.loads((self.root / Files.MANIFEST).read_text())["serving"]["score_weights"]
+        return self.serving()["score_weights"]
+
+
+class OfflineScorer:
+    """The final score and task probabilities rebuilt from the bundle's files alone,
+    along the offline path: ``FeatureTables`` → ``Ranker.score`` / ``predict``, the
+    two-tower's ``embed_users`` / ``embed_items``, ``final_score``."""
+
+    def __init__(self, built: BuiltBundle, kind: str = "dcn") -> None:
+        root = built.root
+        self.tables = FeatureTables.from_frames(
+            pl.read_parquet(root / Files.USERS),
+            pl.read_parquet(root / Files.ITEMS),
+            DatasetSpec.from_dict(json.loads((root / Files.SPEC).read_text())),
+            FeatureMap.load(root / Files.FEATURE_MAP),
+        )
+        self.ranker = load_model(root / Files.RANKER.format(kind=kind))
+        self.two_tower = load_model(root / Files.TWO_TOWER)
+        self.weights = built.score_weights()
+        self.retrieval_weight = built.serving()["retrieval_weights"][kind]
+
+    def score(
+        self, users: np.ndarray, items: np.ndarray, hour: np.ndarray, dow: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        n = len(users)
+        with torch.no_grad():
+            score = self.ranker.score(
+                self.tables.ranker_inputs(users, items, hour, dow), self.weights
+            )
+            u = embed_users(self.two_tower, self.tables, users)
+            v = embed_items(self.two_tower, self.tables)[torch.from_numpy(items)]
+            logits = (u * v).sum(1) / self.two_tower.config.temperature
+        probs = predict(
+            self.ranker,
+            self.tables,
+            RankingData(
+                user=users,
+                item=items,
+                ts=np.zeros(n, dtype=np.int64),
+                hour=hour,
+                dow=dow,
+                labels={},
+            ),
+        )
+        return final_score(score, logits, self.retrieval_weight).numpy(), probs
 
 
 @pytest.fixture(scope="session")

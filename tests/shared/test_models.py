@@ -26,6 +26,7 @@ from shared.models.rankers import (
     TaskHead,
     build_ranker,
     chain_probabilities,
+    final_score,
 )
 from shared.models.towers import TowerConfig, TwoTower, UserTower
 
@@ -97,6 +98,18 @@ def test_feature_embedding_pools_multi_hot_over_non_padding_and_projects_dense()
     torch.testing.assert_close(out[0, 3:], dense[0, :, None] * emb.dense_weight + emb.dense_bias)
     empty = emb(cat, torch.zeros(1, 1, 3, dtype=torch.long), dense)[0, 2]
     assert torch.equal(empty, torch.zeros(4))
+
+
+def test_pooling_decay_weights_the_first_slots_most() -> None:
+    emb = FeatureEmbedding(V, 4, n_cat=0, n_multi=2, n_dense=0, multi_decay=[1.0, 0.5])
+    multi = torch.tensor([[[5, 6, 7], [5, 6, 0]]])
+    out = emb(torch.zeros(1, 0, dtype=torch.long), multi, torch.zeros(1, 0))  # (1, 2, 4)
+    t = emb.embedding.weight
+    torch.testing.assert_close(out[0, 0], (t[5] + t[6] + t[7]) / 3)  # decay 1: the plain mean
+    torch.testing.assert_close(out[0, 1], (t[5] + 0.5 * t[6]) / 1.5)  # padding weighs nothing
+    torch.testing.assert_close(emb.pool(multi[0], 0.5)[0], (t[5] + 0.5 * t[6] + 0.25 * t[7]) / 1.75)
+    with pytest.raises(ValueError, match="multi_decay"):
+        FeatureEmbedding(V, 4, n_cat=0, n_multi=2, n_dense=0, multi_decay=[0.0, 1.0])
 
 
 def test_feature_embedding_rejects_wrong_widths() -> None:
@@ -211,6 +224,17 @@ def test_chained_probabilities_are_products_of_sigmoids_and_score_weights_them()
     with pytest.raises(ConfigError, match="unknown tasks"):
         model.score(inputs, {"like": 1.0})
     assert chain_probabilities(out, TASKS).keys() == probs.keys()
+
+
+def test_final_score_is_the_ranker_score_or_a_product_of_experts() -> None:
+    score, logit = torch.tensor([0.2, 0.5, 0.1]), torch.tensor([1.0, -2.0, 3.0])
+    assert torch.equal(final_score(score, logit, 0.0), score)
+    assert torch.equal(final_score(score, None, 0.0), score)
+    torch.testing.assert_close(final_score(score, logit, 0.5), torch.log(score) + 0.5 * logit)
+    # the blend can reorder: item 2 has the lowest ranker score and the best logit
+    assert final_score(score, logit, 0.5).argmax() == 2 and score.argmax() == 1
+    with pytest.raises(ValueError, match="retrieval logits"):
+        final_score(score, None, 0.5)
 
 
 @pytest.mark.parametrize(

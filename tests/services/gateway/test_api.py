@@ -54,11 +54,8 @@ def test_recommend_shape(api: LiveGateway, uids: list[str], built: BuiltBundle) 
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
     weights = built.score_weights()
-    for item in body["items"]:
+    for item in body["items"]:  # the values themselves: test_skew.py
         assert set(item["scores"]) >= set(weights)
-        assert item["score"] == pytest.approx(
-            sum(w * item["scores"][t] for t, w in weights.items()), abs=1e-5
-        )
 
 
 def test_unknown_user_is_a_cold_start_from_global_hot(api: LiveGateway, built: BuiltBundle) -> None:

@@ -1,60 +1,25 @@
 """No train/serve skew: the gateway's scores are the offline model's, pair for pair.
 
-The expected values are computed here from the bundle's files alone, along the offline
-path (``FeatureTables`` → ``Ranker.score`` / ``offline.training.ranking.predict``), at the
-hour and day of week the gateway's pinned clock reads.
+The expected values are computed from the bundle's files alone, along the offline path
+(:class:`~tests.services.conftest.OfflineScorer`), at the hour and day of week the
+gateway's pinned clock reads.
 """
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import polars as pl
 import pytest
-import torch
 
-from offline.training.ranking import RankingData, predict
-from shared.bundle import Files
-from shared.feature_map import FeatureMap
-from shared.features import FeatureTables
-from shared.models.checkpoint import load_model
-from shared.schema import DatasetSpec
-from tests.services.conftest import PINNED, BuiltBundle
+from tests.services.conftest import PINNED, BuiltBundle, OfflineScorer
 from tests.services.gateway.conftest import LiveGateway
 
 
-class Offline:
-    """The offline scorer, rebuilt from the bundle's files."""
-
-    def __init__(self, built: BuiltBundle) -> None:
-        root = built.root
-        self.tables = FeatureTables.from_frames(
-            pl.read_parquet(root / Files.USERS),
-            pl.read_parquet(root / Files.ITEMS),
-            DatasetSpec.from_dict(json.loads((root / Files.SPEC).read_text())),
-            FeatureMap.load(root / Files.FEATURE_MAP),
-        )
-        self.ranker = load_model(root / Files.RANKER.format(kind="dcn"))
-        self.weights = built.score_weights()
-
+class Offline(OfflineScorer):
     def scores(self, uid: str, item_ids: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         n = len(item_ids)
         user = np.full(n, self.tables.users.index.get(uid, 0))
         items = self.tables.items.rows(item_ids)
-        hour, dow = np.full(n, PINNED.hour), np.full(n, PINNED.weekday())
-        with torch.no_grad():
-            score = self.ranker.score(
-                self.tables.ranker_inputs(user, items, hour, dow), self.weights
-            )
-        probs = predict(
-            self.ranker,
-            self.tables,
-            RankingData(
-                user=user, item=items, ts=np.zeros(n, dtype=np.int64), hour=hour, dow=dow, labels={}
-            ),
-        )
-        return score.numpy(), probs
+        return self.score(user, items, np.full(n, PINNED.hour), np.full(n, PINNED.weekday()))
 
 
 @pytest.fixture(scope="module")
