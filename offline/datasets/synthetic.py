@@ -36,13 +36,16 @@ _START = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 class SyntheticConfig(StrictConfig):
     seed: int = 42
-    n_users: int = Field(3000, ge=10)
-    n_items: int = Field(1500, ge=10)
-    n_impressions: int = Field(300_000, ge=100)
+    # ~250 impressions per user and ~600 per item: enough for a model to estimate the
+    # hidden per-user and per-item parts (with 100 per user and 200 per item even a
+    # correctly specified factorization machine stays ~0.03 AUC below the oracle)
+    n_users: int = Field(2000, ge=10)
+    n_items: int = Field(800, ge=10)
+    n_impressions: int = Field(500_000, ge=100)
     n_categories: int = Field(24, ge=2)
     n_tags: int = Field(32, ge=2)
     days: int = Field(60, ge=1)
-    taste_dim: int = Field(8, ge=2)
+    taste_dim: int = Field(4, ge=2)
     click_bias: float = -2.2
     taste_strength: float = 1.6
     personal_taste: float = Field(

@@ -67,7 +67,7 @@ class RankingConfig(StrictConfig):
         description="weight of the two-tower logit in the final score (0: the ranker alone); "
         "None: the value of retrieval_weight_grid with the best validation NDCG@10",
     )
-    retrieval_weight_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+    retrieval_weight_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
     trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=4096, lr=2e-3, patience=2)
 
 
