@@ -12,11 +12,34 @@ model each item beside the ones chosen with it, in both orders.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Literal
 
-__all__ = ["CausalHistory"]
+import numpy as np
+from pydantic import Field
+
+from shared.config import StrictConfig
+
+__all__ = ["CausalHistory", "HistoryConfig"]
 
 _SPAN = np.int64(1) << 34  # > any unix timestamp in seconds until the year 2514
+
+
+class HistoryConfig(StrictConfig):
+    """What a model's training examples see as their user's history (both model families)."""
+
+    history: Literal["causal", "latest"] = Field(
+        "causal", description="training history: items before each example, or the latest ones"
+    )
+    history_decay: float = Field(
+        0.8, gt=0, le=1, description="pooling weight ratio of each older history item"
+    )
+    two_sided: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of causal examples whose history is the items nearest in time "
+        "on both sides (cloze-style augmentation)",
+    )
 
 
 class CausalHistory:
@@ -42,6 +65,16 @@ class CausalHistory:
         start = np.searchsorted(self.keys, base, side="left")
         idx = end[:, None] - 1 - np.arange(self.length)[None, :]  # (B, H)
         return np.where(idx >= start[:, None], self.slots[np.maximum(idx, 0)], 0)
+
+    def sample(
+        self, users: np.ndarray, ts: np.ndarray, two_sided: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Training histories: :meth:`__call__`, with a ``two_sided`` share of the rows
+        replaced by :meth:`around`."""
+        history = self(users, ts)
+        pick = rng.random(len(users)) < two_sided
+        history[pick] = self.around(users[pick], ts[pick])
+        return history
 
     def around(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """(B, H) item slots nearest in time, alternating before / after, 0-padded at the end.

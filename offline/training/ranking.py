@@ -15,11 +15,10 @@ import torch
 from pydantic import Field
 
 from offline.metrics import auc
-from offline.training.history import CausalHistory
+from offline.training.history import CausalHistory, HistoryConfig
 from offline.training.impressions import Sampling, effective_tasks, known_keys, ranking_impressions
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import multitask_loss
-from shared.config import StrictConfig
 from shared.features import FeatureTables
 from shared.models.rankers import DCNConfig, Ranker, RankerConfig, TaskHead, build_ranker
 from shared.schema import DatasetSpec
@@ -36,7 +35,7 @@ __all__ = [
 RankerKind = Literal["dcn", "deepfm"]
 
 
-class RankingConfig(StrictConfig):
+class RankingConfig(HistoryConfig):
     models: tuple[RankerKind, ...] = ("dcn", "deepfm")
     embed_dim: int = Field(16, ge=1)
     hidden: tuple[int, ...] = (256, 128)
@@ -44,19 +43,6 @@ class RankingConfig(StrictConfig):
     dcn: DCNConfig = DCNConfig()
     neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
     negative_sampling: Sampling = "mixed"
-    history: Literal["causal", "latest"] = Field(
-        "causal", description="training history: items before each impression, or the latest ones"
-    )
-    history_decay: float = Field(
-        0.8, gt=0, le=1, description="pooling weight ratio of each older history item"
-    )
-    two_sided: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="share of causal examples whose history is the items nearest in time "
-        "on both sides (cloze-style augmentation)",
-    )
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
     score_weights: dict[str, float] = Field(
         default_factory=dict, description="final score weight per task"
@@ -218,9 +204,7 @@ def train_ranker(
         users, ts = train.user[batch], train.ts[batch]
         history = None
         if config.history == "causal":
-            history = causal(users, ts)
-            two_sided = rng.random(len(batch)) < config.two_sided
-            history[two_sided] = causal.around(users[two_sided], ts[two_sided])
+            history = causal.sample(users, ts, config.two_sided, rng)
         inputs = tables.ranker_inputs(
             users, train.item[batch], train.hour[batch], train.dow[batch], history
         )

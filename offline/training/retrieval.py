@@ -17,10 +17,9 @@ import torch
 from pydantic import Field
 
 from offline.metrics import recall_at_k, relevant_sets
-from offline.training.history import CausalHistory
+from offline.training.history import CausalHistory, HistoryConfig
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import bce_retrieval_loss, hard_negatives, sampled_softmax_loss
-from shared.config import StrictConfig
 from shared.features import FeatureTables
 from shared.models.towers import TowerConfig, TwoTower
 from shared.schema import DatasetSpec
@@ -39,7 +38,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class RetrievalConfig(StrictConfig):
+class RetrievalConfig(HistoryConfig):
     embed_dim: int = Field(32, ge=1)
     out_dim: int = Field(64, ge=1)
     hidden: tuple[int, ...] = (128,)
@@ -47,19 +46,6 @@ class RetrievalConfig(StrictConfig):
     temperature: float = Field(0.05, gt=0)
     loss: Literal["sampled_softmax", "full_softmax", "bce"] = "sampled_softmax"
     log_q: bool = True
-    history: Literal["causal", "latest"] = Field(
-        "causal", description="training history: items before each positive, or the latest ones"
-    )
-    history_decay: float = Field(
-        0.8, gt=0, le=1, description="pooling weight ratio of each older history item"
-    )
-    two_sided: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="share of causal examples whose history is the items nearest in time "
-        "on both sides (cloze-style augmentation)",
-    )
     negatives: Literal["random", "hard", "mixed"] = "mixed"
     n_negatives: int = Field(8, ge=1)
     eval_k: int = Field(50, ge=1)
@@ -203,9 +189,7 @@ def train_retrieval(
     def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
         u_rows, i_rows = users[batch], items[batch]
         if config.history == "causal":  # the items the user chose before this one
-            hist = causal(u_rows, times[batch])
-            two_sided = rng.random(len(batch)) < config.two_sided
-            hist[two_sided] = causal.around(u_rows[two_sided], times[batch][two_sided])
+            hist = causal.sample(u_rows, times[batch], config.two_sided, rng)
         else:  # the user's latest training items, as served; the target masked out
             hist = history_all[u_rows].copy()
             hist[hist == item_slots[i_rows][:, None]] = 0
