@@ -39,8 +39,8 @@ class RankingConfig(HistoryConfig):
     models: tuple[RankerKind, ...] = ("dcn", "deepfm")
     embed_dim: int = Field(16, ge=1)
     hidden: tuple[int, ...] = (256, 128)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    dcn: DCNConfig = DCNConfig()
+    dropout: float = Field(0.0, ge=0, lt=1)
+    dcn: DCNConfig = DCNConfig(low_rank=32)  # low rank: ~1.5x the samples/s of full rank
     neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
     negative_sampling: Sampling = "mixed"
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
