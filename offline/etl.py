@@ -8,7 +8,8 @@ per interaction. The outputs, written into a bundle by :func:`write`:
   ``hour``, ``dow`` and the labels.
 - ``users.parquet`` / ``items.parquet``: raw features, their encoded slots
   (``slot_<col>``, lists for multi-hot), standardised numerics (``num_<col>``),
-  train-split aggregates, and for users the recent-item ``history`` slots; items
+  train-split aggregates, and for users the recent-item ``history`` slots (over every
+  split: what serving sees; training and evaluation build causal ones); items
   also carry ``hotness`` (time-decayed positives) and ``hot_score``.
 - ``feature_map.json``, ``spec.json`` and ``etl.json`` (counts and sizes).
 """
@@ -286,10 +287,9 @@ def _encode(
 def _history(
     interactions: pl.DataFrame, positive: pl.Expr, fmap: FeatureMap, length: int
 ) -> pl.DataFrame:
-    """Each user's most recent positive training items, as item_id slots (most recent first)."""
-    pos = interactions.filter((pl.col("split") == "train") & (positive > 0)).sort(
-        "ts", descending=True
-    )
+    """Each user's most recent positive items of every split, as item_id slots (most recent
+    first): what serving sees. Training and evaluation rebuild causal histories instead."""
+    pos = interactions.filter(positive > 0).sort("ts", descending=True)
     pos = pos.with_columns(slot=pl.Series(fmap.encode("item_id", pos["item_id"])))
     hist = pos.group_by("user_id", maintain_order=True).agg(
         pl.col("slot").head(length).alias("history")

@@ -89,7 +89,7 @@ class FeatureTables:
 
     users: EntityTable
     items: EntityTable
-    history: np.ndarray  # (U, H) int64 item_id slots, most recent first
+    history: np.ndarray  # (U, H) int64 item_id slots, most recent first: the served history
     hour_slots: np.ndarray  # (24,) int64
     dow_slots: np.ndarray  # (7,) int64
     feature_map: FeatureMap

@@ -66,6 +66,10 @@ class CausalHistory:
         idx = end[:, None] - 1 - np.arange(self.length)[None, :]  # (B, H)
         return np.where(idx >= start[:, None], self.slots[np.maximum(idx, 0)], 0)
 
+    def latest(self, users: np.ndarray) -> np.ndarray:
+        """(B, H) each user's last ``length`` items of all held, most recent first."""
+        return self(users, np.full(len(users), _SPAN - 1))
+
     def sample(
         self, users: np.ndarray, ts: np.ndarray, two_sided: float, rng: np.random.Generator
     ) -> np.ndarray:

@@ -202,19 +202,22 @@ def train_ranker(
 
     def loss_fn(net: torch.nn.Module, batch: np.ndarray) -> torch.Tensor:
         users, ts = train.user[batch], train.ts[batch]
-        history = None
         if config.history == "causal":
             history = causal.sample(users, ts, config.two_sided, rng)
+        else:
+            history = causal.latest(users)
         inputs = tables.ranker_inputs(
             users, train.item[batch], train.hour[batch], train.dow[batch], history
         )
         idx = torch.from_numpy(batch)
         return net(inputs, {name: v[idx] for name, v in labels.items()})
 
+    valid_history = causal(valid.user, valid.ts)
+
     def validate(_: torch.nn.Module) -> float:
         if len(valid) == 0:
             return 0.0
-        probs = predict(model, tables, valid)
+        probs = predict(model, tables, valid, valid_history)
         return auc(np.nan_to_num(valid.labels[first]), probs[first])
 
     history = fit(task, config.trainer, len(train), loss_fn, validate, kind)

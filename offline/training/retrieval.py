@@ -182,7 +182,6 @@ def train_retrieval(
     if config.loss == "full_softmax":
         task.all_items = tables.item_inputs(np.arange(n_items))
     item_slots = tables.items.id_slot
-    history_all = tables.history
     rng = np.random.default_rng(config.trainer.seed)
     item_emb_cache: dict[str, torch.Tensor] = {}
 
@@ -190,8 +189,8 @@ def train_retrieval(
         u_rows, i_rows = users[batch], items[batch]
         if config.history == "causal":  # the items the user chose before this one
             hist = causal.sample(u_rows, times[batch], config.two_sided, rng)
-        else:  # the user's latest training items, as served; the target masked out
-            hist = history_all[u_rows].copy()
+        else:  # the user's latest training items; the target masked out
+            hist = causal.latest(u_rows)
             hist[hist == item_slots[i_rows][:, None]] = 0
         negatives = None
         if config.loss == "bce":
@@ -216,13 +215,17 @@ def train_retrieval(
     where = {u: i for i, u in enumerate(valid_users)}
     valid_pos = np.array([where[u] for u in valid["user_idx"].to_list()], dtype=np.int64)
     valid_relevant = relevant_sets(valid_pos, valid["item_idx"].to_numpy(), len(valid_users))
+    valid_history = causal.latest(valid_users)  # every training positive precedes validation
 
     def validate(_: torch.nn.Module) -> float:
         item_emb_cache["items"] = embed_items(model, tables)
         if len(valid_users) == 0:
             return 0.0
         recs = top_k(
-            embed_users(model, tables, valid_users), item_emb_cache["items"], config.eval_k, exclude
+            embed_users(model, tables, valid_users, valid_history),
+            item_emb_cache["items"],
+            config.eval_k,
+            exclude,
         )
         return recall_at_k(recs, valid_relevant, config.eval_k)
 

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -81,6 +82,19 @@ def test_tables_are_encoded_for_every_row(synthetic_result: etl.EtlResult) -> No
     assert r.users["user_idx"].to_list() == list(range(1, r.users.height + 1))
     assert r.items["slot_tags"].list.len().unique().to_list() == [etl.EtlConfig().max_multi_hot]
     assert r.users["history"].list.len().unique().to_list() == [etl.EtlConfig().history_len]
+    # the served history is each user's latest clicks of every split, test included
+    latest = (
+        r.interactions.filter(pl.col("click") > 0)
+        .sort("ts")
+        .group_by("user_id")
+        .agg(pl.col("item_id").last(), pl.col("split").last())
+        .filter(pl.col("split") == "test")
+        .join(r.users.select("user_id", "history"), on="user_id")
+    )
+    assert latest.height > 0
+    slots = r.feature_map.encode("item_id", latest["item_id"])
+    firsts = latest["history"].list.first().to_numpy()
+    assert (np.asarray(slots) == firsts).mean() > 0.95  # ties at the same second may reorder
     # aggregates come from the training split only
     train = r.interactions.filter(pl.col("split") == "train")
     assert r.users["n_interactions"].exp().sum() - r.users.height == pytest.approx(
