@@ -163,6 +163,7 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
             spec,
             weights,
             config.retrieval_weight_grid,
+            ctx.config.evaluate.candidates,  # the candidates evaluation and serving re-rank
         )
         retrieval_weights[kind] = best
         tried = ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items())
