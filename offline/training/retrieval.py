@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 
 class RetrievalConfig(HistoryConfig):
+    # the two-tower leans more on the latest items and on augmentation than the rankers
+    history_decay: float = Field(0.7, gt=0, le=1)
+    two_sided: float = Field(0.7, ge=0, le=1)
     embed_dim: int = Field(32, ge=1)
     out_dim: int = Field(64, ge=1)
     hidden: tuple[int, ...] = (128,)
