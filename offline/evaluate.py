@@ -118,23 +118,21 @@ def retrieve(
 
 def tune_retrieval_weight(
     ranker: Ranker,
-    two_tower: TwoTower,
     tables: FeatureTables,
-    interactions: pl.DataFrame,
-    spec: DatasetSpec,
+    split: HeldOut,
+    candidates: np.ndarray,
+    logits: torch.Tensor,
     score_weights: dict[str, float],
     grid: tuple[float, ...],
-    candidates: int = 200,
 ) -> tuple[float, dict[float, float]]:
     """The ``retrieval_weight`` of ``grid`` whose re-ranked order has the best NDCG@10 on
-    the validation split, and the NDCG@10 of each (ties go to the smaller weight)."""
-    split = held_out(tables, interactions, spec, "valid")
+    ``split`` (the validation split, with its :func:`retrieve` candidates and logits), and
+    the NDCG@10 of each (ties go to the smaller weight)."""
     if len(split.users) == 0 or not grid:
         return 0.0, {}
-    cands, logits, _ = retrieve(two_tower, tables, split, candidates)
-    scores = _ranker_scores(ranker, tables, split, cands, score_weights)
+    scores = _ranker_scores(ranker, tables, split, candidates, score_weights)
     ndcg = {
-        w: M.ranking_report(_order(cands, scores, logits, w), split.relevant, (10,))["ndcg@10"]
+        w: M.ranking_report(_order(candidates, scores, logits, w), split.relevant, (10,))["ndcg@10"]
         for w in sorted(grid)
     }
     return max(ndcg, key=lambda w: (ndcg[w], -w)), ndcg

@@ -22,7 +22,7 @@ import redis
 from offline import etl
 from offline.config import PipelineConfig
 from offline.datasets import load_dataset
-from offline.evaluate import evaluate, tune_retrieval_weight
+from offline.evaluate import evaluate, held_out, retrieve, tune_retrieval_weight
 from offline.index import build_index, index_quality, interleave, search
 from offline.publish import publish
 from offline.training.impressions import known_keys
@@ -144,6 +144,7 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
     weights = score_weights(spec, config)
     rank, _ = distributed()
     retrieval_weights = {}
+    valid = None
     for kind in config.models:
         result = train_ranker(kind, ctx.tables(), data, spec, config)
         if rank == 0:
@@ -155,15 +156,12 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
         if config.retrieval_weight is not None:
             retrieval_weights[kind] = config.retrieval_weight
             continue
+        if valid is None:  # the validation candidates, shared by every ranker
+            split = held_out(ctx.tables(), ctx.interactions(), spec, "valid")
+            n = ctx.config.evaluate.candidates  # as many as evaluation re-ranks
+            valid = (split, *retrieve(_model(ctx, Files.TWO_TOWER), ctx.tables(), split, n)[:2])
         best, ndcg = tune_retrieval_weight(
-            result.model,
-            _model(ctx, Files.TWO_TOWER),
-            ctx.tables(),
-            ctx.interactions(),
-            spec,
-            weights,
-            config.retrieval_weight_grid,
-            ctx.config.evaluate.candidates,  # the candidates evaluation and serving re-rank
+            result.model, ctx.tables(), *valid, weights, config.retrieval_weight_grid
         )
         retrieval_weights[kind] = best
         tried = ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items())

@@ -135,6 +135,7 @@ class FeatureEmbedding(nn.Module):
         if decay.shape != (n_multi,) or not bool(((decay > 0) & (decay <= 1)).all()):
             raise ValueError(f"multi_decay needs {n_multi} values in (0, 1], got {multi_decay}")
         self.register_buffer("multi_decay", decay[:, None], persistent=False)  # (M, 1)
+        self.plain_mean = bool((decay == 1.0).all())  # the fast path: no weights to build
         if embedding is None:
             embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
             nn.init.normal_(embedding.weight, std=init_std)
@@ -169,7 +170,7 @@ class FeatureEmbedding(nn.Module):
             )
         parts = [self.embedding(cat)]  # (B, Fc, D)
         if self.n_multi:
-            decay = self.multi_decay.repeat(b, 1)  # (B·M, 1)
+            decay = 1.0 if self.plain_mean else self.multi_decay.repeat(b, 1)  # (B·M, 1)
             parts.append(
                 self.pool(multi.reshape(b * self.n_multi, -1), decay).view(b, self.n_multi, -1)
             )
@@ -193,7 +194,7 @@ class FeatureEmbedding(nn.Module):
         """
         if slots.shape[1] == 0:
             return self.embedding.weight.new_zeros(slots.shape[0], self.embed_dim)
-        if bool((torch.as_tensor(decay) == 1.0).all()):
+        if isinstance(decay, float) and decay == 1.0:
             return F.embedding_bag(slots, self.embedding.weight, mode="mean", padding_idx=0)
         steps = torch.arange(slots.shape[1], dtype=self.embedding.weight.dtype)
         weights = (slots != 0) * decay**steps  # (B, L)
