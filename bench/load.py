@@ -1,16 +1,21 @@
-"""Gateway throughput: /recommend (recall + 100-candidate DCN-v2 ranking) vs /recall alone.
+"""Gateway serving speed against the floor, measured side by side in one run.
 
-    python bench/load.py [--artifacts DIR] [--redis-url URL] [--concurrency 64]
-                         [--requests 20000] [--seconds 15]
+    apt-get install wrk      # the load generator (Debian package); else a slower Python client
+    python bench/load.py [--artifacts DIR] [--redis-url URL] [--workers 1 2]
+                         [--concurrency 1 32] [--routes recall recommend rerank]
+                         [--rounds 3] [--seconds 4] [--markdown]
 
 Starts its own redis-server on a free port unless --redis-url is given, and builds a
-small synthetic bundle in a temporary folder unless --artifacts is given (publishing
-its newest bundle to that Redis when Redis does not serve it yet). Then it starts the
-gateway (``python -m services.gateway``, uvicorn, one process) on a free loopback port
-and drives it with ``httpx.AsyncClient``: a warm-up, then ``/recall/{uid}`` and
-``/recommend/{uid}?top_k=10`` in turn, each phase bounded by --requests and
---seconds. It prints throughput and p50/p99 latency of each endpoint and the ratio
-recommend/recall (the bar: ≥ 0.7).
+synthetic bundle (the default data's shapes, briefly trained) unless --artifacts is
+given, publishing its newest bundle when Redis does not serve it yet. For each worker
+count it starts, with the same uvicorn settings, the gateway (``python -m
+services.gateway``, ``RECSYS_WORKERS=N``) and the floor (``bench/floor.py``: bare
+FastAPI, one ZREVRANGE of the same recall lists, JSON of the first ``top_k`` ids),
+warms both up, then loads them in alternating rounds (floor, gateway, floor, …) so
+that other load on the machine hits both alike. Routes: ``/recall/{uid}?top_k=50``,
+``/recommend/{uid}?top_k=10`` (ranking ``RECSYS_RANK_CANDIDATES`` = 100 candidates)
+and ``POST /rerank`` of 100 items, random known users. It prints the median req/s,
+p50 and p99 of each and the gateway/floor ratio, and the gateway's memory per worker.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ import asyncio
 import json
 import os
 import random
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,13 +47,55 @@ from shared.keys import Keys
 from shared.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# the synthetic default's users, items and features; fewer impressions and epochs, since
+# serving speed depends on the shapes, not on how well the models learned
 BUNDLE_CONFIG = {
-    "dataset_options": {"n_users": 2000, "n_items": 1000, "n_impressions": 40000},
+    "dataset_options": {"n_impressions": 60_000},
     "retrieval": {"trainer": {"epochs": 1}},
     "ranking": {"models": ["dcn"], "trainer": {"epochs": 1}},
 }
+ROUTES = {
+    "recall": "/recall/{uid}?top_k=50",
+    "recommend": "/recommend/{uid}?top_k=10",
+    "rerank": "/rerank",
+}
+RERANK_ITEMS = 100
+
+WRK_SCRIPT = r"""
+local route = os.getenv("BENCH_ROUTE")
+local lines = {}
+for line in io.lines(os.getenv("BENCH_INPUT")) do lines[#lines + 1] = line end
+local headers = {["Content-Type"] = "application/json"}
+local n = 0
+request = function()
+  n = n + 1
+  local line = lines[(n * 7919) % #lines + 1]
+  if route == "rerank" then return wrk.format("POST", "/rerank", headers, line) end
+  return wrk.format("GET", line)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %.1f %.1f\n", summary.requests, summary.duration,
+    e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
+@dataclass(frozen=True)
+class Round:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+# --- set-up -------------------------------------------------------------------------------
 def build_bundle(artifacts: Path, redis_url: str) -> None:
     print(f"building a synthetic bundle in {artifacts} …", flush=True)
     config_path = artifacts / "bench-config.json"
@@ -73,27 +124,33 @@ def ensure_published(artifacts: Path, redis_url: str) -> str:
     return version
 
 
-def start_gateway(
-    artifacts: Path, redis_url: str, port: int, args: argparse.Namespace
-) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "RECSYS_REDIS_URL": redis_url,
-        "RECSYS_ARTIFACTS_DIR": str(artifacts),
-        "RECSYS_API_HOST": "127.0.0.1",
-        "RECSYS_API_PORT": str(port),
-        "RECSYS_RANKER": "dcn",
-        "RECSYS_RANK_CANDIDATES": str(args.candidates),
-        "RECSYS_MAX_BATCH": str(args.max_batch),
-        "RECSYS_BATCH_WAIT_MS": str(args.batch_wait_ms),
-        "RECSYS_TORCH_THREADS": str(args.torch_threads),
-        "RECSYS_SCORE_IN_THREAD": str(not args.score_on_loop).lower(),
-        "RECSYS_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 60
+def write_inputs(folder: Path, artifacts: Path, version: str) -> dict[str, Path]:
+    """One request per line for each route: paths of random known users, rerank bodies."""
+    root = artifacts / version
+    uids = pl.read_parquet(root / Files.USERS, columns=["user_id"])["user_id"].to_list()
+    items = pl.read_parquet(root / Files.ITEMS, columns=["item_id"])["item_id"].to_list()
+    rng = random.Random(0)
+    rng.shuffle(uids)
+    paths = {}
+    for name, template in ROUTES.items():
+        if name == "rerank":
+            lines = [
+                json.dumps({"uid": uid, "items": rng.sample(items, min(RERANK_ITEMS, len(items)))})
+                for uid in uids[:500]
+            ]
+        else:
+            lines = [template.format(uid=urllib.parse.quote(str(u), safe="")) for u in uids]
+        paths[name] = folder / f"{name}.txt"
+        paths[name].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def start_server(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, env=os.environ | env, cwd=ROOT)
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"the gateway exited with code {process.returncode}")
+            raise SystemExit(f"{command[2]} exited with code {process.returncode}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return process
@@ -101,182 +158,218 @@ def start_gateway(
             pass
         time.sleep(0.2)
     process.terminate()
-    raise SystemExit("the gateway did not become healthy within 60 s")
+    raise SystemExit(f"{command} did not become healthy within 120 s")
 
 
-async def drive(
-    client: httpx.AsyncClient,
-    path: str,
-    uids: list[str],
-    concurrency: int,
-    requests: int,
-    seconds: float,
-) -> tuple[list[float], int, float]:
-    """Closed-loop load: ``concurrency`` workers until ``requests`` are done or time is up.
-
-    Returns:
-        (latencies in seconds, failed requests, elapsed seconds)
-    """
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
-    deadline = time.perf_counter() + seconds
-    rng = random.Random(len(path))
-
-    async def worker() -> None:
-        nonlocal errors, issued
-        while issued < requests and time.perf_counter() < deadline:
-            issued += 1
-            url = path.format(uid=rng.choice(uids))
-            t0 = time.perf_counter()
-            try:
-                response = await client.get(url)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - t0)
-            errors += not ok
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - started
-
-
-def _stage_means(metrics_text: str) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("recsys_scorer_batch_size_sum "):
-            sums["requests per batch"] = float(line.split()[1]) / 1000
-        if line.startswith("recsys_scorer_batch_size_count "):
-            counts["requests per batch"] = float(line.split()[1])
-        for suffix, into in (("_sum", sums), ("_count", counts)):
-            prefix = f'recsys_stage_latency_seconds{suffix}{{stage="'
-            if line.startswith(prefix):
-                stage = line[len(prefix) :].split('"', 1)[0]
-                into[stage] = float(line.rsplit(" ", 1)[1])
-    return {s: 1000 * sums[s] / counts[s] for s in sums if counts.get(s)}
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def run(port: int, pid: int, uids: list[str], args: argparse.Namespace) -> None:
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+def servers(
+    artifacts: Path, redis_url: str, workers: int
+) -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
+    """Start the floor and the gateway with ``workers`` processes each; their ports."""
+    base = {
+        "RECSYS_REDIS_URL": redis_url,
+        "RECSYS_ARTIFACTS_DIR": str(artifacts),
+        "RECSYS_LOG_LEVEL": "WARNING",
+        "RECSYS_WORKERS": str(workers),
+    }
+    ports = {"floor": free_port(), "gateway": free_port()}
+    uvicorn = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
+    floor = [sys.executable, "-m", "uvicorn", "--app-dir", "bench", "floor:create_app",
+             "--factory", "--port", str(ports["floor"]), "--workers", str(workers), *uvicorn]  # fmt: skip
+    processes = [start_server(floor, base, ports["floor"])]
+    gateway_env = base | {"RECSYS_API_PORT": str(ports["gateway"])}
+    processes.append(
+        start_server([sys.executable, "-m", "services.gateway"], gateway_env, ports["gateway"])
     )
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10
-    ) as client:
-        routes = {"recall": "/recall/{uid}", "recommend": f"/recommend/{{uid}}?top_k={args.top_k}"}
-        for path in routes.values():  # warm-up: connections, caches, allocator
-            await drive(client, path, uids, args.concurrency, args.requests // 10, 2.0)
-        # alternate short rounds so that other load on the machine hits both endpoints alike
-        totals = {
-            name: {"lat": [], "errors": 0, "seconds": 0.0, "cpu": 0.0, "client_cpu": 0.0}
-            for name in routes
-        }
-        for _ in range(args.rounds):
-            for name, path in routes.items():
-                cpu, client_cpu = _cpu_seconds(pid), time.process_time()
-                lat, errors, seconds = await drive(
-                    client,
-                    path,
-                    uids,
-                    args.concurrency,
-                    args.requests // args.rounds,
-                    args.seconds / args.rounds,
-                )
-                t = totals[name]
-                t["lat"] += lat
-                t["errors"] += errors
-                t["seconds"] += seconds
-                t["cpu"] += _cpu_seconds(pid) - cpu
-                t["client_cpu"] += time.process_time() - client_cpu
-        stages = _stage_means((await client.get("/metrics")).text)
-    print(
-        f"\nconcurrency {args.concurrency}, {len(uids)} users, /recommend ranks "
-        f"{args.candidates} candidates with DCN-v2 (max_batch {args.max_batch}, "
-        f"batch_wait_ms {args.batch_wait_ms}, torch_threads {args.torch_threads}, "
-        f"scoring on {'the event loop' if args.score_on_loop else 'a model thread'}), "
-        f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs"
+    return ports, processes
+
+
+# --- load ---------------------------------------------------------------------------------
+def wrk_round(port: int, route: str, inputs: Path, script: Path, c: int, seconds: float) -> Round:
+    env = os.environ | {"BENCH_ROUTE": route, "BENCH_INPUT": str(inputs)}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{c}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script),
+         f"http://127.0.0.1:{port}"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    requests, micros, status, socket, p50, p99 = line.split()[1:]
+    return Round(
+        int(requests),
+        int(micros) / 1e6,
+        int(status) + int(socket),
+        float(p50) / 1e3,
+        float(p99) / 1e3,
     )
-    print(
-        f"{'endpoint':<12}{'requests':>10}{'errors':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'gateway CPU ms/req':>20}{'client CPU ms/req':>19}"
-    )
-    rps = {}
-    for name, t in totals.items():
-        lat = np.array(t["lat"]) * 1000
-        rps[name] = len(lat) / t["seconds"]
-        print(
-            f"{'/' + name:<12}{len(lat):>10,}{t['errors']:>8}{rps[name]:>10,.0f}"
-            f"{np.percentile(lat, 50):>9.2f}{np.percentile(lat, 99):>9.2f}{1000 * t['cpu'] / len(lat):>20.3f}"
-            f"{1000 * t['client_cpu'] / len(lat):>19.3f}"
-        )
-    ratio = rps["recommend"] / rps["recall"]
-    print(
-        f"ratio recommend/recall throughput: {ratio:.2f} (bar >= 0.70: {'met' if ratio >= 0.7 else 'NOT met'})"
-    )
-    print(
-        "gateway stage means (ms; features/scoring are per batch): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
-    )
+
+
+def python_round(port: int, route: str, inputs: Path, c: int, seconds: float) -> Round:
+    """The fallback client (httpx): it costs more CPU per request than the servers do."""
+    lines = inputs.read_text().splitlines()
+
+    async def go() -> Round:
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=5
+        ) as client:
+
+            async def worker(seed: int) -> None:
+                nonlocal errors
+                rng = random.Random(seed)
+                while time.perf_counter() < deadline:
+                    line = rng.choice(lines)
+                    t0 = time.perf_counter()
+                    try:
+                        if route == "rerank":
+                            r = await client.post("/rerank", content=line)
+                        else:
+                            r = await client.get(line)
+                        errors += r.status_code != 200
+                    except httpx.HTTPError:
+                        errors += 1
+                    latencies.append(time.perf_counter() - t0)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(i) for i in range(c)))
+            elapsed = time.perf_counter() - started
+        ms = np.array(latencies) * 1000
+        return Round(len(ms), elapsed, errors, *np.percentile(ms, [50, 99]))
+
+    return asyncio.run(go())
+
+
+def memory_per_worker(
+    supervisor: subprocess.Popen[bytes], workers: int
+) -> list[tuple[float, float]]:
+    """(RSS, PSS) in MiB of each serving process (the workers, or the process itself)."""
+    pids = [supervisor.pid]
+    if workers > 1:
+        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    out = []
+    for pid in pids:
+        try:
+            fields = dict(
+                line.split(":", 1)
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+            )
+        except OSError:
+            continue
+        if "Rss" in fields and "Pss" in fields:
+            out.append((int(fields["Rss"].split()[0]) / 1024, int(fields["Pss"].split()[0]) / 1024))
+    # the spawn supervisor's own small process is not a serving worker
+    return [m for m in out if m[0] > 100] if workers > 1 else out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--artifacts", type=Path, help="bundles folder (default: build a synthetic one)"
-    )
+    parser.add_argument("--artifacts", type=Path, help="bundles folder (default: build one)")
     parser.add_argument("--redis-url", help="default: start a redis-server on a free port")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=20_000, help="most requests per endpoint")
-    parser.add_argument("--seconds", type=float, default=15.0, help="most seconds per endpoint")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per endpoint")
-    parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--batch-wait-ms", type=float, default=1.0)
-    parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument(
-        "--score-on-loop",
-        action="store_true",
-        help="RECSYS_SCORE_IN_THREAD=false: score on the event loop",
-    )
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
+    parser.add_argument("--seconds", type=int, default=4, help="seconds per round")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args()
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("warning: wrk not found (apt-get install wrk); the Python client measures mostly itself",
+              file=sys.stderr)  # fmt: skip
 
     server = None if args.redis_url else RedisServer().start()
     redis_url = args.redis_url or server.url
-    tmp = None
-    gateway = None
+    tmp = tempfile.TemporaryDirectory(prefix="recsys-bench-")
+    folder = Path(tmp.name)
+    rows: list[tuple] = []
     try:
         artifacts = args.artifacts
         if artifacts is None:
-            tmp = tempfile.TemporaryDirectory(prefix="recsys-bench-")
-            artifacts = Path(tmp.name)
+            artifacts = folder / "artifacts"
+            artifacts.mkdir()
             build_bundle(artifacts, redis_url)
         version = ensure_published(artifacts, redis_url)
-        uids = pl.read_parquet(artifacts / version / Files.USERS, columns=["user_id"])[
-            "user_id"
-        ].to_list()
-        port = free_port()
-        gateway = start_gateway(artifacts, redis_url, port, args)
-        asyncio.run(run(port, gateway.pid, uids, args))
+        inputs = write_inputs(folder, artifacts, version)
+        script = folder / "bench.lua"
+        script.write_text(WRK_SCRIPT)
+
+        def one(port: int, route: str, c: int, seconds: float) -> Round:
+            if wrk:
+                return wrk_round(port, route, inputs[route], script, c, seconds)
+            return python_round(port, route, inputs[route], c, seconds)
+
+        for workers in args.workers:
+            ports, processes = servers(artifacts, redis_url, workers)
+            try:
+                for route in args.routes:  # warm-up: connections, caches, allocator
+                    for port in ports.values():
+                        one(port, route, max(args.concurrency), 1.0)
+                for route in args.routes:
+                    for c in args.concurrency:
+                        got: dict[str, list[Round]] = {"floor": [], "gateway": []}
+                        for _ in range(args.rounds):
+                            for name, port in ports.items():
+                                got[name].append(one(port, route, c, args.seconds))
+                        rows.append((workers, route, c, got))
+                        print_row(rows[-1])
+                memory = memory_per_worker(processes[1], workers)
+                print(
+                    f"gateway, {workers} worker(s): RSS / PSS per worker (MiB): "
+                    + ", ".join(f"{r:.0f} / {p:.0f}" for r, p in memory),
+                    flush=True,
+                )
+            finally:
+                for p in processes:
+                    p.terminate()
+                for p in processes:
+                    p.wait(timeout=30)
+        print_summary(rows, args)
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=15)
         if server is not None:
             server.stop()
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
+
+
+def _med(rounds: list[Round], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in rounds)
+
+
+def print_row(row: tuple) -> None:
+    workers, route, c, got = row
+    f, g = got["floor"], got["gateway"]
+    errors = sum(r.errors for r in f + g)
+    print(
+        f"workers {workers}  {route:<9}  c={c:<3}  floor {_med(f, 'rps'):>7,.0f} req/s "
+        f"p50 {_med(f, 'p50_ms'):.2f} p99 {_med(f, 'p99_ms'):.2f} ms | gateway "
+        f"{_med(g, 'rps'):>7,.0f} req/s p50 {_med(g, 'p50_ms'):.2f} p99 {_med(g, 'p99_ms'):.2f} ms"
+        f" | ratio {_med(g, 'rps') / _med(f, 'rps'):.2f}  (rounds: "
+        + " ".join(f"{b.rps / a.rps:.2f}" for a, b in zip(f, g, strict=True))
+        + f"; errors {errors})",
+        flush=True,
+    )
+
+
+def print_summary(rows: list[tuple], args: argparse.Namespace) -> None:
+    if not args.markdown:
+        return
+    print(
+        f"\n{args.rounds} alternating rounds of {args.seconds:g} s each, medians; "
+        f"{os.cpu_count()} CPUs shared with the client\n"
+    )
+    print(
+        "| workers | route | c | floor req/s | gateway req/s | ratio | floor p50 / p99 ms | gateway p50 / p99 ms |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for workers, route, c, got in rows:
+        f, g = got["floor"], got["gateway"]
+        print(
+            f"| {workers} | {ROUTES[route].split('?')[0].replace('{uid}', '…')} "
+            f"{'(' + ROUTES[route].split('?')[1] + ')' if '?' in ROUTES[route] else f'({RERANK_ITEMS} items)'} "
+            f"| {c} | {_med(f, 'rps'):,.0f} | {_med(g, 'rps'):,.0f} | {_med(g, 'rps') / _med(f, 'rps'):.2f} "
+            f"| {_med(f, 'p50_ms'):.2f} / {_med(f, 'p99_ms'):.1f} | {_med(g, 'p50_ms'):.2f} / {_med(g, 'p99_ms'):.1f} |"
+        )
 
 
 if __name__ == "__main__":

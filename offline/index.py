@@ -2,9 +2,9 @@
 
 Exact inner product (``IndexFlatIP``) up to ``exact_max_items`` items, HNSW or IVF
 above; the index's Recall@K against exact search and its query speed are measured on
-the real embeddings. Batch recall takes each user's top K from the index, leaves out
-what the user already interacted with, and interleaves the global hot list without
-duplicates — all as array operations, no loop per user.
+the real embeddings. Batch recall takes each user's top K from the index and merges
+it with the global hot list by :func:`shared.recall.merge`, the policy the gateway
+uses too — all as array operations, no loop per user.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pydantic import Field
 
 from shared.config import StrictConfig
 
-__all__ = ["IndexConfig", "build_index", "index_quality", "interleave", "search"]
+__all__ = ["IndexConfig", "build_index", "index_quality", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,11 @@ class IndexConfig(StrictConfig):
     quality_queries: int = Field(1000, ge=1)
     exclude_seen: bool = True
     hot_n: int = Field(200, ge=1, description="items in the global hot list")
-    hot_every: int = Field(4, ge=1, description="one hot item after every this many recalled ones")
+    hot_every: int = Field(
+        0,
+        ge=0,
+        description="one hot item after every this many recalled ones (0: hot items pad the end)",
+    )
 
 
 def build_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
@@ -91,45 +95,3 @@ def index_quality(
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the top ``k``; FAISS pads missing hits with id -1."""
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
-
-
-def interleave(
-    recalled: np.ndarray, hot: np.ndarray, k: int, every: int, banned: np.ndarray | None = None
-) -> np.ndarray:
-    """Merge each row of ``recalled`` with the hot list: ``every`` recalled, then one hot.
-
-    Args:
-        recalled: (U, R) item ids per user, best first; -1 = no item.
-        hot: (H,) item ids, hottest first.
-        k: length of each merged list.
-        every: recalled items between two hot ones.
-        banned: (U, R + H) bool, True where the candidate (recalled then hot) must go
-            (an item the user already interacted with), or None.
-
-    Returns:
-        (U, k) item ids, duplicates removed (first occurrence kept), -1 where fewer exist.
-    """
-    n_users, r = recalled.shape
-    h = len(hot)
-    candidates = np.concatenate([recalled, np.broadcast_to(hot, (n_users, h))], axis=1)  # (U, R+H)
-    j, m = np.arange(r), np.arange(h)
-    position = np.concatenate([j + j // every, (m + 1) * every + m])  # merged order of each column
-    order = np.argsort(position, kind="stable")
-    candidates = candidates[:, order]
-    valid = candidates >= 0
-    if banned is not None:
-        valid &= ~banned[:, order]
-    # drop repeats: sort each row by id, a value equal to its left neighbour is a repeat
-    by_id = np.argsort(np.where(valid, candidates, -1), axis=1, kind="stable")
-    sorted_ids = np.take_along_axis(candidates, by_id, axis=1)
-    sorted_valid = np.take_along_axis(valid, by_id, axis=1)
-    repeat = np.zeros_like(valid)
-    same = (sorted_ids[:, 1:] == sorted_ids[:, :-1]) & sorted_valid[:, :-1] & sorted_valid[:, 1:]
-    np.put_along_axis(repeat, by_id[:, 1:], same, axis=1)
-    valid &= ~repeat
-    rank = np.cumsum(valid, axis=1) - 1
-    keep = valid & (rank < k)
-    out = np.full((n_users, k), -1, dtype=candidates.dtype)
-    rows = np.nonzero(keep)[0]
-    out[rows, rank[keep]] = candidates[keep]
-    return out

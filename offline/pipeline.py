@@ -23,9 +23,8 @@ from offline import etl
 from offline.config import PipelineConfig
 from offline.datasets import load_dataset
 from offline.evaluate import evaluate, held_out, retrieve, tune_retrieval_weight
-from offline.index import build_index, index_quality, interleave, search
+from offline.index import build_index, index_quality, search
 from offline.publish import publish
-from offline.training.impressions import known_keys
 from offline.training.loop import distributed
 from offline.training.ranking import ranking_data, score_weights, train_ranker
 from offline.training.retrieval import embed_items, embed_users, train_retrieval
@@ -35,6 +34,8 @@ from shared.feature_map import FeatureMap
 from shared.features import FeatureTables
 from shared.keys import Keys
 from shared.models.checkpoint import checkpoint_paths, load_model, save_model
+from shared.models.scoring import ServingHead, export_head, onnx_parity, split_tables
+from shared.recall import SeenItems, faiss_rows, merge
 from shared.schema import DatasetSpec
 
 __all__ = ["STEPS", "Context", "run_step"]
@@ -207,28 +208,55 @@ def index_step(ctx: Context) -> Iterator[str]:
     items = pl.read_parquet(bundle.path(Files.ITEMS), columns=["item_idx", "hot_score"])
     hot = items.sort("hot_score", descending=True).head(cfg.hot_n)
     hot_rows = hot["item_idx"].to_numpy()
-    seen = ctx.interactions().select("user_idx", "item_idx").unique()
-    max_seen = int(seen.group_by("user_idx").len()["len"].max() or 0) if cfg.exclude_seen else 0
-    _, found = search(index, user_vectors, min(len(vectors) - 1, cfg.recall_k + max_seen))
-    recalled = np.where(found >= 0, found + 1, -1)
+    pairs = ctx.interactions()
+    seen = SeenItems.build(
+        pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(), len(tables.users), len(vectors)
+    )
+    extra = seen.most() if cfg.exclude_seen else 0
+    _, found = search(index, user_vectors, min(len(vectors) - 1, cfg.recall_k + extra))
+    recalled = faiss_rows(found)
     banned = None
     if cfg.exclude_seen:
-        n_items = len(vectors) - 1
-        keys = known_keys(ctx.interactions(), n_items)
         cand = np.concatenate(
             [recalled, np.broadcast_to(hot_rows, (len(user_rows), len(hot_rows)))], axis=1
         )
-        banned = np.isin(user_rows[:, None] * (n_items + 1) + cand, keys)
-    merged = interleave(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
+        banned = seen.contains(user_rows, cand)
+    merged = merge(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
+    bundle.update_manifest(serving={"hot_every": cfg.hot_every})
+    np.save(
+        bundle.path(Files.USER_EMBEDDINGS),
+        embed_users(model, tables, np.arange(len(tables.users))).numpy(),
+    )
     pl.DataFrame({"user_idx": user_rows, "items": merged}).write_parquet(bundle.path(Files.RECALL))
     hot.write_parquet(bundle.path(Files.HOT))
-    bundle.add(Files.ITEM_EMBEDDINGS, Files.INDEX, Files.RECALL, Files.HOT)
+    bundle.add(Files.ITEM_EMBEDDINGS, Files.USER_EMBEDDINGS, Files.INDEX, Files.RECALL, Files.HOT)
     _merge_metrics(bundle, {"index": quality})
     yield (
         f"index: {quality['type']} over {quality['items']} items, recall@{quality['k']} vs exact "
         f"{quality['recall_vs_exact']:.3f}, {quality['index_qps']:,.0f} queries/s; "
         f"recall lists for {len(user_rows)} users"
     )
+
+
+def export_step(ctx: Context) -> Iterator[str]:
+    """Each ranker's serving form: per-side tables and the ONNX head, checked against torch."""
+    bundle, tables = ctx.open_bundle(), ctx.tables()
+    serving = bundle.manifest().get("serving", {})
+    for kind in serving.get("rankers", list(ctx.config.ranking.models)):
+        ranker = _model(ctx, Files.RANKER.format(kind=kind))
+        head = ServingHead(
+            ranker, serving["score_weights"], serving.get("retrieval_weights", {}).get(kind, 0.0)
+        )
+        names = []
+        for part, array in split_tables(ranker, tables, sides=("user", "item")).items():
+            names.append(Files.RANKER_SPLIT.format(kind=kind, part=part))
+            np.save(bundle.path(names[-1]), array)
+        names.append(Files.RANKER_HEAD.format(kind=kind))
+        width = ranker.sparse_arch.embedding.embedding_dim
+        export_head(head, ranker.config.n_fields, width, bundle.path(names[-1]))
+        error = onnx_parity(head, bundle.path(names[-1]), ranker.config.n_fields, width)
+        bundle.add(*names)
+        yield f"export: {kind}: ONNX head (max |onnx − torch| {error:.1e}) and per-side tables"
 
 
 def _merge_metrics(bundle: Bundle, new: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +348,7 @@ STEP_FUNCTIONS: dict[str, Callable[[Context], Iterator[str]]] = {
     "train-retrieval": train_retrieval_step,
     "train-ranking": train_ranking_step,
     "index": index_step,
+    "export": export_step,
     "evaluate": evaluate_step,
     "publish": publish_step,
 }

@@ -54,7 +54,7 @@ def publish(
         keys: the key layout.
         version: the bundle version.
         user_ids: (U,) raw user ids.
-        recall: (U, K) item rows per user, best first, -1 = none.
+        recall: (U, K) item rows per user, best first, 0 = none.
         item_ids: (I,) raw item id of each item row.
         hot: (H,) item rows of the global hot list, hottest first.
         hot_scores: (H,) their hotness.
@@ -69,7 +69,7 @@ def publish(
     """
     started = time.perf_counter()
     k = recall.shape[1] if recall.ndim == 2 else 0
-    lengths = (recall >= 0).sum(axis=1)
+    lengths = (recall > 0).sum(axis=1)
     # RESP fragments are built once per item and per rank; a user's ZADD is then one
     # bytes join (redis-py would pack 400 arguments per user in Python)
     item_frag = np.array([_bulk(str(name).encode()) for name in item_ids], dtype=object)
@@ -106,8 +106,8 @@ def publish(
         )
         pipe.execute()
         ordered = np.sort(recall, axis=1)
-        distinct = (ordered[:, :1] >= 0).sum(axis=1) + (
-            (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        distinct = (ordered[:, :1] > 0).sum(axis=1) + (
+            (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] > 0)
         ).sum(axis=1)
         _check_complete(client, keys, version, user_ids, distinct)
         client.set(keys.active, version)  # the flip: one command

@@ -40,7 +40,12 @@ class Files:
     ITEMS = "items.parquet"
     TWO_TOWER = "two_tower"  # .safetensors + .json
     RANKER = "ranker_{kind}"  # .safetensors + .json, kind in {dcn, deepfm}
-    ITEM_EMBEDDINGS = "item_embeddings.npy"
+    ITEM_EMBEDDINGS = "item_embeddings.npy"  # (I, O) two-tower item vectors, row 0 = unknown
+    USER_EMBEDDINGS = "user_embeddings.npy"  # (U, O) two-tower vectors of the served histories
+    RANKER_HEAD = "ranker_{kind}.onnx"  # shared.models.scoring.ServingHead
+    RANKER_SPLIT = (
+        "ranker_{kind}.{part}.npy"  # part: user_fields, user_first, item_fields, item_first
+    )
     INDEX = "items.faiss"
     RECALL = "recall.parquet"
     HOT = "global_hot.parquet"

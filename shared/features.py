@@ -22,7 +22,7 @@ from shared.feature_map import FeatureMap
 from shared.models.inputs import ItemInputs, RankerInputs, UserInputs
 from shared.schema import CONTEXT_FEATURES, DatasetSpec, FeatureKind
 
-__all__ = ["EntityTable", "FeatureTables"]
+__all__ = ["EntityTable", "FeatureTables", "FieldLayout"]
 
 
 @dataclass
@@ -83,6 +83,17 @@ class EntityTable:
         return np.fromiter((get(r, 0) for r in raw_ids), dtype=np.int64, count=len(raw_ids))
 
 
+@dataclass(frozen=True)
+class FieldLayout:
+    """Positions of each side's fields on the ranker's field axis (see ``ranker_layout``)."""
+
+    user: np.ndarray  # (Fu',) the user's id, categorical, multi-hot and numeric fields
+    item: np.ndarray  # (Fi',) the item's
+    context: np.ndarray  # (Fc,) hour, day of week
+    history: int  # the user's recent items (a user field, masked where it holds the item)
+    n_fields: int  # F
+
+
 @dataclass
 class FeatureTables:
     """Both sides plus the context slots, and the builders of every model input."""
@@ -122,6 +133,31 @@ class FeatureTables:
             "n_multi": u.multi.shape[1] + i.multi.shape[1] + 1,  # + the user's recent items
             "n_dense": u.dense.shape[1] + i.dense.shape[1],
         }
+
+    @property
+    def ranker_layout(self) -> FieldLayout:
+        """Where each side's fields sit among the ranker's ``F`` embedded fields.
+
+        :meth:`ranker_inputs` orders categorical fields ``[user id, user cat, item id,
+        item cat, hour, dow]``, multi-hot ``[user multi, item multi, history]`` and
+        numeric ``[user dense, item dense]``; the embedded fields are categorical, then
+        multi-hot, then numeric.
+        """
+        u, i = self.users, self.items
+        fuc, fic, nc = u.cat.shape[1], i.cat.shape[1], len(CONTEXT_FEATURES)
+        mu, mi = u.multi.shape[1], i.multi.shape[1]
+        nu, ni = u.dense.shape[1], i.dense.shape[1]
+        n_cat, n_multi = 2 + fuc + fic + nc, mu + mi + 1
+        at = np.arange
+        return FieldLayout(
+            user=np.concatenate([at(1 + fuc), n_cat + at(mu), n_cat + n_multi + at(nu)]),
+            item=np.concatenate(
+                [1 + fuc + at(1 + fic), n_cat + mu + at(mi), n_cat + n_multi + nu + at(ni)]
+            ),
+            context=n_cat - nc + at(nc),
+            history=n_cat + n_multi - 1,
+            n_fields=n_cat + n_multi + nu + ni,
+        )
 
     # --- model inputs ----------------------------------------------------------------
     def ranker_inputs(

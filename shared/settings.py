@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,11 +34,8 @@ class Settings(BaseSettings):
         2.0, gt=0, description="how often the gateway checks recsys:active"
     )
     redis_timeout_s: float = Field(0.25, gt=0, description="socket timeout of gateway Redis calls")
-    max_batch: int = Field(
-        64, ge=1, description="most /recommend requests scored in one forward pass"
-    )
-    batch_wait_ms: float = Field(
-        1.0, ge=0, description="how long a forward pass waits to fill its batch"
+    workers: int = Field(
+        1, ge=1, le=64, description="gateway worker processes (each serves every route)"
     )
     torch_threads: int = Field(1, ge=1, description="intra-op threads of the gateway's ranker")
     log_level: str = Field("INFO", description="Python logging level")
@@ -46,7 +44,12 @@ class Settings(BaseSettings):
     )
     score_in_thread: bool = Field(
         True,
-        description="run ranker forward passes on a model thread, overlapping request "
-        "handling (false: on the event loop, cheaper when no core is spare)",
+        description="run the ranker's head on a model thread, overlapping request "
+        "handling (false: on the event loop)",
+    )
+    model_runtime: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="what runs the ranker: onnxruntime on the worker's ONNX export (torch "
+        "when the bundle has none), or torch",
     )
     access_log: bool = Field(False, description="log every request (uvicorn's access log)")

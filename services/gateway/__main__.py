@@ -1,27 +1,63 @@
-"""``python -m services.gateway``: serve the gateway with uvicorn, configured by ``RECSYS_*``."""
+"""``python -m services.gateway``: serve the gateway with uvicorn, configured by ``RECSYS_*``.
+
+``RECSYS_WORKERS=N`` (N > 1) starts N worker processes on the same port, each with
+the bundle (its large arrays memory-mapped, so the workers share one copy in RAM) and
+its own hot-reload poller; their metrics are collected in a fresh
+``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`services.gateway.metrics`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from services.gateway.app import create_app
 from shared.settings import Settings
 
+__all__ = ["main", "worker_app"]
 
-def main() -> None:
-    settings = Settings()
+_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory when there are several)."""
+    settings = Settings()
+    _logging(settings)
+    return create_app(settings)
+
+
+def main() -> None:
+    settings = Settings()  # fails here, naming the variable, before any worker starts
+    _logging(settings)
+    options = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_level": settings.log_level.lower(),
+        "access_log": settings.access_log,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    folder = os.environ.get(_MULTIPROC)
+    if folder:  # the operator's folder: values of an earlier run must not be added in
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ[_MULTIPROC] = tempfile.mkdtemp(prefix="recsys-metrics-")
     uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        access_log=settings.access_log,
+        "services.gateway.__main__:worker_app", factory=True, workers=settings.workers, **options
     )
 
 

@@ -1,9 +1,9 @@
 """The gateway app: ``create_app(settings)`` builds it, its lifespan builds the runtime.
 
 The lifespan creates the Redis pool, loads the active bundle (models, FAISS index,
-tables) and starts the scorer and the hot-reload poller; nothing is created at import
+tables) and starts the hot-reload poller; nothing is created at import
 time, so several apps (tests) live side by side, each with its own metrics registry.
-Errors become statuses here, at the edge: no bundle or no scorer → 503, invalid input
+Errors become statuses here, at the edge: no bundle → 503, invalid input
 → 422, anything else → 500 (counted in ``recsys_errors_total{kind="internal"}``).
 """
 
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, utc_now
-from services.gateway.routes import api_router
+from services.gateway.routes import routers
 from services.gateway.runtime import Runtime
 from shared.errors import BundleError, RecsysError, StoreError
 from shared.settings import Settings
@@ -65,6 +65,7 @@ def create_app(
             yield
         finally:
             await runtime.aclose()
+            metrics.close()
 
     app = FastAPI(
         title="recsys gateway",
@@ -77,7 +78,8 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.settings = settings
-    app.include_router(api_router)
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)

@@ -1,6 +1,10 @@
 """Every Prometheus metric of the gateway, in one place, on a per-app registry.
 
 The names are a contract: ``deploy/grafana/dashboards/recsys.json`` queries them.
+With several worker processes (``RECSYS_WORKERS``), ``python -m services.gateway``
+sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start: every process writes its
+values there and ``/metrics``, whichever worker answers, adds them up
+(prometheus-client's multiprocess mode; the version gauge then has a ``pid`` label).
 
     recsys_request_latency_seconds{route}        histogram, route = the path template
     recsys_stage_latency_seconds{stage}          histogram, stage = recall|features|scoring
@@ -8,20 +12,22 @@ The names are a contract: ``deploy/grafana/dashboards/recsys.json`` queries them
     recsys_cold_starts_total                     counter, users the bundle does not know
     recsys_fallbacks_total{reason}               counter, online_tower|global_hot|memory_hot
     recsys_errors_total{kind}                    counter, redis|bundle|validation|reload|internal
-    recsys_served_version_info{version}          info, the bundle version being served
+    recsys_served_version_info{version}          gauge, 1 for the bundle version being served
     recsys_bundle_load_failures_total            counter
-    recsys_scorer_batch_size                     histogram, requests per forward pass
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
-    Info,
     generate_latest,
+    multiprocess,
 )
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -59,21 +65,35 @@ class Metrics:
             "recsys_fallbacks", "Recall answered by a fallback source", ["reason"], registry=r
         )
         self.errors = Counter("recsys_errors", "Errors by kind", ["kind"], registry=r)
-        self.served_version = Info(
-            "recsys_served_version", "The bundle version being served", registry=r
-        )
+        self.served_version = Gauge(
+            "recsys_served_version_info", "1 for the bundle version being served",
+            ["version"], registry=r, multiprocess_mode="liveall",
+        )  # fmt: skip
+        self._version: str | None = None
         self.bundle_load_failures = Counter(
             "recsys_bundle_load_failures", "Bundle versions that failed to load", registry=r
         )
-        self.batch_size = Histogram(
-            "recsys_scorer_batch_size", "Requests scored in one forward pass",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
-        )  # fmt: skip
         for stage in ("recall", "features", "scoring"):
             self.stage_latency.labels(stage)
         for reason in ("online_tower", "global_hot", "memory_hot"):
             self.fallbacks.labels(reason)
 
+    def serve_version(self, version: str) -> None:
+        """Mark ``version`` as the one served (and the previous one as not)."""
+        if self._version is not None:
+            self.served_version.labels(self._version).set(0)
+        self.served_version.labels(version).set(1)
+        self._version = version
+
+    def close(self) -> None:
+        """A worker process that stops takes its live gauges with it (multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())
+
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
+        """The Prometheus text exposition of every metric (of every worker process)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -13,7 +13,7 @@ Recall for a user, in order of preference:
 Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
 items the user already interacted with, and is padded from the memory hot list up to
 the count asked for. Features come from the in-memory tables; scores from one batched
-forward pass (:class:`~services.gateway.scorer.BatchScorer`).
+pass of the ranker's head (:class:`~services.gateway.scorer.Scorer`).
 """
 
 from __future__ import annotations
@@ -25,22 +25,18 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
+from services.gateway.bundle import ServingBundle
 from services.gateway.metrics import Metrics
-from services.gateway.schemas import (
-    RecallResponse,
-    RecommendResponse,
-    RerankRequest,
-    RerankResponse,
-    ScoredItem,
-)
-from services.gateway.scorer import BatchScorer, Scores
+from services.gateway.schemas import RerankRequest
+from services.gateway.scorer import Scorer, Scores
 from shared.keys import Keys
-from shared.serving import ServingBundle, merge_candidates
+from shared.recall import merge
 from shared.settings import Settings
 
 __all__ = ["Candidates", "Clock", "Recommender", "utc_now"]
@@ -75,7 +71,7 @@ class Recommender:
     Args:
         settings (Settings): candidate counts, ``exclude_seen``.
         redis (redis.asyncio.Redis): the online store (short timeouts, no backoff).
-        scorer (BatchScorer): the micro-batching ranker.
+        scorer (Scorer): the ranker.
         executor (Executor): the model thread (online user tower + FAISS).
         metrics (Metrics): where stage latencies, cold starts and fallbacks go.
         clock (Clock): the current time, for the hour/day-of-week context features.
@@ -85,7 +81,7 @@ class Recommender:
         self,
         settings: Settings,
         redis: aredis.Redis,
-        scorer: BatchScorer,
+        scorer: Scorer,
         executor: Executor,
         metrics: Metrics,
         clock: Clock = utc_now,
@@ -130,6 +126,14 @@ class Recommender:
                 self._redis_down = False
             if listed:
                 primary = bundle.item_rows(listed)
+                if source == "redis":  # a ZSET: distinct, and already the published policy
+                    primary = primary[(primary > 0) & ~_member(primary, seen)]
+                    if len(primary) >= n:
+                        rows = primary[:n]
+                        self._recall_seconds.observe(time.perf_counter() - started)
+                        if not user_row:
+                            self.metrics.cold_starts.inc()
+                        return Candidates(user_row, rows, source, degraded)
             elif user_row:
                 source = "online_tower"
                 loop = asyncio.get_running_loop()
@@ -138,7 +142,9 @@ class Recommender:
                 )
             else:
                 source, primary = "global_hot", bundle.item_rows(hot)
-        rows = merge_candidates(primary, bundle.hot, seen, n)
+        rows = _merge(
+            primary, bundle.hot, seen, n, bundle.hot_every if source == "online_tower" else 0
+        )
         if source != "redis":
             self.metrics.fallbacks.labels(source).inc()
         if not user_row:
@@ -153,34 +159,35 @@ class Recommender:
         self._scoring_seconds.observe(scores.scoring_s)
         return scores
 
-    # --- endpoints -------------------------------------------------------------------
-    async def recall(self, bundle: ServingBundle, uid: str, top_k: int) -> RecallResponse:
+    # --- endpoints: JSON-ready dicts in the schemas' field order (services.gateway.schemas) ---
+    async def recall(self, bundle: ServingBundle, uid: str, top_k: int) -> dict[str, Any]:
         found = await self.candidates(bundle, uid, top_k)
-        return RecallResponse(
-            uid=uid,
-            version=bundle.version,
-            count=len(found.rows),
-            is_cold_start=found.is_cold_start,
-            degraded=found.degraded,
-            items=bundle.item_ids[found.rows].tolist(),
-        )
+        return {
+            "uid": uid,
+            "stage": "recall",
+            "version": bundle.version,
+            "count": len(found.rows),
+            "is_cold_start": found.is_cold_start,
+            "degraded": found.degraded,
+            "items": bundle.item_ids[found.rows].tolist(),
+        }
 
-    async def recommend(self, bundle: ServingBundle, uid: str, top_k: int) -> RecommendResponse:
-        with self.scorer.expect():
-            found = await self.candidates(bundle, uid, max(self.settings.rank_candidates, top_k))
-        items: list[ScoredItem] = []
+    async def recommend(self, bundle: ServingBundle, uid: str, top_k: int) -> dict[str, Any]:
+        found = await self.candidates(bundle, uid, max(self.settings.rank_candidates, top_k))
+        items: list[dict[str, Any]] = []
         if len(found.rows):
             scores = await self._score(bundle, found.user_row, found.rows)
             items = _ranked(bundle, found.rows, scores, top_k)
-        return RecommendResponse(
-            uid=uid,
-            is_cold_start=found.is_cold_start,
-            version=bundle.version,
-            degraded=found.degraded,
-            items=items,
-        )
+        return {
+            "uid": uid,
+            "stage": "rank",
+            "is_cold_start": found.is_cold_start,
+            "version": bundle.version,
+            "degraded": found.degraded,
+            "items": items,
+        }
 
-    async def rerank(self, bundle: ServingBundle, request: RerankRequest) -> RerankResponse:
+    async def rerank(self, bundle: ServingBundle, request: RerankRequest) -> dict[str, Any]:
         given = np.asarray(request.items, dtype=str)
         _, first = np.unique(given, return_index=True)  # repeats keep their first place
         given = given[np.sort(first)]
@@ -189,28 +196,50 @@ class Recommender:
         user_row = bundle.user_row(request.uid)
         if not user_row:
             self.metrics.cold_starts.inc()
-        items: list[ScoredItem] = []
+        items: list[dict[str, Any]] = []
         if known.any():
             scores = await self._score(bundle, user_row, rows[known])
             items = _ranked(bundle, rows[known], scores, request.top_k or int(known.sum()))
-        return RerankResponse(
-            uid=request.uid,
-            is_cold_start=not user_row,
-            version=bundle.version,
-            items=items,
-            unknown_items=given[~known].tolist(),
-        )
+        return {
+            "uid": request.uid,
+            "stage": "rerank",
+            "is_cold_start": not user_row,
+            "version": bundle.version,
+            "items": items,
+            "unknown_items": given[~known].tolist(),
+        }
 
 
-def _ranked(bundle: ServingBundle, rows: np.ndarray, scores: Scores, k: int) -> list[ScoredItem]:
+def _member(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
+    """Whether each of ``rows`` is in ``sorted_rows`` (ascending), by binary search."""
+    if not len(sorted_rows):
+        return np.zeros(len(rows), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
+    return sorted_rows[at] == rows
+
+
+def _merge(
+    primary: np.ndarray, hot: np.ndarray, seen: np.ndarray, n: int, every: int
+) -> np.ndarray:
+    """:func:`shared.recall.merge` for one user: the published lists' policy, padded from ``hot``."""
+    # enough of the hot list for n survivors even if every seen and every primary row is in it
+    hot = hot[: n + len(seen) + len(primary)]
+    candidates = np.concatenate([primary, hot])
+    banned = np.isin(candidates, seen)[None] if len(seen) else None
+    rows = merge(primary[None], hot, n, every, banned)[0]
+    return rows[rows > 0]
+
+
+def _ranked(
+    bundle: ServingBundle, rows: np.ndarray, scores: Scores, k: int
+) -> list[dict[str, Any]]:
     """The best ``k`` rows by score (ties keep recall order) as response items."""
     order = np.argsort(-scores.score, kind="stable")[:k]
     ids = bundle.item_ids[rows[order]].tolist()
     score = scores.score[order].tolist()
-    probs = scores.probs[order].tolist()
     tasks = bundle.tasks
-    # one object per returned item (k ≤ 200), not per candidate
+    # one dict per returned item (k ≤ 200), not per candidate
     return [
-        ScoredItem(id=i, score=s, scores=dict(zip(tasks, p, strict=True)))
-        for i, s, p in zip(ids, score, probs, strict=True)
+        {"id": i, "score": s, "scores": dict(zip(tasks, p, strict=True))}
+        for i, s, p in zip(ids, score, scores.probs[order].tolist(), strict=True)
     ]

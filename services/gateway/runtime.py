@@ -24,14 +24,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from services.gateway.bundle import ServingBundle
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, Recommender, utc_now
 from services.gateway.schemas import HealthResponse
-from services.gateway.scorer import BatchScorer
+from services.gateway.scorer import Scorer
 from shared.bundle import Bundle
 from shared.errors import BundleError
 from shared.keys import Keys
-from shared.serving import ServingBundle
 from shared.settings import Settings
 
 __all__ = ["Runtime"]
@@ -59,12 +59,7 @@ class Runtime:
             decode_responses=True,
         )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="recsys-model")
-        self.scorer = BatchScorer(
-            max_batch=settings.max_batch,
-            wait_s=settings.batch_wait_ms / 1000,
-            executor=self.executor if settings.score_in_thread else None,
-            metrics=metrics,
-        )
+        self.scorer = Scorer(self.executor if settings.score_in_thread else None)
         self.recommender = Recommender(
             settings, self.redis, self.scorer, self.executor, metrics, clock
         )
@@ -92,12 +87,11 @@ class Runtime:
         self._bundle = bundle
         self.bundle_error = None
         self._failed.pop(bundle.version, None)
-        self.metrics.served_version.info({"version": bundle.version})
+        self.metrics.serve_version(bundle.version)
         log.info("serving bundle %s", bundle.version)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        self.scorer.start()
         if not await self.sync() and self._bundle is None:
             await self._load_latest()
         self._reloader = asyncio.create_task(self._reload_forever(), name="recsys-reloader")
@@ -109,7 +103,6 @@ class Runtime:
             # swallowed by the client, and the poller would then run on
             self._reloader.cancel()
             await asyncio.wait({self._reloader}, timeout=5)
-        await self.scorer.aclose()
         await self.redis.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -152,7 +145,11 @@ class Runtime:
     async def _load(self, version: str, attempts: int = 0) -> bool:
         try:
             bundle = await asyncio.to_thread(
-                ServingBundle.load, self.settings.artifacts_dir, version, self.settings.ranker
+                ServingBundle.load,
+                self.settings.artifacts_dir,
+                version,
+                self.settings.ranker,
+                self.settings.model_runtime,
             )
         except BundleError as e:
             attempts += 1

@@ -7,9 +7,11 @@ request of more than 1000 items.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Path, Query
+from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "MAX_TOP_K",
     "MAX_UID_LENGTH",
     "HealthResponse",
+    "JSONBytes",
     "ItemId",
     "RecallResponse",
     "RecommendResponse",
@@ -55,6 +58,19 @@ ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description=f"how many items (1 to {MAX_TOP_K})")]
+
+
+class JSONBytes(Response):
+    """A JSON response rendered by orjson from plain data: no pydantic model per item.
+
+    The routes still declare their ``response_model`` (the OpenAPI schema); the
+    recommender builds dicts in exactly that shape (tests validate them against it).
+    """
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class _Body(BaseModel):

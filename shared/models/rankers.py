@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
@@ -47,7 +48,9 @@ __all__ = [
     "TaskHeads",
     "build_ranker",
     "chain_probabilities",
+    "check_weights",
     "final_score",
+    "weighted_sum",
 ]
 
 
@@ -137,6 +140,21 @@ def chain_probabilities(
     return probs
 
 
+def check_weights(weights: Mapping[str, float], tasks: Sequence[TaskHead]) -> None:
+    """Raises ConfigError when a score weight names a task the ranker does not have."""
+    unknown = set(weights) - {t.name for t in tasks}
+    if unknown:
+        raise ConfigError(f"score weights name unknown tasks: {sorted(unknown)}")
+
+
+def weighted_sum(probs: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """``Σ_t weights[t] · probs[t]``, ``(B,)``."""
+    total = torch.zeros_like(next(iter(probs.values())))  # (B,)
+    for name, weight in weights.items():
+        total = total + weight * probs[name]
+    return total
+
+
 class TaskHeads(nn.Module):
     """Over arch: one ``Linear(in_dim, 1)`` per task on a shared representation.
 
@@ -200,9 +218,25 @@ class Ranker(nn.Module):
         Returns:
             dict[str, Tensor]: task name -> ``(B,)`` logit (binary) or value (regression).
         """
-        fields = self.sparse_arch(inputs.cat, inputs.multi, inputs.dense)  # (B, F, D)
-        z = self.interact(fields)  # (B, over_dim)
-        return self.over_arch(z)
+        return self.head(self.sparse_arch(inputs.cat, inputs.multi, inputs.dense))
+
+    def head(self, fields: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw outputs from the field embeddings ``(B, F, ·)`` (everything after ``sparse_arch``)."""
+        return self.over_arch(self.interact(fields))
+
+    # --- the split form serving uses --------------------------------------------------
+    def first_weight(self) -> torch.Tensor:
+        """The linear maps applied straight to the flat fields, stacked: ``(P, F·W)``.
+
+        ``flat(fields) @ first_weight().T`` is a sum of per-field terms, so the gateway
+        adds up terms precomputed per item, per user and per context instead of
+        multiplying ``(B, F·W)`` by it per request (see :meth:`head_from_first`).
+        """
+        raise NotImplementedError
+
+    def head_from_first(self, fields: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`head`, given ``first = flat(fields) @ first_weight().T`` ``(B, P)``."""
+        raise NotImplementedError
 
     def probabilities(self, inputs: RankerInputs) -> dict[str, torch.Tensor]:
         """Chained probabilities (see :func:`chain_probabilities`): task name -> ``(B,)``."""
@@ -224,14 +258,20 @@ class Ranker(nn.Module):
         Raises:
             ConfigError: a weight names a task this ranker does not have.
         """
-        unknown = set(weights) - {t.name for t in self.config.tasks}
-        if unknown:
-            raise ConfigError(f"score weights name unknown tasks: {sorted(unknown)}")
-        probs = self.probabilities(inputs)
-        total = torch.zeros(inputs.cat.shape[0], device=inputs.cat.device)  # (B,)
-        for name, weight in weights.items():
-            total = total + weight * probs[name]
-        return total, probs
+        fields = self.sparse_arch(inputs.cat, inputs.multi, inputs.dense)  # (B, F, ·)
+        return self.score_fields(fields, weights)
+
+    def score_fields(
+        self, fields: torch.Tensor, weights: Mapping[str, float]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`score_with_probabilities` from the field embeddings ``(B, F, ·)``.
+
+        Raises:
+            ConfigError: a weight names a task this ranker does not have.
+        """
+        check_weights(weights, self.config.tasks)
+        probs = chain_probabilities(self.head(fields), self.config.tasks)
+        return weighted_sum(probs, weights), probs
 
 
 class DeepFM(Ranker):
@@ -268,6 +308,22 @@ class DeepFM(Ranker):
         deep = self.deep_arch(v.flatten(1))  # (B, H)
         return torch.cat([first, second, deep], dim=1)  # (B, T + D + H)
 
+    def first_weight(self) -> torch.Tensor:
+        c = self.config
+        if not c.hidden:
+            return torch.zeros(0, c.n_fields * (c.embed_dim + len(c.tasks)))
+        w = self.deep_arch[0].weight.view(-1, c.n_fields, c.embed_dim)  # (H1, F, D) over v only
+        return F.pad(w, (0, len(c.tasks))).flatten(1)  # (H1, F·(D + T)), 0 on the first-order part
+
+    def head_from_first(self, fields: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = self.config.embed_dim
+        v = fields[..., :d]  # (B, F, D)
+        deep = (
+            _rest_of(self.deep_arch, first) if self.config.hidden else self.deep_arch(v.flatten(1))
+        )  # (B, H)
+        z = torch.cat([fields[..., d:].sum(dim=1), self.fm_arch(v), deep], dim=1)
+        return self.over_arch(z)
+
 
 class DCNv2(Ranker):
     """DCN-v2: a cross network and a deep MLP on the flat embeddings ``x0 (B, K)``.
@@ -301,6 +357,56 @@ class DCNv2(Ranker):
         if self.stacked:
             return self.deep_arch(self.cross_arch(x0))  # (B, H)
         return torch.cat([self.cross_arch(x0), self.deep_arch(x0)], dim=1)  # (B, K + H)
+
+    def _first_linears(self) -> list[nn.Linear]:
+        """The cross net's first kernel and, in parallel, the deep part's first layer."""
+        out = []
+        if self.config.dcn.cross_layers:
+            cross = self.cross_arch
+            out.append(cross.down[0] if isinstance(cross, LowRankCrossNet) else cross.layers[0])
+        if not self.stacked and self.config.hidden:
+            out.append(self.deep_arch[0])
+        return out
+
+    def first_weight(self) -> torch.Tensor:
+        k = self.config.n_fields * self.config.embed_dim
+        return torch.cat([m.weight for m in self._first_linears()] or [torch.zeros(0, k)])
+
+    def head_from_first(self, fields: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        x0 = fields.flatten(1)  # (B, K)
+        linears = self._first_linears()
+        parts = first.split([m.out_features for m in linears], dim=1) if linears else ()
+        cross = self.cross_arch
+        if self.config.dcn.cross_layers:
+            # layer 0 with its kernel applied already, then the other layers as in forward
+            pre = parts[0]
+            if isinstance(cross, LowRankCrossNet):
+                xl = torch.addcmul(x0, x0, cross.up[0](pre))
+                rest = zip(cross.down[1:], cross.up[1:], strict=True)
+                for down, up in rest:
+                    xl = torch.addcmul(xl, x0, up(down(xl)))
+            else:
+                xl = torch.addcmul(x0, x0, pre + cross.layers[0].bias)
+                for layer in cross.layers[1:]:
+                    xl = torch.addcmul(xl, x0, layer(xl))
+        else:
+            xl = x0
+        if self.stacked:
+            z = self.deep_arch(xl)
+        elif self.config.hidden:
+            z = torch.cat([xl, _rest_of(self.deep_arch, parts[-1])], dim=1)
+        else:
+            z = torch.cat([xl, self.deep_arch(x0)], dim=1)
+        return self.over_arch(z)
+
+
+def _rest_of(mlp: MLP, first: torch.Tensor) -> torch.Tensor:
+    """An MLP's output given its first Linear's output without bias, ``(B, H1)``."""
+    layer = mlp[0]
+    x = first if layer.bias is None else first + layer.bias
+    for module in list(mlp)[1:]:
+        x = module(x)
+    return x
 
 
 RANKERS: dict[str, type[Ranker]] = {"deepfm": DeepFM, "dcn": DCNv2}

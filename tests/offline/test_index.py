@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from offline.index import IndexConfig, build_index, index_quality, interleave, search
+from offline.index import IndexConfig, build_index, index_quality, search
 
 
 def _clustered(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -31,20 +31,3 @@ def test_search_pads_with_minus_one_when_k_exceeds_the_catalog() -> None:
     index = build_index(_clustered(5), IndexConfig(kind="hnsw"))
     _, ids = search(index, _clustered(2, seed=3), 5)
     assert ids.shape == (2, 5) and (ids < 5).all()
-
-
-def test_interleave_merges_dedupes_bans_and_pads() -> None:
-    recalled = np.array([[11, 12, 13, 14, -1], [21, 22, 90, 23, 24]])
-    hot = np.array([90, 91, 12])
-    banned = np.zeros((2, 8), dtype=bool)
-    banned[1, 6] = True  # user 1 has seen hot item 91
-    out = interleave(recalled, hot, k=8, every=2, banned=banned)
-    # user 0: R R H R R H … ; -1 dropped; hot 12 already recalled
-    assert out[0].tolist() == [11, 12, 90, 13, 14, 91, -1, -1]
-    # user 1: 90 recalled at rank 3 comes before its hot copy; banned 91 never appears
-    assert out[1].tolist() == [21, 22, 90, 23, 24, 12, -1, -1]
-
-
-def test_interleave_truncates_to_k() -> None:
-    out = interleave(np.arange(1, 101)[None, :], np.array([500, 501]), k=10, every=4)
-    assert out.tolist() == [[1, 2, 3, 4, 500, 5, 6, 7, 8, 501]]

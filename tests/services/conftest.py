@@ -156,7 +156,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
     config_path.write_text(json.dumps(CONFIG))  # JSON is YAML
     config = load_config(config_path)
     ctx = pipeline.Context(config=config, artifacts=folder / "artifacts", redis_url="unused")
-    for step in ("etl", "train-retrieval", "train-ranking", "index"):
+    for step in ("etl", "train-retrieval", "train-ranking", "index", "export"):
         for _ in pipeline.run_step(step, ctx):
             pass
     assert ctx.bundle is not None

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from services.gateway.routes import health, metrics, recall, recommend, rerank
 
-__all__ = ["api_router"]
+__all__ = ["routers"]
 
-api_router = APIRouter()
-for module in (recall, recommend, rerank, health, metrics):
-    api_router.include_router(module.router)
+# included into the app one by one: a router of routers adds a matching level per request
+routers = tuple(m.router for m in (recall, recommend, rerank, health, metrics))

@@ -1,4 +1,4 @@
-"""``shared.serving``: loading a bundle for serving, its refusals, and the array helpers."""
+"""``services.gateway.bundle``: loading a bundle for serving, its scores, its refusals."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import faiss
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from services.gateway.bundle import ServingBundle
 
 from shared.bundle import Files
 from shared.errors import BundleError
-from shared.serving import SeenItems, ServingBundle, merge_candidates
 from tests.services.conftest import BuiltBundle, OfflineScorer
 
 
@@ -50,30 +48,60 @@ def test_seen_items_match_the_interactions(served: ServingBundle, built: BuiltBu
     assert len(served.seen.of(0)) == 0
 
 
-def test_seen_csr_from_pairs() -> None:
-    seen = SeenItems.build(np.array([2, 1, 2, 2]), np.array([5, 3, 1, 5]), n_users=4, n_items=6)
-    assert seen.of(0).tolist() == [] and seen.of(1).tolist() == [3]
-    assert seen.of(2).tolist() == [1, 5] and seen.of(3).tolist() == []
-
-
 def test_item_rows_mark_unknown_ids_zero(served: ServingBundle) -> None:
     ids = served.item_ids[[3, 1, 2]].tolist()
     assert served.item_rows([*ids, "no-such-item", ""]).tolist() == [3, 1, 2, 0, 0]
     assert served.item_rows([]).tolist() == []
 
 
-def test_scores_are_the_offline_models(served: ServingBundle, built: BuiltBundle) -> None:
-    rng = np.random.default_rng(0)
-    n = 64
-    users = rng.integers(0, len(served.tables.users), n)
-    items = rng.integers(1, len(served.item_ids), n)
-    hour, dow = rng.integers(0, 24, n), rng.integers(0, 7, n)
-    expected, probs = OfflineScorer(built).score(users, items, hour, dow)
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_scores_are_the_offline_models(built: BuiltBundle, runtime: str) -> None:
+    served = ServingBundle.load(built.artifacts, built.version, runtime=runtime)
+    assert served.runtime == runtime
     assert served.retrieval_weight > 0  # the blended final score is what is checked
-    got = served.score(users, items, hour, dow)
-    np.testing.assert_allclose(got.score, expected, atol=1e-5)
-    for j, task in enumerate(served.tasks):
-        np.testing.assert_allclose(got.probs[:, j], probs[task], atol=1e-5)
+    rng = np.random.default_rng(0)
+    offline = OfflineScorer(built)
+    # every user row (the unknown one too); the whole catalogue, so some of the items
+    # sit in the user's own history and take the masked-history path
+    for user in [0, *rng.integers(1, len(served.tables.users), 6).tolist()]:
+        items = np.arange(1, len(served.item_ids))
+        hour, dow = int(rng.integers(0, 24)), int(rng.integers(0, 7))
+        expected, probs = offline.score(
+            np.full(len(items), user), items, np.full(len(items), hour), np.full(len(items), dow)
+        )
+        got = served.score(user, items, hour, dow)
+        np.testing.assert_allclose(got.score, expected, atol=1e-5, rtol=0)
+        for j, task in enumerate(served.tasks):
+            np.testing.assert_allclose(got.probs[:, j], probs[task], atol=1e-5, rtol=0)
+
+
+def test_some_scored_items_sit_in_their_users_history(served: ServingBundle) -> None:
+    # what makes the test above cover the masked-history path
+    history = served.tables.history[1:]
+    assert (history > 0).any()
+
+
+def test_a_bundle_without_an_onnx_export_is_served_by_torch(built: BuiltBundle) -> None:
+    def drop_export(root):  # noqa: ANN001, ANN202
+        manifest = json.loads((root / Files.MANIFEST).read_text())
+        exported = [
+            n
+            for n in manifest["files"]
+            if n.startswith("ranker_dcn.") and n[-4:] in ("onnx", ".npy")
+        ]
+        for name in exported:
+            del manifest["files"][name]
+            (root / name).unlink()
+        (root / Files.MANIFEST).write_text(json.dumps(manifest))
+        return ()
+
+    version = built.derive("no-export", drop_export)
+    assert ServingBundle.load(built.artifacts, version).runtime == "torch"
+
+
+def test_vectors_are_memory_mapped(served: ServingBundle) -> None:
+    for array in (served.user_vectors, served.item_vectors, served.split.item_fields):
+        assert isinstance(array.base, np.memmap) and not array.flags.writeable
 
 
 def test_search_never_returns_faiss_padding(served: ServingBundle) -> None:
@@ -84,25 +112,6 @@ def test_search_never_returns_faiss_padding(served: ServingBundle) -> None:
     small.add(served.index.reconstruct_n(0, 3))
     few = dataclasses.replace(served, index=small).search(user_row=1, k=50)
     assert sorted(few.tolist()) == [1, 2, 3]
-
-
-@given(
-    primary=st.lists(st.integers(-1, 30), max_size=40),
-    exclude=st.lists(st.integers(1, 30), max_size=15, unique=True),
-    n=st.integers(1, 40),
-)
-def test_merge_candidates(primary: list[int], exclude: list[int], n: int) -> None:
-    fallback = np.arange(30, 0, -1)  # every item 1..30, "hottest" first
-    out = merge_candidates(
-        np.asarray(primary, dtype=np.int64), fallback, np.asarray(exclude, dtype=np.int64), n
-    ).tolist()
-    usable = 30 - len(exclude)
-    assert len(out) == min(n, usable)  # padded from the fallback as far as it goes
-    assert len(set(out)) == len(out) and min(out, default=1) >= 1
-    assert not set(out) & set(exclude)
-    # the primary list's usable ids come first, in their first-seen order
-    firsts = list(dict.fromkeys(p for p in primary if p >= 1 and p not in exclude))
-    assert out[: len(firsts)] == firsts[: len(out)]
 
 
 # --- refusals ------------------------------------------------------------------------------

@@ -2,16 +2,18 @@
 
 :meth:`ServingBundle.load` verifies a version directory (sha256 of every file, the
 files serving needs, models that fit the feature map and the index) and does all the
-per-item work once: item id lookup, the FAISS index, each user's seen items as CSR
-arrays, the hot list as item rows. A request then only indexes arrays and runs one
-batched forward pass; nothing here loops in Python per candidate.
+per-item and per-user work once: item id lookup, the FAISS index, each user's seen
+items, the hot list as item rows, the ranker's per-side tables and the two-tower
+vectors (memory-mapped from the bundle, so every worker process shares one copy).
+A request then only gathers rows and runs the ranker's small head
+(:class:`~shared.models.scoring.ServingHead`): in onnxruntime from the worker's ONNX
+export, or in torch when the bundle has none or ``RECSYS_SCORER=torch``.
 
-The scoring path is the offline one: :meth:`FeatureTables.ranker_inputs` builds the
-inputs and the ranker's chained probabilities are combined with the manifest's score
-weights exactly as :meth:`shared.models.rankers.Ranker.score` does, so the gateway's
-scores are the offline model's scores (no train/serve skew).
+The scoring path is the offline one split in two (see :mod:`shared.models.scoring`),
+and the final score is :func:`~shared.models.rankers.final_score`, so the gateway's
+scores are the offline model's scores (no train/serve skew; tested within 1e-5).
 
-Legend: B scored (user, item) pairs, T tasks, U user rows, I item rows, D embedding width.
+Legend: B scored (user, item) pairs, T tasks, U user rows, I item rows, O vector width.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -36,57 +38,24 @@ from shared.errors import BundleError, RecsysError
 from shared.feature_map import FeatureMap
 from shared.features import FeatureTables
 from shared.models.checkpoint import checkpoint_paths, load_model
-from shared.models.inputs import RankerInputs
-from shared.models.rankers import Ranker, final_score
+from shared.models.rankers import Ranker
+from shared.models.scoring import (
+    ServingHead,
+    SplitTables,
+    build_split,
+    context_rows,
+    split_tables,
+)
 from shared.models.towers import TwoTower, UserTower
+from shared.recall import SeenItems
 from shared.schema import DatasetSpec
 
-__all__ = ["ScoredBatch", "SeenItems", "ServingBundle", "merge_candidates"]
+__all__ = ["ModelRuntime", "ScoredBatch", "ServingBundle"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SeenItems:
-    """Each user's interacted item rows as CSR arrays: ``items[indptr[u]:indptr[u + 1]]``."""
-
-    indptr: np.ndarray  # (U + 1,) int64
-    items: np.ndarray  # (nnz,) int64, sorted within each user
-
-    @classmethod
-    def build(
-        cls, user_rows: np.ndarray, item_rows: np.ndarray, n_users: int, n_items: int
-    ) -> SeenItems:
-        """From interaction pairs (repeats allowed); ``n_users``/``n_items`` count row 0 too."""
-        keys = np.unique(user_rows.astype(np.int64) * n_items + item_rows.astype(np.int64))
-        users, items = np.divmod(keys, n_items)
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-        return cls(indptr=indptr, items=items)
-
-    def of(self, user_row: int) -> np.ndarray:
-        """Item rows the user interacted with (empty for row 0, the unknown user)."""
-        return self.items[self.indptr[user_row] : self.indptr[user_row + 1]]
-
-
-def merge_candidates(
-    primary: np.ndarray, fallback: np.ndarray, exclude: np.ndarray, n: int
-) -> np.ndarray:
-    """The first ``n`` distinct item rows of ``primary`` then ``fallback``.
-
-    Rows ``<= 0`` (unknown items, FAISS's ``-1`` padding) and rows in ``exclude`` are
-    dropped; a repeated row keeps its first place. Fewer than ``n`` come back only when
-    both lists together hold fewer usable rows.
-    """
-    # enough of the fallback for n survivors even if every excluded row and every primary
-    # row also sits in it
-    pool = np.concatenate([primary, fallback[: n + len(exclude) + len(primary)]])
-    pool = pool[pool > 0]
-    if len(exclude):
-        pool = pool[~np.isin(pool, exclude)]
-    _, first = np.unique(pool, return_index=True)
-    first.sort()
-    return pool[first[:n]]
+ModelRuntime = Literal["onnx", "torch"]
+_SPLIT_PARTS = ("user_fields", "user_first", "item_fields", "item_first")
 
 
 @dataclass(frozen=True)
@@ -95,8 +64,52 @@ class ScoredBatch:
 
     score: np.ndarray  # (B,) float32 final score (see shared.models.rankers.final_score)
     probs: np.ndarray  # (B, T) float32 chained probability (or value) of each task
-    features_s: float  # time spent building inputs
-    scoring_s: float  # time spent in the forward pass
+    features_s: float  # time spent gathering inputs
+    scoring_s: float  # time spent in the head
+
+
+class _OnnxHead:
+    """The exported :class:`ServingHead` in onnxruntime, one intra-op thread."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort  # noqa: PLC0415  (optional: torch is the fallback)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}  # λ = 0 drops the logit
+
+    def __call__(
+        self, fields: np.ndarray, first: np.ndarray, logit: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        feed = {"fields": fields, "first": first, "retrieval_logit": logit}
+        score, probs = self.session.run(
+            ["score", "probs"], {k: v for k, v in feed.items() if k in self.inputs}
+        )
+        return score, probs
+
+
+class _TorchHead:
+    """The same :class:`ServingHead` in torch (bundles without an ONNX export)."""
+
+    def __init__(self, head: ServingHead) -> None:
+        self.head = head.eval()
+
+    def __call__(
+        self, fields: np.ndarray, first: np.ndarray, logit: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            score, probs = self.head(
+                torch.from_numpy(fields), torch.from_numpy(first), torch.from_numpy(logit)
+            )
+        return score.numpy(), probs.numpy()
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """A read-only array backed by the file's pages (shared by every process mapping it)."""
+    return np.asarray(np.load(path, mmap_mode="r"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,24 +127,33 @@ class ServingBundle:
     user_tower: UserTower
     ranker: Ranker
     ranker_kind: str
+    runtime: ModelRuntime  # what runs the ranker's head
+    split: SplitTables
+    head: _OnnxHead | _TorchHead
     index: faiss.Index
     seen: SeenItems
     hot: np.ndarray  # (I',) item rows, hottest first: global_hot, then every other item
+    hot_every: int  # the merge policy of the published lists (shared.recall.merge)
     score_weights: dict[str, float]
     retrieval_weight: float  # weight of the two-tower logit in the final score
-    item_vectors: torch.Tensor | None  # (I, O) two-tower item vectors; None when unused
+    user_vectors: np.ndarray  # (U, O) two-tower user vectors of the served histories
+    item_vectors: np.ndarray  # (I, O) two-tower item vectors
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
 
     # --- loading -----------------------------------------------------------------
     @classmethod
-    def load(cls, artifacts_dir: Path, version: str, ranker: str = "dcn") -> ServingBundle:
+    def load(
+        cls, artifacts_dir: Path, version: str, ranker: str = "dcn", runtime: ModelRuntime = "onnx"
+    ) -> ServingBundle:
         """Verify and load ``artifacts_dir/version``.
 
         Args:
             artifacts_dir (Path): the folder of bundles (shared with the worker).
             version (str): the version directory to load.
             ranker (str): ``"dcn"`` or ``"deepfm"``.
+            runtime (ModelRuntime): ``"onnx"`` (torch when the bundle has no export) or
+                ``"torch"``.
 
         Returns:
             ServingBundle: the loaded version.
@@ -142,7 +164,7 @@ class ServingBundle:
         """
         started = time.perf_counter()
         try:
-            loaded = cls._load(Path(artifacts_dir), version, ranker)
+            loaded = cls._load(Path(artifacts_dir), version, ranker, runtime)
         except RecsysError as e:
             raise BundleError(str(e)) from None
         except Exception as e:  # polars, FAISS, numpy: a file that is not what it claims
@@ -150,21 +172,23 @@ class ServingBundle:
                 f"{Path(artifacts_dir) / version}: cannot load bundle: {type(e).__name__}: {e}"
             ) from e
         log.info(
-            "loaded bundle %s (%s ranker, %d users, %d items) in %.2f s",
-            version, ranker, len(loaded.tables.users) - 1, len(loaded.item_ids) - 1,
-            time.perf_counter() - started,
+            "loaded bundle %s (%s ranker on %s, %d users, %d items) in %.2f s",
+            version, ranker, loaded.runtime, len(loaded.tables.users) - 1,
+            len(loaded.item_ids) - 1, time.perf_counter() - started,
         )  # fmt: skip
         return loaded
 
     @classmethod
-    def _load(cls, artifacts: Path, version: str, ranker_kind: str) -> ServingBundle:
+    def _load(
+        cls, artifacts: Path, version: str, ranker_kind: str, runtime: ModelRuntime
+    ) -> ServingBundle:
         if not version or "/" in version or version.startswith("."):
             raise BundleError(f"{version!r} is not a bundle version")
         bundle = Bundle.open(artifacts, version)
         ranker_prefix = Files.RANKER.format(kind=ranker_kind)
         required = (
             Files.SPEC, Files.FEATURE_MAP, Files.USERS, Files.ITEMS, Files.INTERACTIONS,
-            Files.INDEX, Files.HOT, Files.ITEM_EMBEDDINGS,
+            Files.INDEX, Files.HOT, Files.ITEM_EMBEDDINGS, Files.USER_EMBEDDINGS,
             *(p.name for p in checkpoint_paths(bundle.path(Files.TWO_TOWER))),
             *(p.name for p in checkpoint_paths(bundle.path(ranker_prefix))),
         )  # fmt: skip
@@ -206,21 +230,24 @@ class ServingBundle:
         if unknown := set(weights) - set(tasks):
             raise BundleError(f"{bundle.root}: score weights name unknown tasks {sorted(unknown)}")
         retrieval_weight = float(serving.get("retrieval_weights", {}).get(ranker_kind, 0.0))
-        item_vectors = None
-        if retrieval_weight > 0:
-            path = bundle.path(Files.ITEM_EMBEDDINGS)
-            item_vectors = torch.from_numpy(np.load(path)).float()
-            if item_vectors.shape != (n_items, user_tower.config.out_dim):
+        width = user_tower.config.out_dim
+        vectors = {}
+        for name, rows in ((Files.USER_EMBEDDINGS, n_users), (Files.ITEM_EMBEDDINGS, n_items)):
+            vectors[name] = _mapped(bundle.path(name))
+            if vectors[name].shape != (rows, width) or vectors[name].dtype != np.float32:
                 raise BundleError(
-                    f"{path}: shape {tuple(item_vectors.shape)}, "
-                    f"expected ({n_items}, {user_tower.config.out_dim})"
+                    f"{bundle.path(name)}: {vectors[name].dtype} of shape "
+                    f"{vectors[name].shape}, expected float32 ({rows}, {width})"
                 )
+        split, head, runtime = _scoring(
+            bundle, manifest, tables, ranker, weights, retrieval_weight, runtime
+        )
 
         index = faiss.read_index(str(bundle.path(Files.INDEX)))
-        if index.ntotal != n_items - 1 or index.d != user_tower.config.out_dim:
+        if index.ntotal != n_items - 1 or index.d != width:
             raise BundleError(
                 f"{bundle.path(Files.INDEX)}: {index.ntotal} vectors of width {index.d}, "
-                f"expected {n_items - 1} of width {user_tower.config.out_dim}"
+                f"expected {n_items - 1} of width {width}"
             )
 
         pairs = pl.read_parquet(bundle.path(Files.INTERACTIONS), columns=["user_idx", "item_idx"])
@@ -243,12 +270,17 @@ class ServingBundle:
             user_tower=user_tower.eval(),
             ranker=ranker.eval(),
             ranker_kind=ranker_kind,
+            runtime=runtime,
+            split=split,
+            head=head,
             index=index,
             seen=seen,
             hot=hot,
+            hot_every=int(serving.get("hot_every", 0)),
             score_weights=weights,
             retrieval_weight=retrieval_weight,
-            item_vectors=item_vectors,
+            user_vectors=vectors[Files.USER_EMBEDDINGS],
+            item_vectors=vectors[Files.ITEM_EMBEDDINGS],
             tasks=tasks,
             item_ids=tables.items.ids,
         )
@@ -268,7 +300,7 @@ class ServingBundle:
 
     # --- retrieval -----------------------------------------------------------------
     def search(self, user_row: int, k: int) -> np.ndarray:
-        """Item rows nearest the user's tower vector, best first; never FAISS's -1 padding.
+        """Item rows nearest the user's two-tower vector, best first; never FAISS's padding.
 
         Args:
             user_row (int): the user's row (0: the unknown user, OOV features).
@@ -280,46 +312,74 @@ class ServingBundle:
         k = min(k, self.index.ntotal)
         if k <= 0:
             return np.empty(0, dtype=np.int64)
-        with torch.inference_mode():
-            vector = self.user_tower(
-                self.tables.user_inputs(np.array([user_row]))
-            ).numpy()  # (1, D)
-        _, found = self.index.search(np.ascontiguousarray(vector, dtype=np.float32), k)  # (1, k)
+        _, found = self.index.search(self.user_vectors[user_row : user_row + 1], k)  # (1, k)
         found = found[0]
         return found[found >= 0].astype(np.int64) + 1  # FAISS id j ↔ item row j + 1
 
     # --- scoring -------------------------------------------------------------------
-    def ranker_inputs(
-        self, user_rows: np.ndarray, item_rows: np.ndarray, hour: np.ndarray, dow: np.ndarray
-    ) -> RankerInputs:
-        """The ranker's inputs for (user, item, context) rows, all ``(B,)`` int arrays."""
-        return self.tables.ranker_inputs(user_rows, item_rows, hour, dow)
+    def inputs(
+        self, user_row: int, item_rows: np.ndarray, hour: int, dow: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The head's inputs for one user's items: ``fields``, ``first``, ``retrieval_logit``.
 
-    def score(
-        self, user_rows: np.ndarray, item_rows: np.ndarray, hour: np.ndarray, dow: np.ndarray
-    ) -> ScoredBatch:
-        """One forward pass of the ranker over B pairs: the final score and every ``p_t``.
-
-        With a retrieval weight, the user tower runs once per distinct user of the batch
-        and the score blends in ``u·v/τ`` (:func:`~shared.models.rankers.final_score`).
+        The two-tower logit ``u·v/τ`` is a product of the precomputed vectors.
         """
+        fields, first = self.split.assemble(
+            self.tables, self.ranker, [(user_row, item_rows, int(context_rows(hour, dow)))]
+        )
+        if self.retrieval_weight > 0:
+            logit = self.item_vectors[item_rows] @ self.user_vectors[user_row]
+            logit /= np.float32(self.user_tower.config.temperature)
+        else:
+            logit = np.zeros(len(item_rows), dtype=np.float32)
+        return fields, first, logit
+
+    def score(self, user_row: int, item_rows: np.ndarray, hour: int, dow: int) -> ScoredBatch:
+        """The final score and every ``p_t`` of one user's items (in the caller's thread)."""
         t0 = time.perf_counter()
-        inputs = self.ranker_inputs(user_rows, item_rows, hour, dow)
+        inputs = self.inputs(user_row, item_rows, hour, dow)
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            total, probs = self.ranker.score_with_probabilities(inputs, self.score_weights)
-            logits = None
-            if self.item_vectors is not None:
-                users, where = np.unique(user_rows, return_inverse=True)
-                u = self.user_tower(self.tables.user_inputs(users))  # (U', O)
-                v = self.item_vectors[torch.from_numpy(item_rows)]  # (B, O)
-                logits = (u[torch.from_numpy(where)] * v).sum(
-                    1
-                ) / self.user_tower.config.temperature
-            total = final_score(total, logits, self.retrieval_weight)
-            stacked = torch.stack([probs[t] for t in self.tasks], dim=1)  # (B, T)
-        t2 = time.perf_counter()
-        return ScoredBatch(total.numpy(), stacked.numpy(), t1 - t0, t2 - t1)
+        score, probs = self.head(*inputs)
+        return ScoredBatch(score, probs, t1 - t0, time.perf_counter() - t1)
+
+
+def _scoring(
+    bundle: Bundle,
+    manifest: dict[str, Any],
+    tables: FeatureTables,
+    ranker: Ranker,
+    weights: dict[str, float],
+    retrieval_weight: float,
+    runtime: ModelRuntime,
+) -> tuple[SplitTables, _OnnxHead | _TorchHead, ModelRuntime]:
+    """The ranker's per-side tables and head: the worker's export, else built here in torch."""
+    kind = ranker.kind
+    head_file = Files.RANKER_HEAD.format(kind=kind)
+    parts = {p: Files.RANKER_SPLIT.format(kind=kind, part=p) for p in _SPLIT_PARTS}
+    exported = all(name in manifest["files"] for name in (head_file, *parts.values()))
+    if runtime == "onnx" and exported:
+        arrays = {p: _mapped(bundle.path(name)) for p, name in parts.items()}
+        want = {
+            "user_fields": len(tables.users), "user_first": len(tables.users),
+            "item_fields": len(tables.items), "item_first": len(tables.items),
+        }  # fmt: skip
+        for p, rows in want.items():
+            if arrays[p].shape[0] != rows or arrays[p].dtype != np.float32:
+                raise BundleError(
+                    f"{bundle.path(parts[p])}: {arrays[p].dtype} with {arrays[p].shape[0]} "
+                    f"rows, expected float32 with {rows}"
+                )
+        try:
+            head: _OnnxHead | _TorchHead = _OnnxHead(bundle.path(head_file))
+        except ImportError:
+            log.warning("onnxruntime is not installed: scoring with torch")
+        else:
+            arrays |= split_tables(ranker, tables, sides=("context",))
+            return build_split(ranker, tables, arrays), head, "onnx"
+    elif runtime == "onnx":
+        log.warning("%s has no ONNX export of the %s ranker: scoring with torch", bundle.root, kind)
+    head = _TorchHead(ServingHead(ranker, weights, retrieval_weight))
+    return build_split(ranker, tables, split_tables(ranker, tables)), head, "torch"
 
 
 def _check_fits(

@@ -1,0 +1,321 @@
+"""The ranker's serving form: per-side parts computed once, a small head per request.
+
+A ranker's ``sparse_arch`` embeds every field on its own, and the first linear maps
+of its interaction (:meth:`Ranker.first_weight`) act on the flat fields, so both split
+into a user part, an item part and a context part::
+
+    fields = place(user_f[u], item_f[i], context_f[c])            (B, F, W)
+    first  = user_p[u] + item_p[i] + context_p[c]                 (B, P)
+    side_p = flat(side_f) @ W[:, side columns]^T
+
+:func:`split_tables` computes those parts from the ranker and the feature tables
+(the same ``ranker_inputs`` and ``sparse_arch`` as training, so nothing drifts);
+:meth:`SplitTables.assemble` gathers them for B (user, item, context) rows;
+:class:`ServingHead` is the rest of the model, ``(fields, first, retrieval_logit) →
+(score, probs)``, which the worker also exports to ONNX (:func:`export_head`). The one
+field that is not a pure user field: the history masks the scored item, so a
+candidate inside the user's own history gets its history field and first-layer terms
+recomputed (rare: ``/recommend`` excludes seen items).
+
+Legend: B scored rows, F fields, W embedding width (``D``, or ``D + T`` for DeepFM),
+P first-layer outputs, U users, I items, C contexts (24 hours × 7 days), T tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.features import FeatureTables
+from shared.models.rankers import (
+    Ranker,
+    chain_probabilities,
+    check_weights,
+    final_score,
+    weighted_sum,
+)
+
+__all__ = [
+    "N_CONTEXTS",
+    "ServingHead",
+    "SplitTables",
+    "build_split",
+    "context_rows",
+    "export_head",
+    "onnx_parity",
+    "split_tables",
+]
+
+log = logging.getLogger(__name__)
+
+N_CONTEXTS = 24 * 7
+
+Request = tuple[int, np.ndarray, int]  # (user row, item rows (n,), context row)
+
+
+def context_rows(hour: np.ndarray, dow: np.ndarray) -> np.ndarray:
+    """Row of each (hour, day of week) pair in the context tables."""
+    return np.asarray(hour, dtype=np.int64) * 7 + np.asarray(dow, dtype=np.int64)
+
+
+class ServingHead(nn.Module):
+    """Everything of the final score after the field embeddings and the first linear maps.
+
+    ``score = final_score(Σ_t w_t p_t, logit, λ)`` with ``p = chain(head_from_first(fields,
+    first))`` (see :meth:`Ranker.head_from_first` and
+    :func:`~shared.models.rankers.final_score`).
+
+    Args:
+        ranker (Ranker): the trained ranker.
+        weights (Mapping[str, float]): score weight of each task.
+        retrieval_weight (float): λ, the two-tower logit's weight (0: the ranker alone).
+
+    Call:
+        fields (Tensor): ``(B, F, W)``.
+        first (Tensor): ``(B, P)``.
+        retrieval_logit (Tensor): ``(B,)`` ``u·v/τ`` (unused when λ = 0).
+
+    Returns:
+        tuple[Tensor, Tensor]: the score ``(B,)`` and each task's probability ``(B, T)``.
+    """
+
+    def __init__(
+        self, ranker: Ranker, weights: Mapping[str, float], retrieval_weight: float
+    ) -> None:
+        super().__init__()
+        check_weights(weights, ranker.config.tasks)
+        self.ranker = ranker
+        self.weights = dict(weights)
+        self.retrieval_weight = float(retrieval_weight)
+        self.tasks = tuple(t.name for t in ranker.config.tasks)
+
+    def forward(
+        self, fields: torch.Tensor, first: torch.Tensor, retrieval_logit: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = chain_probabilities(
+            self.ranker.head_from_first(fields, first), self.ranker.config.tasks
+        )
+        logit = retrieval_logit if self.retrieval_weight > 0 else None
+        score = final_score(weighted_sum(probs, self.weights), logit, self.retrieval_weight)
+        return score, torch.stack([probs[t] for t in self.tasks], dim=1)  # (B,), (B, T)
+
+
+@dataclass(frozen=True)
+class SplitTables:
+    """A ranker's per-side parts (``*_fields``: field embeddings, ``*_first``: first-layer terms).
+
+    The user side holds the user's fields followed by the history field. Arrays may be
+    memory-mapped files (shared by every gateway worker).
+    """
+
+    user_fields: np.ndarray  # (U, Fu + 1, W)
+    user_first: np.ndarray  # (U, P)
+    item_fields: np.ndarray  # (I, Fi, W)
+    item_first: np.ndarray  # (I, P)
+    context_fields: np.ndarray  # (C, Fc, W)
+    context_first: np.ndarray  # (C, P)
+    first_weight: np.ndarray  # (P, F·W)
+    # (destination field, source field, length) of each run of one side's consecutive fields
+    user_runs: tuple[tuple[int, int, int], ...]
+    item_runs: tuple[tuple[int, int, int], ...]
+    context_runs: tuple[tuple[int, int, int], ...]
+    history_position: int  # the history's field
+
+    def assemble(
+        self, tables: FeatureTables, ranker: Ranker, requests: Sequence[Request]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(fields (B, F, W), first (B, P))`` of every request's rows, in order.
+
+        Equal to the unsplit path's. The item side is gathered once for the whole batch;
+        the user and context sides are one row per request, broadcast over its items.
+
+        Args:
+            tables (FeatureTables): the served history and item id slots.
+            ranker (Ranker): its ``sparse_arch`` pools a history with the item masked.
+            requests (Sequence[Request]): ``(user_row, item_rows (n,), context_row)`` each.
+        """
+        item_rows = np.concatenate([r[1] for r in requests])
+        b, width = len(item_rows), self.item_fields.shape[2]
+        fields = np.empty((b, self.first_weight.shape[1] // width, width), dtype=np.float32)
+        items = self.item_fields[item_rows]  # (B, Fi, W)
+        for dst, src, n in self.item_runs:
+            fields[:, dst : dst + n] = items[:, src : src + n]
+        first = self.item_first[item_rows]  # (B, P)
+        lo = 0
+        for user_row, rows, context in requests:
+            hi = lo + len(rows)
+            user, ctx = self.user_fields[user_row], self.context_fields[context]
+            for dst, src, n in self.user_runs:
+                fields[lo:hi, dst : dst + n] = user[src : src + n]
+            for dst, src, n in self.context_runs:
+                fields[lo:hi, dst : dst + n] = ctx[src : src + n]
+            first[lo:hi] += self.user_first[user_row] + self.context_first[context]
+            history = tables.history[user_row]  # (H,)
+            own = tables.items.id_slot[rows, None] == history  # (n, H): the item in its history
+            if own.any():
+                hit = lo + np.flatnonzero(own.any(axis=1))
+                masked = np.where(own[hit - lo], 0, history)
+                with torch.inference_mode():
+                    pooled = ranker.sparse_arch.pool(
+                        torch.from_numpy(masked), float(ranker.config.history_decay)
+                    )
+                fields[hit, self.history_position] = pooled.numpy()
+                first[hit] = fields[hit].reshape(len(hit), -1) @ self.first_weight.T
+            lo = hi
+        return fields, first
+
+
+def _runs(positions: np.ndarray) -> tuple[tuple[int, int, int], ...]:
+    """``(destination, source, length)`` of each run of consecutive field positions."""
+    runs: list[list[int]] = []
+    for src, dst in enumerate(positions.tolist()):
+        if runs and runs[-1][0] + runs[-1][2] == dst:
+            runs[-1][2] += 1
+        else:
+            runs.append([dst, src, 1])
+    return tuple((d, s, n) for d, s, n in runs)
+
+
+def _side_parts(
+    ranker: Ranker, inputs_of: object, rows: int, positions: np.ndarray, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fields at ``positions`` and their first-layer terms for ``rows`` rows, in chunks."""
+    weight = ranker.first_weight()  # (P, F·W)
+    width = ranker.sparse_arch.embedding.embedding_dim
+    columns = (positions[:, None] * width + np.arange(width)).reshape(-1)
+    w_side = weight[:, torch.from_numpy(columns)]  # (P, F_side·W)
+    fields_out = np.empty((rows, len(positions), width), dtype=np.float32)
+    first_out = np.empty((rows, weight.shape[0]), dtype=np.float32)
+    with torch.inference_mode():
+        for lo in range(0, rows, chunk):
+            hi = min(lo + chunk, rows)
+            x = inputs_of(np.arange(lo, hi))  # type: ignore[operator]
+            fields = ranker.sparse_arch(x.cat, x.multi, x.dense)[:, torch.from_numpy(positions)]
+            fields_out[lo:hi] = fields.numpy()
+            first_out[lo:hi] = (fields.flatten(1) @ w_side.T).numpy()
+    return fields_out, first_out
+
+
+def split_tables(
+    ranker: Ranker,
+    tables: FeatureTables,
+    sides: tuple[str, ...] = ("user", "item", "context"),
+    chunk: int = 8192,
+) -> dict[str, np.ndarray]:
+    """The per-side parts of :class:`SplitTables` (``{side}_fields``, ``{side}_first``).
+
+    Each side is embedded by the ranker's own ``sparse_arch`` over ``ranker_inputs`` rows
+    that hold the side's rows and row 0 (or context 0) elsewhere, then cut to the side's
+    fields; the user side's history is the served one, unmasked (item row 0 is never in it).
+    """
+    layout = tables.ranker_layout
+    zeros = np.zeros
+    makers = {
+        "user": (
+            len(tables.users),
+            np.append(layout.user, layout.history),
+            lambda r: tables.ranker_inputs(r, zeros(len(r), np.int64), zeros(len(r), np.int64),
+                                           zeros(len(r), np.int64)),
+        ),
+        "item": (
+            len(tables.items),
+            layout.item,
+            lambda r: tables.ranker_inputs(zeros(len(r), np.int64), r, zeros(len(r), np.int64),
+                                           zeros(len(r), np.int64)),
+        ),
+        "context": (
+            N_CONTEXTS,
+            layout.context,
+            lambda r: tables.ranker_inputs(zeros(len(r), np.int64), zeros(len(r), np.int64),
+                                           r // 7, r % 7),
+        ),
+    }  # fmt: skip
+    out = {}
+    for side in sides:
+        rows, positions, inputs_of = makers[side]
+        out[f"{side}_fields"], out[f"{side}_first"] = _side_parts(
+            ranker, inputs_of, rows, positions, chunk
+        )
+    return out
+
+
+def build_split(
+    ranker: Ranker, tables: FeatureTables, arrays: Mapping[str, np.ndarray]
+) -> SplitTables:
+    """A :class:`SplitTables` from the arrays of :func:`split_tables` (or their saved files)."""
+    layout = tables.ranker_layout
+    return SplitTables(
+        **{k: arrays[k] for k in arrays},
+        first_weight=ranker.first_weight().detach().numpy(),
+        user_runs=_runs(np.append(layout.user, layout.history)),
+        item_runs=_runs(layout.item),
+        context_runs=_runs(layout.context),
+        history_position=layout.history,
+    )
+
+
+def export_head(head: ServingHead, n_fields: int, width: int, path: Path) -> None:
+    """Write ``head`` as an ONNX graph with a dynamic batch axis.
+
+    Inputs ``fields (B, F, W)``, ``first (B, P)``, ``retrieval_logit (B,)``; outputs
+    ``score (B,)``, ``probs (B, T)``. Raises on export failure (the caller decides).
+    """
+    p = head.ranker.first_weight().shape[0]
+    example = (torch.randn(4, n_fields, width), torch.randn(4, p), torch.randn(4))
+    batch = torch.export.Dim("batch")
+    # the exporter narrates every stage on stdout and the logs, and warns about its own
+    # internals: keep the worker's output to its one line per step
+    quiet = logging.getLogger("onnx_ir"), logging.getLogger("onnxscript")
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                head.eval(),
+                example,
+                input_names=["fields", "first", "retrieval_logit"],
+                output_names=["score", "probs"],
+                dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    program.save(str(path))
+
+
+def onnx_parity(head: ServingHead, path: Path, n_fields: int, width: int, rows: int = 64) -> float:
+    """Largest difference between the ONNX graph at ``path`` and ``head`` on random inputs.
+
+    Raises:
+        ValueError: a difference above 1e-4 (the export changed the model).
+    """
+    import onnxruntime  # noqa: PLC0415  (the worker needs it only here)
+
+    generator = torch.Generator().manual_seed(0)
+    p = head.ranker.first_weight().shape[0]
+    fields = torch.randn(rows, n_fields, width, generator=generator) * 0.1
+    first = torch.randn(rows, p, generator=generator) * 0.1
+    logit = torch.randn(rows, generator=generator)
+    with torch.inference_mode():
+        want = [t.numpy() for t in head(fields, first, logit)]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"fields": fields.numpy(), "first": first.numpy(), "retrieval_logit": logit.numpy()}
+    names = {i.name for i in session.get_inputs()}
+    got = session.run(["score", "probs"], {k: v for k, v in feed.items() if k in names})
+    error = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+    if not error <= 1e-4:
+        raise ValueError(f"{path}: the ONNX head differs from torch by {error:.2e}")
+    return error
