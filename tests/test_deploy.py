@@ -35,9 +35,9 @@ COUNTERS = {
     "recsys_errors_total",
     "recsys_bundle_load_failures_total",
 }
-INFOS = {"recsys_served_version_info"}
+GAUGES = {"recsys_served_version_info"}
 EXPORTED_METRICS = (
-    {h + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_count", "_sum")} | COUNTERS | INFOS
+    {h + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_count", "_sum")} | COUNTERS | GAUGES
 )
 
 # Bind-mount targets whose host side the operator provides (datasets), not the repo.

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Path, Query
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
@@ -60,14 +60,12 @@ ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description=f"how many items (1 to {MAX_TOP_K})")]
 
 
-class JSONBytes(Response):
+class JSONBytes(JSONResponse):
     """A JSON response rendered by orjson from plain data: no pydantic model per item.
 
     The routes still declare their ``response_model`` (the OpenAPI schema); the
     recommender builds dicts in exactly that shape (tests validate them against it).
     """
-
-    media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

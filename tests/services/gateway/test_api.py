@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 import redis
 
+from services.gateway.schemas import RecallResponse, RecommendResponse, RerankResponse
 from shared.bundle import Files
 from shared.keys import Keys
 from tests.services.conftest import BuiltBundle, null_user_features
@@ -245,6 +246,21 @@ def test_openapi_documents_the_api(api: LiveGateway) -> None:
     assert params["top_k"]["schema"]["maximum"] == 200
     assert params["uid"]["schema"]["maxLength"] == 128
     assert api.get("/docs").status_code == 200
+    ok = spec["paths"]["/recommend/{uid}"]["get"]["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/RecommendResponse"}
+
+
+def test_answers_are_exactly_the_documented_schemas(
+    api: LiveGateway, uids: list[str], built: BuiltBundle
+) -> None:
+    """Responses are built as plain data for speed; each must still be its schema (no extra
+    or missing field, the right types), for a known user and a cold one."""
+    items = built.items()["item_id"].head(5).to_list()
+    for uid in (uids[0], "someone-new"):
+        RecallResponse.model_validate_json(api.get(f"/recall/{uid}").content, strict=True)
+        RecommendResponse.model_validate_json(api.get(f"/recommend/{uid}").content, strict=True)
+        body = api.post("/rerank", json={"uid": uid, "items": [*items, "nope"]}).content
+        RerankResponse.model_validate_json(body, strict=True)
 
 
 def test_no_bundle_yet_is_503(make_gateway: MakeGateway, redis_server) -> None:  # noqa: ANN001

@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import polars as pl
 import pytest
-from services.gateway.bundle import ServingBundle
 
+from services.gateway.bundle import ServingBundle
 from shared.bundle import Files
 from shared.errors import BundleError
 from tests.services.conftest import BuiltBundle, OfflineScorer

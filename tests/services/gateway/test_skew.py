@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.services.conftest import PINNED, BuiltBundle, OfflineScorer
-from tests.services.gateway.conftest import LiveGateway
+from tests.services.gateway.conftest import LiveGateway, MakeGateway
 
 
 class Offline(OfflineScorer):
@@ -53,3 +53,22 @@ def test_recommend_scores_equal_the_offline_scores(
     for uid in built.users()["user_id"].to_list()[:5]:
         body = api.get(f"/recommend/{uid}", params={"top_k": 20}).json()
         _check(body["items"], offline.scores(uid, [i["id"] for i in body["items"]]))
+
+
+@pytest.mark.parametrize(
+    ("runtime", "in_thread"), [("torch", False), ("onnx", False), ("torch", True)]
+)
+def test_every_runtime_scores_the_offline_scores(
+    make_gateway: MakeGateway,
+    store_url: str,
+    built: BuiltBundle,
+    offline: Offline,
+    runtime: str,
+    in_thread: bool,
+) -> None:
+    gateway = make_gateway(store_url, model_runtime=runtime, score_in_thread=in_thread)
+    assert gateway.runtime.bundle.runtime == runtime
+    uid = built.users()["user_id"][3]
+    body = gateway.post("/rerank", json={"uid": uid, "items": built.items()["item_id"].to_list()})
+    items = body.json()["items"]
+    _check(items, offline.scores(uid, [i["id"] for i in items]))
