@@ -42,10 +42,10 @@ class Settings(BaseSettings):
     rank_candidates: int = Field(
         100, ge=1, le=1000, description="recalled candidates /recommend scores per request"
     )
-    score_in_thread: bool = Field(
-        True,
-        description="run the ranker's head on a model thread, overlapping request "
-        "handling (false: on the event loop)",
+    scorer: Literal["process", "inline"] = Field(
+        "process",
+        description="where the ranker runs: a scoring process per worker, on another core "
+        "than the event loop, or inline on the event loop",
     )
     model_runtime: Literal["onnx", "torch"] = Field(
         "onnx",

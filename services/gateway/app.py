@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
@@ -108,6 +109,7 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,5 +128,15 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "<unmatched>")
-            self.metrics.request_latency.labels(route).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(route, str(status)).inc()
+            latency, count = self._children.get((route, status)) or self._child(route, status)
+            latency.observe(time.perf_counter() - started)
+            count.inc()
+
+    def _child(self, route: str, status: int) -> tuple[Any, Any]:
+        """The labelled series of a (route, status), looked up once (label lookups lock)."""
+        pair = (
+            self.metrics.request_latency.labels(route),
+            self.metrics.requests.labels(route, str(status)),
+        )
+        self._children[(route, status)] = pair
+        return pair

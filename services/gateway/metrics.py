@@ -10,8 +10,8 @@ values there and ``/metrics``, whichever worker answers, adds them up
     recsys_stage_latency_seconds{stage}          histogram, stage = recall|features|scoring
     recsys_requests_total{route, status}         counter
     recsys_cold_starts_total                     counter, users the bundle does not know
-    recsys_fallbacks_total{reason}               counter, online_tower|global_hot|memory_hot
-    recsys_errors_total{kind}                    counter, redis|bundle|validation|reload|internal
+    recsys_fallbacks_total{reason}               counter, online_tower|global_hot|memory_hot|inline_scoring
+    recsys_errors_total{kind}                    counter, redis|bundle|validation|reload|scorer|internal
     recsys_served_version_info{version}          gauge, 1 for the bundle version being served
     recsys_bundle_load_failures_total            counter
 """
@@ -75,7 +75,7 @@ class Metrics:
         )
         for stage in ("recall", "features", "scoring"):
             self.stage_latency.labels(stage)
-        for reason in ("online_tower", "global_hot", "memory_hot"):
+        for reason in ("online_tower", "global_hot", "memory_hot", "inline_scoring"):
             self.fallbacks.labels(reason)
 
     def serve_version(self, version: str) -> None:

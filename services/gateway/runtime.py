@@ -28,7 +28,7 @@ from services.gateway.bundle import ServingBundle
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, Recommender, utc_now
 from services.gateway.schemas import HealthResponse
-from services.gateway.scorer import Scorer
+from services.gateway.scorer import Scorer, ScoringProcess
 from shared.bundle import Bundle
 from shared.errors import BundleError
 from shared.keys import Keys
@@ -59,7 +59,12 @@ class Runtime:
             decode_responses=True,
         )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="recsys-model")
-        self.scorer = Scorer(self.executor if settings.score_in_thread else None)
+        self.process = (
+            ScoringProcess(settings.artifacts_dir, settings.ranker, settings.model_runtime)
+            if settings.scorer == "process"
+            else None
+        )
+        self.scorer = Scorer(self.process, metrics)
         self.recommender = Recommender(
             settings, self.redis, self.scorer, self.executor, metrics, clock
         )
@@ -92,6 +97,8 @@ class Runtime:
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
+        if self.process is not None:
+            await self.process.start()
         if not await self.sync() and self._bundle is None:
             await self._load_latest()
         self._reloader = asyncio.create_task(self._reload_forever(), name="recsys-reloader")
@@ -104,6 +111,8 @@ class Runtime:
             self._reloader.cancel()
             await asyncio.wait({self._reloader}, timeout=5)
         await self.redis.aclose()
+        if self.process is not None:
+            await self.process.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _reload_forever(self) -> None:
@@ -143,6 +152,11 @@ class Runtime:
             return True
 
     async def _load(self, version: str, attempts: int = 0) -> bool:
+        # the scoring process loads the same version meanwhile; it must hold it before the
+        # swap, or the new version's requests would all be scored inline
+        prepared = (
+            asyncio.create_task(self.process.load(version)) if self.process is not None else None
+        )
         try:
             bundle = await asyncio.to_thread(
                 ServingBundle.load,
@@ -152,6 +166,8 @@ class Runtime:
                 self.settings.model_runtime,
             )
         except BundleError as e:
+            if prepared is not None:
+                prepared.cancel()
             attempts += 1
             delay = min(_MAX_RETRY_S, self.settings.reload_interval_s * 2**attempts)
             self._failed[version] = (attempts, time.monotonic() + delay)
@@ -160,6 +176,12 @@ class Runtime:
             self.metrics.errors.labels("bundle").inc()
             log.error("%s; retrying in %.0f s", self.bundle_error, delay)
             return False
+        if prepared is not None:
+            try:
+                await prepared
+            except Exception as e:  # scored inline meanwhile; counted, logged, in /health
+                self.metrics.errors.labels("scorer").inc()
+                log.error("the scoring process could not load %s (%s): scoring inline", version, e)
         self.swap(bundle)
         return True
 
@@ -190,6 +212,9 @@ class Runtime:
             deps["bundle"] = f"stale: {self.bundle_error}"
         else:
             deps["bundle"] = "ok"
+        if self.process is not None:  # never failing: without it requests are scored inline
+            serving = bundle is not None and self.process.holds(bundle.version)
+            deps["scorer"] = "ok" if serving else "inline: the scoring process is not ready"
         failing = [name for name, state in deps.items() if state.startswith(("down", "missing"))]
         return HealthResponse(
             status="unavailable" if failing else "ok",

@@ -72,6 +72,7 @@ def settings_for(built: BuiltBundle, redis_url: str, **overrides: Any) -> Settin
         "redis_url": redis_url,
         "artifacts_dir": built.artifacts,
         "reload_interval_s": 0.1,
+        "scorer": "inline",  # a scoring process per test gateway: only where tested
     }
     return Settings(**(values | overrides))
 
