@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import redis
@@ -84,3 +86,25 @@ def test_start_with_redis_down_serves_the_newest_bundle_on_disk(
         lambda: gateway.get("/health").json()["dependencies"] == {"redis": "ok", "bundle": "ok"}
     )
     assert gateway.get("/health").status_code == 200
+
+
+def test_a_dead_scoring_process_is_scored_inline_then_restarted(
+    make_gateway: MakeGateway, store_url: str, built: BuiltBundle
+) -> None:
+    gateway = make_gateway(store_url, scorer="process")
+    process = gateway.runtime.process
+    assert gateway.get("/health").json()["dependencies"]["scorer"] == "ok"
+    uid = built.users()["user_id"][0]
+    before = gateway.get(f"/recommend/{uid}").json()["items"]
+
+    os.kill(process.process.pid, signal.SIGKILL)
+    wait_for(lambda: not process.holds(built.version))
+    assert gateway.get("/health").json()["dependencies"]["scorer"].startswith("inline")
+    after = gateway.get(f"/recommend/{uid}")
+    assert after.status_code == 200 and after.json()["items"] == before  # same scores
+    assert 'recsys_fallbacks_total{reason="inline_scoring"} 1.0' in gateway.get("/metrics").text
+
+    wait_for(lambda: process.holds(built.version), timeout=60)  # restarted, version reloaded
+    assert process.restarts == 1
+    assert gateway.get("/health").json()["dependencies"]["scorer"] == "ok"
+    assert gateway.get(f"/recommend/{uid}").json()["items"] == before

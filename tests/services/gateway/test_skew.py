@@ -55,19 +55,19 @@ def test_recommend_scores_equal_the_offline_scores(
         _check(body["items"], offline.scores(uid, [i["id"] for i in body["items"]]))
 
 
-@pytest.mark.parametrize(
-    ("runtime", "in_thread"), [("torch", False), ("onnx", False), ("torch", True)]
-)
+@pytest.mark.parametrize(("runtime", "scorer"), [("torch", "inline"), ("onnx", "process")])
 def test_every_runtime_scores_the_offline_scores(
     make_gateway: MakeGateway,
     store_url: str,
     built: BuiltBundle,
     offline: Offline,
     runtime: str,
-    in_thread: bool,
+    scorer: str,
 ) -> None:
-    gateway = make_gateway(store_url, model_runtime=runtime, score_in_thread=in_thread)
+    gateway = make_gateway(store_url, model_runtime=runtime, scorer=scorer)
     assert gateway.runtime.bundle.runtime == runtime
+    if scorer == "process":  # the scores below come from the scoring process
+        assert gateway.runtime.process.holds(built.version)
     uid = built.users()["user_id"][3]
     body = gateway.post("/rerank", json={"uid": uid, "items": built.items()["item_id"].to_list()})
     items = body.json()["items"]
