@@ -103,7 +103,7 @@ def build_bundle(artifacts: Path, redis_url: str) -> None:
     ctx = pipeline.Context(
         config=load_config(config_path), artifacts=artifacts, redis_url=redis_url
     )
-    for step in ("etl", "train-retrieval", "train-ranking", "index", "publish"):
+    for step in ("etl", "train-retrieval", "train-ranking", "index", "export", "publish"):
         for line in pipeline.run_step(step, ctx):
             print(f"  {line}", flush=True)
 
@@ -240,27 +240,27 @@ def python_round(port: int, route: str, inputs: Path, c: int, seconds: float) ->
     return asyncio.run(go())
 
 
-def memory_per_worker(
-    supervisor: subprocess.Popen[bytes], workers: int
-) -> list[tuple[float, float]]:
-    """(RSS, PSS) in MiB of each serving process (the workers, or the process itself)."""
-    pids = [supervisor.pid]
-    if workers > 1:
-        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
-        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-    out = []
-    for pid in pids:
+def memory(supervisor: subprocess.Popen[bytes]) -> list[tuple[int, float, float]]:
+    """(pid, RSS, PSS in MiB) of every serving process: the gateway's workers and their
+    scoring processes (multiprocessing's small resource tracker left out). PSS splits
+    shared pages (the memory-mapped bundle arrays, the libraries) among the processes
+    that map them, so PSS adds up to what the tree really holds."""
+    out, todo = [], [supervisor.pid]
+    while todo:
+        pid = todo.pop()
         try:
-            fields = dict(
-                line.split(":", 1)
-                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
-            )
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
         except OSError:
             continue
-        if "Rss" in fields and "Pss" in fields:
-            out.append((int(fields["Rss"].split()[0]) / 1024, int(fields["Pss"].split()[0]) / 1024))
-    # the spawn supervisor's own small process is not a serving worker
-    return [m for m in out if m[0] > 100] if workers > 1 else out
+        todo += [int(c) for c in children]
+        fields = dict(line.split(":", 1) for line in rollup)
+        if b"resource_tracker" in command or "Pss" not in fields:
+            continue
+        kib = (int(fields[k].split()[0]) for k in ("Rss", "Pss"))
+        out.append((pid, *(v / 1024 for v in kib)))
+    return out
 
 
 def main() -> None:
@@ -314,10 +314,11 @@ def main() -> None:
                                 got[name].append(one(port, route, c, args.seconds))
                         rows.append((workers, route, c, got))
                         print_row(rows[-1])
-                memory = memory_per_worker(processes[1], workers)
+                tree = memory(processes[1])
                 print(
-                    f"gateway, {workers} worker(s): RSS / PSS per worker (MiB): "
-                    + ", ".join(f"{r:.0f} / {p:.0f}" for r, p in memory),
+                    f"gateway, {workers} worker(s): {len(tree)} processes, RSS / PSS (MiB) "
+                    + ", ".join(f"{r:.0f} / {p:.0f}" for _, r, p in tree)
+                    + f"; PSS in all {sum(p for _, _, p in tree):.0f} MiB",
                     flush=True,
                 )
             finally:

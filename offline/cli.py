@@ -1,7 +1,8 @@
 """``python -m offline <step>``: the worker's command line.
 
-Steps: etl, train-retrieval, train-ranking, index, evaluate, publish, and run (all of
-them in order). Errors end with one line on stderr and a non-zero exit code.
+Steps: etl, train-retrieval, train-ranking, index, export, evaluate, publish, and run
+(all of them in order); ``config`` prints the effective config (defaults, the file,
+the flags) as YAML. Errors end with one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from offline import pipeline
 from offline.config import load_config
@@ -24,7 +27,7 @@ EXIT_CODES: dict[type[RecsysError], int] = {DataError: 2, ConfigError: 2, StoreE
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m offline", description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=pipeline.STEPS, help="what to run")
+    parser.add_argument("step", choices=[*pipeline.STEPS, "config"], help="what to run")
     parser.add_argument("--dataset", help="source name (default: synthetic)")
     parser.add_argument("--data-dir", type=Path, help="folder holding the source's files")
     parser.add_argument(
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
         config = load_config(args.config, dataset=args.dataset, data_dir=args.data_dir)
+        if args.step == "config":
+            print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+            return 0
         context = pipeline.Context(
             config=config,
             artifacts=args.artifacts or settings.artifacts_dir,

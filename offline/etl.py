@@ -76,8 +76,10 @@ def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: flo
     A user with n ≥ 3 interactions holds out max(1, ⌊n·test_frac⌋) for test and
     max(1, ⌊n·valid_frac⌋) (or none when ``valid_frac`` is 0) before those for
     validation. Interactions sharing a timestamp with a held-out one are held out too,
-    so every held-out interaction is strictly later than all of that user's training
-    ones (no leak through ties).
+    so that a held-out interaction is strictly later than the user's training ones —
+    as long as that keeps the held-out part within twice its share. Beyond that (coarse,
+    e.g. day-level, timestamps, where a whole day ties the boundary) ties are broken by
+    the source's own order, deterministically, so the split keeps its shares.
     """
     n = pl.len().over("user_id")
     from_end = n - 1 - pl.int_range(pl.len()).over("user_id")
@@ -86,21 +88,22 @@ def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: flo
     n_valid = (
         pl.max_horizontal((n * valid_frac).floor(), pl.lit(1)) if valid_frac > 0 else pl.lit(0)
     )
-    df = interactions.sort(["user_id", "ts"], maintain_order=True).with_columns(
-        test_cut=pl.col("ts").filter(eligible & (from_end < n_test)).min().over("user_id"),
-        valid_cut=pl.col("ts")
-        .filter(eligible & (from_end < n_test + n_valid))
-        .min()
-        .over("user_id"),
-    )
+
+    def held_out(count: pl.Expr) -> pl.Expr:
+        cut = pl.col("ts").filter(eligible & (from_end < count)).min().over("user_id")
+        tied = pl.col("ts") >= cut
+        whole_ties = tied.sum().over("user_id") <= 2 * count
+        return eligible & pl.when(whole_ties).then(tied).otherwise(from_end < count)
+
+    df = interactions.sort(["user_id", "ts"], maintain_order=True)
     split = (
-        pl.when(pl.col("ts") >= pl.col("test_cut"))
+        pl.when(held_out(n_test))
         .then(pl.lit("test"))
-        .when(pl.col("ts") >= pl.col("valid_cut"))
+        .when(held_out(n_test + n_valid))
         .then(pl.lit("valid"))
         .otherwise(pl.lit("train"))
     )
-    return df.with_columns(split=split).drop("test_cut", "valid_cut")
+    return df.with_columns(split=split)
 
 
 def hotness(

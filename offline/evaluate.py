@@ -198,9 +198,21 @@ def evaluate(
         out["oracle"] = {
             f"{first_task}_auc": M.auc(test_impressions.labels[first_task], test_impressions.oracle)
         }
+    out["failures"] = below_chance(out["ranking"])
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples)
     return out, diagnostics, samples
+
+
+def below_chance(ranking: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """One sentence per ranker task whose test AUC is below 0.5: a failure, not a number."""
+    return [
+        f"{kind}: {task} AUC {m['auc']:.3f} is below chance (0.5): the ranker orders "
+        f"{task} worse than random on held-out data"
+        for kind, tasks in ranking.items()
+        for task, m in tasks.items()
+        if isinstance(m.get("auc"), float) and m["auc"] < 0.5
+    ]
 
 
 def _ranking_block(

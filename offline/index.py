@@ -19,7 +19,7 @@ from pydantic import Field
 
 from shared.config import StrictConfig
 
-__all__ = ["IndexConfig", "build_index", "index_quality", "search"]
+__all__ = ["IndexConfig", "build_index", "index_quality"]
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,3 @@ def index_quality(
         "exact_qps": len(q) / max(t1 - t0, 1e-9),
         "index_qps": len(q) / max(t2 - t1, 1e-9),
     }
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the top ``k``; FAISS pads missing hits with id -1."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))

@@ -20,10 +20,10 @@ import polars as pl
 import redis
 
 from offline import etl
-from offline.config import PipelineConfig
+from offline.config import STEP_SECTIONS, PipelineConfig
 from offline.datasets import load_dataset
 from offline.evaluate import evaluate, held_out, retrieve, tune_retrieval_weight
-from offline.index import build_index, index_quality, search
+from offline.index import build_index, index_quality
 from offline.publish import publish
 from offline.training.loop import distributed
 from offline.training.ranking import ranking_data, score_weights, train_ranker
@@ -35,8 +35,8 @@ from shared.features import FeatureTables
 from shared.keys import Keys
 from shared.models.checkpoint import checkpoint_paths, load_model, save_model
 from shared.models.scoring import ServingHead, export_head, onnx_parity, split_tables
-from shared.recall import SeenItems, faiss_rows, merge
-from shared.schema import DatasetSpec
+from shared.recall import SeenItems, merge, nearest
+from shared.schema import Dataset, DatasetSpec
 
 __all__ = ["STEPS", "Context", "run_step"]
 
@@ -52,6 +52,7 @@ class Context:
     version: str | None = None
     bundle: Bundle | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    dataset: Dataset | None = None  # tables already in memory: etl reads these, not the source
 
     def open_bundle(self) -> Bundle:
         if self.bundle is None:
@@ -108,7 +109,7 @@ def _record_history(bundle: Bundle, name: str, history: Any) -> None:
 
 def etl_step(ctx: Context) -> Iterator[str]:
     c = ctx.config
-    dataset = load_dataset(c.dataset, c.data_dir, c.dataset_options)
+    dataset = ctx.dataset or load_dataset(c.dataset, c.data_dir, c.dataset_options)
     result = etl.run(dataset, c.etl)
     bundle = Bundle.create(ctx.artifacts, c.dataset, c.model_dump(mode="json"))
     try:
@@ -213,8 +214,7 @@ def index_step(ctx: Context) -> Iterator[str]:
         pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(), len(tables.users), len(vectors)
     )
     extra = seen.most() if cfg.exclude_seen else 0
-    _, found = search(index, user_vectors, min(len(vectors) - 1, cfg.recall_k + extra))
-    recalled = faiss_rows(found)
+    recalled = nearest(index, user_vectors, cfg.recall_k + extra)
     banned = None
     if cfg.exclude_seen:
         cand = np.concatenate(
@@ -308,6 +308,9 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         )
     if "oracle" in metrics:
         yield f"evaluate: oracle {metrics['oracle']}"
+    for failure in metrics.get("failures", []):
+        log.error("evaluation failure: %s", failure)
+        yield f"evaluate: FAILED: {failure}"
     yield f"evaluate: wrote {bundle.path(Files.REPORT)}"
 
 
@@ -357,5 +360,9 @@ STEPS = (*STEP_FUNCTIONS, "run")
 
 def run_step(step: str, ctx: Context) -> Iterator[str]:
     names = list(STEP_FUNCTIONS) if step == "run" else [step]
+    config = ctx.config.model_dump(mode="json")
     for name in names:
         yield from STEP_FUNCTIONS[name](ctx)
+        if ctx.bundle is not None and distributed()[0] == 0:  # the config each step ran with
+            sections = {k: config[k] for k in STEP_SECTIONS[name]}
+            ctx.bundle.update_manifest(steps={name: {"config": sections, "at": time.time()}})

@@ -342,6 +342,9 @@ def write_report(
 
     dataset = metrics.get("dataset")
     lines = [f"# Offline evaluation: {_fmt(dataset)}" if dataset else "# Offline evaluation", ""]
+    failures = metrics.get("failures") or []
+    if failures:
+        lines += ["## Failures", "", *(f"- **FAILED** {f}" for f in failures), ""]
     lines += _retrieval_section(metrics)
     if has_vs:
         lines += [f"![metrics vs popularity]({VS_BASELINE_PNG})", ""]

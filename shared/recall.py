@@ -1,7 +1,8 @@
 """Recall lists, defined once for the worker's batch recall and the gateway alike.
 
 - :class:`SeenItems`: each user's interacted item rows (CSR), and batched membership.
-- :func:`faiss_rows`: FAISS id ``j`` is item row ``j + 1`` (row 0 is the unknown item).
+- :func:`faiss_rows`, :func:`nearest`: FAISS id ``j`` is item row ``j + 1`` (row 0 is
+  the unknown item); the nearest item rows of user vectors.
 - :func:`merge`: the one policy that turns a model's list and the hot list into the
   list served: drop unknown rows (``<= 0``), repeats and the user's seen items, put one
   hot item after every ``hot_every`` model items (0: hot items only after the model's
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
-__all__ = ["SeenItems", "faiss_rows", "merge"]
+__all__ = ["SeenItems", "faiss_rows", "merge", "nearest"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,18 @@ class SeenItems:
 def faiss_rows(found: np.ndarray) -> np.ndarray:
     """Item rows of FAISS ids (id ``j`` ↔ row ``j + 1``); FAISS's ``-1`` padding becomes 0."""
     return np.where(found >= 0, found + 1, 0).astype(np.int64)
+
+
+def nearest(index: faiss.Index, vectors: np.ndarray, k: int) -> np.ndarray:
+    """``(U, ≤k)`` item rows nearest each of ``vectors (U, O)``, best first; 0 = none.
+
+    ``k`` is capped at the catalogue; FAISS pads missing hits, which become 0.
+    """
+    k = min(k, index.ntotal)
+    if k <= 0:
+        return np.zeros((len(vectors), 0), dtype=np.int64)
+    _, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+    return faiss_rows(found)
 
 
 def merge(

@@ -2,12 +2,14 @@
 
 Logged impressions are used as they are. Implicit data (MovieLens) has none, so every
 interaction becomes a positive impression of the task ``interact`` and ``neg_ratio``
-non-interacted items per interaction become negatives (same user, same context):
-the ranker then learns what a user will pick, not only how they rate what they picked.
+items the user had not chosen by then become negatives (same user, same time and
+context): the ranker then learns what a user will pick, not only how they rate what
+they picked.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -15,7 +17,14 @@ import polars as pl
 
 from shared.schema import DatasetSpec, Task
 
-__all__ = ["INTERACT", "Sampling", "effective_tasks", "ranking_impressions", "sample_negatives"]
+__all__ = [
+    "INTERACT",
+    "ChosenBy",
+    "Sampling",
+    "effective_tasks",
+    "ranking_impressions",
+    "sample_negatives",
+]
 
 INTERACT = Task(name="interact", score_weight=1.0)
 Sampling = Literal["uniform", "popularity", "mixed"]
@@ -26,22 +35,55 @@ def effective_tasks(spec: DatasetSpec) -> tuple[Task, ...]:
     return (INTERACT, *spec.tasks) if spec.implicit else spec.tasks
 
 
+@dataclass(frozen=True)
+class ChosenBy:
+    """When each user first chose each item: sorted keys ``user * (n_items + 1) + item``."""
+
+    keys: np.ndarray  # (K,) int64, sorted
+    first_ts: np.ndarray  # (K,) int64, the first interaction's time
+
+    @classmethod
+    def of(cls, interactions: pl.DataFrame, n_items: int) -> ChosenBy:
+        first = (
+            interactions.select(
+                key=pl.col("user_idx").cast(pl.Int64) * (n_items + 1) + pl.col("item_idx"),
+                ts=pl.col("ts").cast(pl.Int64),
+            )
+            .group_by("key")
+            .agg(pl.col("ts").min())
+            .sort("key")
+        )
+        return cls(first["key"].to_numpy(), first["ts"].to_numpy())
+
+    def chosen(self, keys: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Whether each (user, item) key had been chosen by time ``at`` (same shape)."""
+        if not len(self.keys):
+            return np.zeros(keys.shape, dtype=bool)
+        where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return (self.keys[where] == keys) & (self.first_ts[where] <= at)
+
+
 def sample_negatives(
     users: np.ndarray,
+    at: np.ndarray,
     ratio: int,
     n_items: int,
-    known: np.ndarray,
+    chosen: ChosenBy,
     popularity: np.ndarray,
     sampling: Sampling,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``ratio`` items per entry of ``users`` that the user never interacted with.
+    """``ratio`` items per entry of ``users`` that the user had not chosen by then.
+
+    No look-ahead: an item the user chooses only later is a fair negative at ``at``
+    (it was not chosen then), as it would be in a logged impression.
 
     Args:
         users: (P,) user rows, one per positive.
+        at: (P,) the positives' times.
         ratio: negatives per positive.
         n_items: items are rows 1..n_items.
-        known: (K,) sorted int64 keys ``user * (n_items + 1) + item`` of known interactions.
+        chosen: when each user first chose each item.
         popularity: (n_items + 1,) interaction counts (row 0 unused).
         sampling: uniform, popularity (∝ count^0.75), or mixed (half each).
 
@@ -49,6 +91,7 @@ def sample_negatives(
         (P·ratio,) user rows and item rows of the negatives.
     """
     neg_users = np.repeat(users, ratio)
+    neg_at = np.repeat(at, ratio)
     weights = popularity[1:].astype(np.float64) ** 0.75 + 1e-9
     weights /= weights.sum()
 
@@ -62,9 +105,8 @@ def sample_negatives(
         return np.where(rng.random(n) < 0.5, uniform, popular)
 
     items = draw(len(neg_users))
-    for _ in range(10):  # resample the few that hit a known interaction
-        keys = neg_users * (n_items + 1) + items
-        clash = np.isin(keys, known, assume_unique=False)
+    for _ in range(10):  # resample the few that hit an item chosen by then
+        clash = chosen.chosen(neg_users * (n_items + 1) + items, neg_at)
         if not clash.any():
             break
         items[clash] = draw(int(clash.sum()))
@@ -78,7 +120,7 @@ def ranking_impressions(
     neg_ratio: int,
     sampling: Sampling,
     seed: int,
-    known: np.ndarray,
+    chosen: ChosenBy,
     popularity: np.ndarray,
 ) -> pl.DataFrame:
     """Impressions of one split: ``user_idx, item_idx, ts, hour, dow`` and a column per task."""
@@ -92,7 +134,7 @@ def ranking_impressions(
     rng = np.random.default_rng(seed)
     users = pos["user_idx"].to_numpy()
     neg_users, neg_items = sample_negatives(
-        users, neg_ratio, n_items, known, popularity, sampling, rng
+        users, pos["ts"].to_numpy(), neg_ratio, n_items, chosen, popularity, sampling, rng
     )
     source = np.repeat(np.arange(len(users)), neg_ratio)
     neg = pl.DataFrame(
@@ -107,8 +149,3 @@ def ranking_impressions(
         [pl.lit(0.0).alias("interact")] + [pl.lit(None, dtype=pl.Float64).alias(c) for c in labels]
     )
     return pl.concat([pos, neg.select(pos.columns)])
-
-
-def known_keys(interactions: pl.DataFrame, n_items: int) -> np.ndarray:
-    keys = interactions["user_idx"].to_numpy() * (n_items + 1) + interactions["item_idx"].to_numpy()
-    return np.unique(keys)

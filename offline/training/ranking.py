@@ -16,7 +16,12 @@ from pydantic import Field
 
 from offline.metrics import auc
 from offline.training.history import CausalHistory, HistoryConfig
-from offline.training.impressions import Sampling, effective_tasks, known_keys, ranking_impressions
+from offline.training.impressions import (
+    ChosenBy,
+    Sampling,
+    effective_tasks,
+    ranking_impressions,
+)
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import multitask_loss
 from shared.features import FeatureTables
@@ -79,7 +84,7 @@ def ranking_data(
 ) -> dict[str, RankingData]:
     """Train / valid / test impressions (with sampled negatives for implicit data)."""
     n_items = len(tables.items) - 1
-    known = known_keys(interactions, n_items)
+    chosen = ChosenBy.of(interactions, n_items)
     popularity = np.bincount(
         interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy(),
         minlength=n_items + 1,
@@ -94,7 +99,7 @@ def ranking_data(
             config.neg_ratio,
             config.negative_sampling,
             config.trainer.seed + i,
-            known,
+            chosen,
             popularity,
         )
         out[split] = RankingData(

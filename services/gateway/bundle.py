@@ -47,7 +47,7 @@ from shared.models.scoring import (
     split_tables,
 )
 from shared.models.towers import TwoTower, UserTower
-from shared.recall import SeenItems
+from shared.recall import SeenItems, nearest
 from shared.schema import DatasetSpec
 
 __all__ = ["ModelRuntime", "ScoredBatch", "ServingBundle"]
@@ -309,12 +309,8 @@ class ServingBundle:
         Returns:
             np.ndarray: ``(≤k,)`` int64 item rows ``≥ 1``.
         """
-        k = min(k, self.index.ntotal)
-        if k <= 0:
-            return np.empty(0, dtype=np.int64)
-        _, found = self.index.search(self.user_vectors[user_row : user_row + 1], k)  # (1, k)
-        found = found[0]
-        return found[found >= 0].astype(np.int64) + 1  # FAISS id j ↔ item row j + 1
+        rows = nearest(self.index, self.user_vectors[user_row : user_row + 1], k)[0]
+        return rows[rows > 0]
 
     # --- scoring -------------------------------------------------------------------
     def inputs(

@@ -20,6 +20,7 @@ and the process is restarted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -106,6 +107,9 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
                         )
                         for old in list(bundles)[:-_KEEP_VERSIONS]:
                             del bundles[old]
+                        gc.unfreeze()  # as the gateway does at a swap (Runtime.swap)
+                        gc.collect()
+                        gc.freeze()
                     reply = _frame((key, "ok", None))
                 else:
                     version, user_row, items, hour, dow = args

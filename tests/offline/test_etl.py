@@ -34,9 +34,20 @@ def test_split_leaks_nothing(synthetic_result: etl.EtlResult) -> None:
 
 
 def test_ties_at_the_boundary_are_held_out() -> None:
-    df = pl.DataFrame({"user_id": ["u"] * 5, "item_id": list("abcde"), "ts": [1, 2, 3, 3, 3]})
+    df = pl.DataFrame({"user_id": ["u"] * 5, "item_id": list("abcde"), "ts": [1, 2, 3, 4, 4]})
     out = etl.temporal_split(df, valid_frac=0.0, test_frac=0.2)
-    assert out.sort("item_id")["split"].to_list() == ["train", "train", "test", "test", "test"]
+    assert out.sort("item_id")["split"].to_list() == ["train", "train", "train", "test", "test"]
+
+
+def test_coarse_timestamps_keep_the_shares() -> None:
+    """Day-level timestamps: holding out every tie would take 60 % (not 20 %) to test."""
+    df = pl.DataFrame({"user_id": ["u"] * 10, "item_id": list("abcdefghij"),
+                       "ts": [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]})  # fmt: skip
+    out = etl.temporal_split(df, valid_frac=0.0, test_frac=0.2)
+    # the source's order breaks the tie: its last two are the test part
+    assert out["split"].to_list() == ["train"] * 8 + ["test"] * 2
+    again = etl.temporal_split(df, valid_frac=0.0, test_frac=0.2)
+    assert again.equals(out)  # deterministic
 
 
 def test_kcore_is_iterative() -> None:

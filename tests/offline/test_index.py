@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from offline.index import IndexConfig, build_index, index_quality, search
+from offline.index import IndexConfig, build_index, index_quality
+from shared.recall import nearest
 
 
 def _clustered(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -27,7 +28,7 @@ def test_auto_switches_to_approximate_above_the_threshold() -> None:
     assert type(build_index(x, IndexConfig(exact_max_items=100))).__name__ == "IndexHNSWFlat"
 
 
-def test_search_pads_with_minus_one_when_k_exceeds_the_catalog() -> None:
+def test_nearest_gives_item_rows_and_never_more_than_the_catalog() -> None:
     index = build_index(_clustered(5), IndexConfig(kind="hnsw"))
-    _, ids = search(index, _clustered(2, seed=3), 5)
-    assert ids.shape == (2, 5) and (ids < 5).all()
+    rows = nearest(index, _clustered(2, seed=3), 50)
+    assert rows.shape == (2, 5) and (rows <= 5).all() and (rows >= 0).all()

@@ -43,6 +43,11 @@ def test_run_writes_a_complete_verified_bundle(bundle) -> None:
     )  # fmt: skip
     assert manifest["serving"]["rankers"] == ["dcn", "deepfm"]
     assert lines[-1].startswith(f"publish: version {b.version} is active")
+    # every step records the effective config it ran with
+    assert list(manifest["steps"]) == list(pipeline.STEP_FUNCTIONS)
+    config = load_config(None, **TINY).model_dump(mode="json")
+    assert manifest["steps"]["train-retrieval"]["config"] == {"retrieval": config["retrieval"]}
+    assert manifest["steps"]["etl"]["config"]["dataset_options"] == TINY["dataset_options"]
 
 
 def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> None:

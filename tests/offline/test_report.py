@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offline.evaluate import below_chance
 from offline.report import NORMS_PNG, TRAINING_PNG, VS_BASELINE_PNG, write_report
 from shared.bundle import Files
 
@@ -81,3 +82,14 @@ def test_write_report_tolerates_missing_sections(tmp_path: Path) -> None:
     md = (tmp_path / "partial" / Files.REPORT).read_text()
     assert "two_tower" in md and "| recall@50 | 0.3000 |" in md
     assert "Ranking models" not in md and "Embedding diagnostics" not in md
+
+
+def test_a_ranker_below_chance_is_reported_as_a_failure(tmp_path: Path) -> None:
+    ranking = {"dcn": {"interact": {"auc": 0.47}}, "deepfm": {"interact": {"auc": 0.81}}}
+    failures = below_chance(ranking)
+    assert len(failures) == 1 and failures[0].startswith("dcn: interact AUC 0.470 is below chance")
+    write_report(tmp_path, {"ranking": ranking, "failures": failures})
+    report = (tmp_path / Files.REPORT).read_text()
+    assert "## Failures" in report and "**FAILED** dcn: interact AUC 0.470" in report
+    write_report(tmp_path, {"ranking": {"dcn": {"interact": {"auc": 0.81}}}, "failures": []})
+    assert "Failures" not in (tmp_path / Files.REPORT).read_text()
