@@ -15,7 +15,14 @@ from offline.training.ranking import RankingConfig
 from offline.training.retrieval import RetrievalConfig
 from shared.config import StrictConfig, build, load_yaml
 
-__all__ = ["STEP_SECTIONS", "PipelineConfig", "load_config", "merge_defaults"]
+__all__ = ["STEP_SECTIONS", "PipelineConfig", "ServingConfig", "load_config", "merge_defaults"]
+
+
+class ServingConfig(StrictConfig):
+    refit: bool = Field(
+        True,
+        description="after evaluation, retrain every model on all interactions and serve those",
+    )
 
 
 class PipelineConfig(StrictConfig):
@@ -27,6 +34,7 @@ class PipelineConfig(StrictConfig):
     ranking: RankingConfig = RankingConfig()
     index: IndexConfig = IndexConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    serving: ServingConfig = ServingConfig()
     publish: PublishConfig = PublishConfig()
 
 
@@ -38,6 +46,7 @@ STEP_SECTIONS = {
     "index": ("index",),
     "export": (),
     "evaluate": ("evaluate", "ranking"),
+    "refit": ("serving", "retrieval", "ranking", "index"),
     "publish": ("publish",),
 }
 

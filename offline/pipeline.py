@@ -259,6 +259,67 @@ def export_step(ctx: Context) -> Iterator[str]:
         yield f"export: {kind}: ONNX head (max |onnx − torch| {error:.1e}) and per-side tables"
 
 
+def refit_step(ctx: Context) -> Iterator[str]:
+    """Retrain every model on every interaction for serving, then index and export again.
+
+    The evaluated models never saw each user's latest interactions (the valid and test
+    parts), the most telling of what comes next. A refit trains each model again on all
+    of them, for the number of epochs early stopping chose, and replaces the served
+    weights; ``metrics.json`` and the report keep the evaluated models' held-out numbers.
+    """
+    bundle, spec, tables, c = ctx.open_bundle(), ctx.spec(), ctx.tables(), ctx.config
+    if not c.serving.refit:
+        yield "refit: off (serving.refit); serving the evaluated weights"
+        return
+    history_path = bundle.path(Files.HISTORY)
+    best = {k: v["best_epoch"] for k, v in json.loads(history_path.read_text()).items()}
+    everything = ctx.interactions().with_columns(split=pl.lit("train"))
+    rank, _ = distributed()
+    refit = {}
+
+    def epochs(name: str, trainer: Any) -> Any:
+        return trainer.model_copy(update={"epochs": max(1, best.get(name, trainer.epochs))})
+
+    started = time.perf_counter()
+    retrieval = c.retrieval.model_copy(update={"trainer": epochs("two_tower", c.retrieval.trainer)})
+    result = train_retrieval(tables, everything, spec, retrieval)
+    if rank == 0:
+        _save(bundle, result.model, result.config, Files.TWO_TOWER)
+    ctx.cache[Files.TWO_TOWER] = result.model
+    refit["two_tower"] = retrieval.trainer.epochs
+    kinds = bundle.manifest().get("serving", {}).get("rankers", list(c.ranking.models))
+    data = ranking_data(tables, everything, spec, c.ranking)
+    for kind in kinds:
+        ranking = c.ranking.model_copy(update={"trainer": epochs(kind, c.ranking.trainer)})
+        ranker = train_ranker(kind, tables, data, spec, ranking)
+        name = Files.RANKER.format(kind=kind)
+        if rank == 0:
+            _save(bundle, ranker.model, ranker.config, name)
+        ctx.cache[name] = ranker.model
+        refit[kind] = ranking.trainer.epochs
+    served = {
+        "weights": "refit",
+        "interactions": everything.height,
+        "epochs": refit,
+        "seconds": time.perf_counter() - started,
+    }
+    bundle.update_manifest(serving={"refit": served})
+    report = bundle.path(Files.REPORT)
+    if rank == 0 and report.is_file():
+        note = ", ".join(f"{k} {n}" for k, n in refit.items())
+        report.write_text(
+            report.read_text().rstrip()
+            + "\n\n## Served weights\n\nThe numbers above are the evaluated models' on "
+            "held-out data. The served models were then refit on all "
+            f"{everything.height} interactions (epochs: {note}), as `serving.refit` asks.\n"
+        )
+        bundle.add(Files.REPORT)
+    trained = ", ".join(f"{k} {n} epochs" for k, n in refit.items())
+    yield f"refit: every model retrained on all {everything.height} interactions ({trained})"
+    yield from index_step(ctx)
+    yield from export_step(ctx)
+
+
 def _merge_metrics(bundle: Bundle, new: dict[str, Any]) -> dict[str, Any]:
     path = bundle.path(Files.METRICS)
     data = json.loads(path.read_text()) if path.is_file() else {}
@@ -353,6 +414,7 @@ STEP_FUNCTIONS: dict[str, Callable[[Context], Iterator[str]]] = {
     "index": index_step,
     "export": export_step,
     "evaluate": evaluate_step,
+    "refit": refit_step,
     "publish": publish_step,
 }
 STEPS = (*STEP_FUNCTIONS, "run")

@@ -81,17 +81,20 @@ def fit(
     config: TrainerConfig,
     n_examples: int,
     loss_fn: Callable[[torch.nn.Module, np.ndarray], torch.Tensor],
-    validate: Callable[[torch.nn.Module], float],
+    validate: Callable[[torch.nn.Module], float] | None,
     name: str,
 ) -> History:
     """Train ``model`` in place and leave it holding its best validated weights.
+
+    Without ``validate`` (a refit on every interaction, nothing held out) it trains all
+    ``config.epochs`` and keeps the last weights.
 
     Args:
         model: the module to train.
         config: loop settings.
         n_examples: size of the training set; batches are index arrays into it.
         loss_fn: ``(model, batch_indices) -> scalar loss`` (the task builds the inputs).
-        validate: ``model -> metric`` (higher is better), run after every epoch.
+        validate: ``model -> metric`` (higher is better), run after every epoch, or None.
         name: shown in logs and the progress bar.
 
     Returns:
@@ -123,7 +126,7 @@ def fit(
     )
     generator = np.random.default_rng(config.seed)
     history = History()
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy.deepcopy(model.state_dict()) if validate is not None else None
     bad_epochs = 0
     show_bar = sys.stderr.isatty() and rank == 0
     seen, busy = 0, 0.0
@@ -156,7 +159,7 @@ def fit(
         busy += elapsed
         model.eval()
         with torch.no_grad():
-            metric = float(validate(model))
+            metric = float(validate(model)) if validate is not None else math.nan
         row = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else math.nan,
@@ -171,7 +174,9 @@ def fit(
                 "%s epoch %d: loss %.4f, valid %.4f, %.0f samples/s",
                 name, epoch, row["train_loss"], metric, row["samples_per_s"] * world,
             )  # fmt: skip
-        if metric > history.best_metric:
+        if validate is None:
+            history.best_epoch = epoch
+        elif metric > history.best_metric:
             history.best_metric, history.best_epoch = metric, epoch
             best_state = copy.deepcopy(model.state_dict())
             bad_epochs = 0
@@ -179,7 +184,8 @@ def fit(
             bad_epochs += 1
             if bad_epochs >= config.patience:
                 break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     history.samples_per_s = seen * world / busy if busy else 0.0
     return history

@@ -225,7 +225,7 @@ def train_ranker(
         probs = predict(model, tables, valid, valid_history)
         return auc(np.nan_to_num(valid.labels[first]), probs[first])
 
-    history = fit(task, config.trainer, len(train), loss_fn, validate, kind)
+    history = fit(task, config.trainer, len(train), loss_fn, validate if len(valid) else None, kind)
     return RankerResult(kind, model, model_config, history)
 
 

@@ -232,7 +232,10 @@ def train_retrieval(
         )
         return recall_at_k(recs, valid_relevant, config.eval_k)
 
-    history = fit(task, config.trainer, len(users), loss_fn, validate, "two-tower")
+    history = fit(
+        task, config.trainer, len(users), loss_fn, validate if len(valid_users) else None,
+        "two-tower",
+    )  # fmt: skip
     return RetrievalResult(model, tower_config, history)
 
 

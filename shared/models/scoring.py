@@ -274,10 +274,10 @@ def export_head(head: ServingHead, n_fields: int, width: int, path: Path) -> Non
     batch = torch.export.Dim("batch")
     # the exporter narrates every stage on stdout and the logs, and warns about its own
     # internals: keep the worker's output to its one line per step
-    quiet = logging.getLogger("onnx_ir"), logging.getLogger("onnxscript")
+    quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx")]
     levels = [q.level for q in quiet]
     for q in quiet:
-        q.setLevel(logging.WARNING)
+        q.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -161,3 +161,18 @@ def test_multitask_loss_of_a_task_without_valid_rows_is_zero() -> None:
     assert torch.isfinite(total)
     total.backward()
     assert outputs["purchase"].grad is not None and not outputs["purchase"].grad.any()
+
+
+def test_fit_without_validation_trains_every_epoch_and_keeps_the_last_weights() -> None:
+    from offline.training.loop import TrainerConfig, fit  # noqa: PLC0415
+
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+
+    def loss_fn(net: torch.nn.Module, batch) -> torch.Tensor:  # noqa: ANN001
+        return torch.nn.functional.mse_loss(net(x[batch]), y[batch])
+
+    history = fit(model, TrainerConfig(epochs=3, batch_size=16, patience=1), 64, loss_fn, None, "t")
+    assert len(history.epochs) == 3 and history.best_epoch == 3
+    last = torch.nn.functional.mse_loss(model(x), y).item()
+    assert last < history.epochs[0]["train_loss"]

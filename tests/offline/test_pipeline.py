@@ -89,3 +89,27 @@ def test_same_config_gives_the_same_metrics(bundle, tmp_path, redis_server) -> N
     again = json.loads(Bundle.open(tmp_path).path(Files.METRICS).read_text())
     for block in ("retrieval", "ranked", "ranking"):
         assert again[block] == first[block]
+
+
+def test_served_weights_are_refit_on_every_interaction(bundle) -> None:
+    b, lines = bundle
+    manifest = b.manifest()
+    refit = manifest["serving"]["refit"]
+    n = json.loads(b.path(Files.ETL_STATS).read_text())["interactions"]
+    history = json.loads(b.path(Files.HISTORY).read_text())
+    assert refit["epochs"] == {k: history[k]["best_epoch"] for k in ("two_tower", "dcn", "deepfm")}
+    assert refit["interactions"] == n
+    assert any(line.startswith("refit: every model retrained") for line in lines)
+    assert "## Served weights" in b.path(Files.REPORT).read_text()
+    b.verify()  # the refit models, index and export are hashed into the manifest
+
+
+def test_refit_can_be_switched_off(bundle, redis_server) -> None:
+    b, _ = bundle
+    ctx = pipeline.Context(
+        config=load_config(None, **TINY, serving={"refit": False}),
+        artifacts=b.root.parent, redis_url=redis_server.url, version=b.version,
+    )  # fmt: skip
+    assert list(pipeline.run_step("refit", ctx)) == [
+        "refit: off (serving.refit); serving the evaluated weights"
+    ]
