@@ -32,6 +32,7 @@ from shared.config import StrictConfig
 from shared.features import FeatureTables
 from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower
+from shared.recall import SeenItems, merge
 from shared.schema import DatasetSpec, FeatureKind
 
 __all__ = ["EvaluateConfig", "HeldOut", "evaluate", "held_out", "retrieve", "tune_retrieval_weight"]
@@ -169,6 +170,7 @@ def evaluate(
         torch.ones(len(users), 1), torch.from_numpy(counts).float()[:, None], k_max, exclude
     )
     out["popularity"] = _ranking_block(pop, relevant, config.ks, n_items, item_vectors)
+    out["recall_lists"] = _recall_lists(candidates, counts, test)
 
     # the rankers re-score the retrieval candidates, in each user's first test context
     out["ranked"], out["ranker_only"], out["ranking"] = {}, {}, {}
@@ -202,6 +204,26 @@ def evaluate(
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples)
     return out, diagnostics, samples
+
+
+def _recall_lists(
+    candidates: np.ndarray, counts: np.ndarray, test: HeldOut, k: int = 100
+) -> dict[str, dict[str, float]]:
+    """Recall@50/100 of the published list's compositions (:func:`shared.recall.merge`):
+    the two-tower's list alone, hot items padding it, and one hot item after every 4."""
+    hot = np.argsort(-counts[1:], kind="stable")[:200] + 1  # the global hot list
+    n_users = len(test.users)
+    seen = SeenItems.build(test.exclude[0], test.exclude[1], n_users, len(counts))
+    pool = np.concatenate([candidates, np.broadcast_to(hot, (n_users, len(hot)))], axis=1)
+    banned = seen.contains(np.arange(n_users), pool)
+    out = {}
+    for every in (0, 4):
+        lists = merge(candidates, hot, k, every, banned)
+        lists = np.where(lists > 0, lists, -1)
+        out[f"hot_every={every}"] = {
+            f"recall@{n}": M.recall_at_k(lists, test.relevant, n) for n in (50, k)
+        }
+    return out
 
 
 def below_chance(ranking: dict[str, dict[str, dict[str, float]]]) -> list[str]:

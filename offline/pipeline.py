@@ -360,6 +360,11 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
     k = max(ctx.config.evaluate.ks)
     r, p = metrics["retrieval"], metrics["popularity"]
     yield f"evaluate: two-tower recall@{k} {r[f'recall@{k}']:.4f} vs popularity {p[f'recall@{k}']:.4f}; ndcg@10 {r['ndcg@10']:.4f}"
+    lists = ", ".join(
+        f"{name} {v['recall@50']:.4f} / {v['recall@100']:.4f}"
+        for name, v in metrics["recall_lists"].items()
+    )
+    yield f"evaluate: published list recall@50 / @100: {lists}"
     for kind, tasks in metrics["ranking"].items():
         aucs = ", ".join(f"{t} AUC {m['auc']:.4f}" for t, m in tasks.items() if "auc" in m)
         ranked, alone = metrics["ranked"][kind], metrics["ranker_only"][kind]

@@ -162,6 +162,23 @@ def _retrieval_section(metrics: Mapping[str, Any]) -> list[str]:
     return ["## Retrieval and re-ranking", "", *_table(header, rows), ""]
 
 
+def _recall_lists_section(metrics: Mapping[str, Any]) -> list[str]:
+    lists = metrics.get("recall_lists")
+    if not isinstance(lists, Mapping) or not lists:
+        return []
+    columns = sorted({c for v in lists.values() for c in v}, key=_metric_sort_key)
+    rows = [[name, *(v.get(c) for c in columns)] for name, v in lists.items()]
+    return [
+        "## Recall list composition",
+        "",
+        *_table(["published list", *columns], rows),
+        "",
+        "_The two-tower's list with the hot list after it (`hot_every=0`, the default) or "
+        "one hot item after every 4 (`index.hot_every: 4`), seen items left out._",
+        "",
+    ]
+
+
 def _ranking_section(metrics: Mapping[str, Any]) -> list[str]:
     ranking = metrics.get("ranking")
     if not isinstance(ranking, Mapping) or not ranking:
@@ -348,6 +365,7 @@ def write_report(
     lines += _retrieval_section(metrics)
     if has_vs:
         lines += [f"![metrics vs popularity]({VS_BASELINE_PNG})", ""]
+    lines += _recall_lists_section(metrics)
     lines += _ranking_section(metrics)
     lines += _index_section(metrics)
     if has_curves:
