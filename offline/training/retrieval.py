@@ -52,6 +52,9 @@ class RetrievalConfig(HistoryConfig):
     negatives: Literal["random", "hard", "mixed"] = "mixed"
     n_negatives: int = Field(8, ge=1)
     eval_k: int = Field(50, ge=1)
+    user_encoder: Literal["mean", "transformer"] = "mean"
+    encoder_layers: int = Field(2, ge=1)
+    encoder_heads: int = Field(2, ge=1)
     trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=512, lr=3e-3, patience=3)
 
 
@@ -176,6 +179,10 @@ def train_retrieval(
         dropout=config.dropout,
         temperature=config.temperature,
         history_decay=config.history_decay,
+        user_encoder=config.user_encoder,
+        history_length=tables.history.shape[1],
+        encoder_layers=config.encoder_layers,
+        encoder_heads=config.encoder_heads,
     )
     torch.manual_seed(config.trainer.seed)
     model = TwoTower(tower_config)

@@ -24,6 +24,7 @@ __all__ = [
     "GatedFusion",
     "LowRankCrossNet",
     "MLP",
+    "SequenceEncoder",
     "mlp_head",
 ]
 
@@ -316,3 +317,53 @@ class GatedFusion(nn.Module):
     def forward(self, id_emb: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([id_emb, feat], dim=1)))  # (B, 1)
         return g * id_emb + (1 - g) * feat  # (B, D)
+
+
+class SequenceEncoder(nn.Module):
+    """Self-attention over a user's recent items (SASRec-style), read at the latest one.
+
+    ``x_j = E[s_j] + P[j]`` for the j-th most recent item (``P`` learned positions), then
+    ``n_layers`` pre-norm Transformer encoder blocks whose keys skip padding; the output
+    at position 0, the latest item, attends to the whole history. Every item of a
+    history is earlier than the example it serves, so no causal mask is needed. A user
+    with no history gets the zero vector, as the mean pool gives.
+
+    Args:
+        embedding (nn.Embedding): the item-id table (shared with the item tower).
+        length (int): H, the longest history.
+        n_layers (int): encoder blocks.
+        n_heads (int): attention heads (divides D).
+        dropout (float): dropout inside the blocks.
+
+    Call:
+        slots (Tensor): ``(B, H)`` int64 item slots, most recent first, 0 = padding.
+
+    Returns:
+        Tensor: ``(B, D)``.
+    """
+
+    def __init__(
+        self, embedding: nn.Embedding, length: int, n_layers: int, n_heads: int, dropout: float
+    ) -> None:
+        super().__init__()
+        d = embedding.embedding_dim
+        self.embedding = embedding
+        self.positions = nn.Parameter(torch.randn(length, d) * 0.02)
+        block = nn.TransformerEncoderLayer(
+            d, n_heads, dim_feedforward=2 * d, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(
+            block, n_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+        )
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        if slots.shape[1] == 0:
+            return self.embedding.weight.new_zeros(slots.shape[0], self.embedding.embedding_dim)
+        h = slots.shape[1]
+        x = self.embedding(slots) + self.positions[:h]  # (B, H, D)
+        padding = slots == 0  # (B, H)
+        empty = padding.all(dim=1)  # (B,)
+        # an all-padding row would attend to nothing (NaN): let it see position 0, then zero it
+        padding = padding & ~(empty[:, None] & (torch.arange(h) == 0))
+        out = self.blocks(x, src_key_padding_mask=padding)[:, 0]  # (B, D)
+        return out.masked_fill(empty[:, None], 0.0)

@@ -19,7 +19,7 @@ of a tower, H history length.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch import nn
 
 from shared.config import StrictConfig
 from shared.models.inputs import ItemInputs, UserInputs
-from shared.models.layers import FeatureEmbedding, GatedFusion, mlp_head
+from shared.models.layers import FeatureEmbedding, GatedFusion, SequenceEncoder, mlp_head
 
 __all__ = ["ItemTower", "TowerConfig", "TwoTower", "UserTower"]
 
@@ -49,6 +49,12 @@ class TowerConfig(StrictConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     temperature: float = Field(0.05, gt=0.0)  # fixed, not learned
     history_decay: float = Field(1.0, gt=0.0, le=1.0)  # pooling weight ratio of older items
+    # how the user's recent items become one vector: a recency-weighted mean, or
+    # self-attention over them (shared.models.layers.SequenceEncoder)
+    user_encoder: Literal["mean", "transformer"] = "mean"
+    history_length: int = Field(20, ge=1)  # H, for the transformer's positions
+    encoder_layers: int = Field(2, ge=1)
+    encoder_heads: int = Field(2, ge=1)
 
 
 class _Tower(nn.Module):
@@ -112,8 +118,9 @@ class _Tower(nn.Module):
 class UserTower(_Tower):
     """User tower: id, user features and a recency-weighted mean of recent items.
 
-    ``feat = Linear(MLP([flat(fields); Σ_j w_j·E[h_j] / Σ_j w_j]))`` with
-    ``w_j = decay**j`` for the j-th most recent item (0 for padding),
+    ``feat = Linear(MLP([flat(fields); hist]))`` with ``hist = Σ_j w_j·E[h_j] / Σ_j w_j``,
+    ``w_j = decay**j`` for the j-th most recent item (0 for padding), or, with
+    ``user_encoder="transformer"``, ``hist = SequenceEncoder(h)``;
     ``fused = g·E[id] + (1 − g)·feat``, ``u = normalize(Linear(MLP(fused)))``.
 
     Args:
@@ -133,10 +140,23 @@ class UserTower(_Tower):
     def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
         c = config
         super().__init__(c, c.n_user_cat, c.n_user_multi, c.n_user_dense, 1, embedding)
+        self.sequence_arch = (
+            SequenceEncoder(
+                self.embedding, c.history_length, c.encoder_layers, c.encoder_heads, c.dropout
+            )
+            if c.user_encoder == "transformer"
+            else None
+        )
+
+    def history(self, slots: torch.Tensor) -> torch.Tensor:
+        """The user's recent items as one ``(B, D)`` vector (mean pool or self-attention)."""
+        if self.sequence_arch is not None:
+            return self.sequence_arch(slots)
+        return self.sparse_arch.pool(slots, self.config.history_decay)
 
     def fused(self, inputs: UserInputs) -> torch.Tensor:
         """The gated mix of id and features, ``(B, D)``, before the output MLP."""
-        history = self.sparse_arch.pool(inputs.history, self.config.history_decay)  # (B, D)
+        history = self.history(inputs.history)  # (B, D)
         return self._fuse(inputs.id, inputs.cat, inputs.multi, inputs.dense, [history])
 
     def forward(self, inputs: UserInputs) -> torch.Tensor:

@@ -266,9 +266,10 @@ def test_build_ranker_rejects_unknown_kind() -> None:
 
 
 def tower_config(
-    user: tuple[int, int, int] = (2, 1, 2), item: tuple[int, int, int] = (1, 2, 1)
+    user: tuple[int, int, int] = (2, 1, 2), item: tuple[int, int, int] = (1, 2, 1), **kw: object
 ) -> TowerConfig:
     return TowerConfig(
+        **kw,
         vocab_size=V,
         n_user_cat=user[0],
         n_user_multi=user[1],
@@ -293,14 +294,18 @@ def item_inputs(widths: tuple[int, int, int] = (1, 2, 1)) -> ItemInputs:
     return ItemInputs(torch.randint(1, V, (B,)), *ranker_inputs(*widths))
 
 
+@pytest.mark.parametrize("encoder", ["mean", "transformer"])
 @pytest.mark.parametrize(
     "user,item", [((2, 1, 2), (1, 2, 1)), ((0, 0, 0), (0, 0, 0)), ((1, 0, 0), (0, 0, 1))]
 )
 def test_two_tower_shapes_norms_and_gradients(
-    user: tuple[int, int, int], item: tuple[int, int, int]
+    user: tuple[int, int, int], item: tuple[int, int, int], encoder: str
 ) -> None:
     torch.manual_seed(0)
-    model = TwoTower(tower_config(user, item))
+    config = tower_config(
+        user, item, user_encoder=encoder, history_length=H, encoder_heads=2, encoder_layers=1
+    )
+    model = TwoTower(config)
     u_in, i_in = user_inputs(user), item_inputs(item)
     u, v = model.user_embed(u_in), model.item_embed(i_in)
     assert u.shape == v.shape == (B, 5)
@@ -310,6 +315,20 @@ def test_two_tower_shapes_norms_and_gradients(
     torch.testing.assert_close(logits, (u * v).sum(1) / 0.05)
     (logits.square().sum() + (u @ v.T).sum()).backward()
     assert_all_grads(model)
+
+
+def test_sequence_encoder_reads_order_and_gives_no_history_zero() -> None:
+    torch.manual_seed(0)
+    tower = TwoTower(tower_config(user_encoder="transformer", history_length=H)).user_tower
+    tower.eval()
+    slots = torch.randint(1, V, (3, H))
+    slots[1] = 0  # no history
+    slots[2] = slots[0].flip(0)  # the same items, another order
+    with torch.no_grad():
+        out = tower.history(slots)
+    assert out.shape == (3, 4) and torch.isfinite(out).all()
+    assert (out[1] == 0).all()
+    assert not torch.allclose(out[0], out[2])  # positions matter, unlike a plain mean
 
 
 def test_towers_share_item_id_embeddings_with_user_history() -> None:
