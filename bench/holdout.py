@@ -7,7 +7,7 @@
 1. Splits the source's interactions: for every user with at least
    ``--min-interactions``, the latest ``--test-frac`` by time (at least one; ties at
    the boundary as the ETL breaks them) are held out; everything else is the train part.
-2. Runs the worker on the train part alone (``etl`` … ``publish``, the given config or
+2. Runs the worker on the train part alone (``run``: every step, the given config or
    the defaults) into a temporary folder and a Redis server of its own, and starts the
    gateway on it (``python -m services.gateway``).
 3. Asks ``/recommend/{uid}?top_k=50`` and ``/recall/{uid}?top_k=50`` for every test user.
@@ -73,11 +73,10 @@ def run_stack(dataset, config_path: Path | None, folder: Path, redis_url: str) -
         redis_url=redis_url,
         dataset=dataset,
     )
-    for step in ("etl", "train-retrieval", "train-ranking", "index", "export", "publish"):
-        started = time.perf_counter()
-        for line in pipeline.run_step(step, ctx):
-            print(f"  {line}", flush=True)
-        print(f"  ({step}: {time.perf_counter() - started:.0f} s)", flush=True)
+    started = time.perf_counter()
+    for line in pipeline.run_step("run", ctx):  # as `python -m offline run` does
+        print(f"  {line}", flush=True)
+    print(f"  (the worker's run: {time.perf_counter() - started:.0f} s)", flush=True)
     return artifacts
 
 

@@ -34,7 +34,16 @@ from shared.feature_map import FeatureMap
 from shared.features import FeatureTables
 from shared.keys import Keys
 from shared.models.checkpoint import checkpoint_paths, load_model, save_model
-from shared.models.scoring import ServingHead, export_head, onnx_parity, split_tables
+from shared.models.scoring import (
+    ServingHead,
+    UserVectors,
+    export_head,
+    export_onnx,
+    onnx_difference,
+    onnx_parity,
+    split_tables,
+)
+from shared.models.towers import TwoTower
 from shared.recall import SeenItems, merge, nearest
 from shared.schema import Dataset, DatasetSpec
 
@@ -257,6 +266,15 @@ def export_step(ctx: Context) -> Iterator[str]:
         error = onnx_parity(head, bundle.path(names[-1]), ranker.config.n_fields, width)
         bundle.add(*names)
         yield f"export: {kind}: ONNX head (max |onnx − torch| {error:.1e}) and per-side tables"
+    # the user tower as ONNX, for scoring histories newer than the bundle's: serving reads
+    # the precomputed user_embeddings.npy of the served histories
+    towers = _model(ctx, Files.TWO_TOWER)
+    tower = UserVectors(towers.user_tower if isinstance(towers, TwoTower) else towers)
+    example = tuple(tables.user_inputs(np.arange(min(len(tables.users), 64))))
+    export_onnx(tower, example, UserVectors.INPUTS, ("vector",), bundle.path(Files.USER_TOWER))
+    error = onnx_difference(tower, example, UserVectors.INPUTS, bundle.path(Files.USER_TOWER))
+    bundle.add(Files.USER_TOWER)
+    yield f"export: user tower: ONNX (max |onnx − torch| {error:.1e})"
 
 
 def refit_step(ctx: Context) -> Iterator[str]:

@@ -43,6 +43,7 @@ class Files:
     ITEM_EMBEDDINGS = "item_embeddings.npy"  # (I, O) two-tower item vectors, row 0 = unknown
     USER_EMBEDDINGS = "user_embeddings.npy"  # (U, O) two-tower vectors of the served histories
     RANKER_HEAD = "ranker_{kind}.onnx"  # shared.models.scoring.ServingHead
+    USER_TOWER = "user_tower.onnx"  # shared.models.scoring.UserVectors
     RANKER_SPLIT = (
         "ranker_{kind}.{part}.npy"  # part: user_fields, user_first, item_fields, item_first
     )

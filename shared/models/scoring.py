@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from shared.features import FeatureTables
+from shared.models.inputs import UserInputs
 from shared.models.rankers import (
     Ranker,
     chain_probabilities,
@@ -45,12 +46,16 @@ from shared.models.rankers import (
 )
 
 __all__ = [
+    "HEAD_INPUTS",
     "N_CONTEXTS",
     "ServingHead",
+    "UserVectors",
     "SplitTables",
     "build_split",
     "context_rows",
     "export_head",
+    "export_onnx",
+    "onnx_difference",
     "onnx_parity",
     "split_tables",
 ]
@@ -263,14 +268,14 @@ def build_split(
     )
 
 
-def export_head(head: ServingHead, n_fields: int, width: int, path: Path) -> None:
-    """Write ``head`` as an ONNX graph with a dynamic batch axis.
-
-    Inputs ``fields (B, F, W)``, ``first (B, P)``, ``retrieval_logit (B,)``; outputs
-    ``score (B,)``, ``probs (B, T)``. Raises on export failure (the caller decides).
-    """
-    p = head.ranker.first_weight().shape[0]
-    example = (torch.randn(4, n_fields, width), torch.randn(4, p), torch.randn(4))
+def export_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    path: Path,
+) -> None:
+    """Write ``module`` as an ONNX graph whose every input has a dynamic batch axis."""
     batch = torch.export.Dim("batch")
     # the exporter narrates every stage on stdout and the logs, and warns about its own
     # internals: keep the worker's output to its one line per step
@@ -282,11 +287,11 @@ def export_head(head: ServingHead, n_fields: int, width: int, path: Path) -> Non
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                head.eval(),
+                module.eval(),
                 example,
-                input_names=["fields", "first", "retrieval_logit"],
-                output_names=["score", "probs"],
-                dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_shapes=tuple({0: batch} for _ in example),
                 dynamo=True,
                 verbose=False,
             )
@@ -296,26 +301,63 @@ def export_head(head: ServingHead, n_fields: int, width: int, path: Path) -> Non
     program.save(str(path))
 
 
-def onnx_parity(head: ServingHead, path: Path, n_fields: int, width: int, rows: int = 64) -> float:
-    """Largest difference between the ONNX graph at ``path`` and ``head`` on random inputs.
+def onnx_difference(
+    module: nn.Module, example: tuple[torch.Tensor, ...], inputs: Sequence[str], path: Path
+) -> float:
+    """Largest difference between the ONNX graph at ``path`` and ``module`` on ``example``.
 
     Raises:
         ValueError: a difference above 1e-4 (the export changed the model).
     """
     import onnxruntime  # noqa: PLC0415  (the worker needs it only here)
 
-    generator = torch.Generator().manual_seed(0)
-    p = head.ranker.first_weight().shape[0]
-    fields = torch.randn(rows, n_fields, width, generator=generator) * 0.1
-    first = torch.randn(rows, p, generator=generator) * 0.1
-    logit = torch.randn(rows, generator=generator)
     with torch.inference_mode():
-        want = [t.numpy() for t in head(fields, first, logit)]
+        want = module(*example)
+    want = [t.numpy() for t in (want if isinstance(want, tuple) else (want,))]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {"fields": fields.numpy(), "first": first.numpy(), "retrieval_logit": logit.numpy()}
-    names = {i.name for i in session.get_inputs()}
-    got = session.run(["score", "probs"], {k: v for k, v in feed.items() if k in names})
+    names = {i.name for i in session.get_inputs()}  # an unused input is dropped by the export
+    feed = {n: t.numpy() for n, t in zip(inputs, example, strict=True) if n in names}
+    got = session.run(None, feed)
     error = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
     if not error <= 1e-4:
-        raise ValueError(f"{path}: the ONNX head differs from torch by {error:.2e}")
+        raise ValueError(f"{path}: the ONNX graph differs from torch by {error:.2e}")
     return error
+
+
+HEAD_INPUTS = ("fields", "first", "retrieval_logit")
+
+
+def _head_example(head: ServingHead, n_fields: int, width: int, rows: int) -> tuple:
+    generator = torch.Generator().manual_seed(0)
+    p = head.ranker.first_weight().shape[0]
+    return (
+        torch.randn(rows, n_fields, width, generator=generator) * 0.1,
+        torch.randn(rows, p, generator=generator) * 0.1,
+        torch.randn(rows, generator=generator),
+    )
+
+
+def export_head(head: ServingHead, n_fields: int, width: int, path: Path) -> None:
+    """Write ``head`` as ONNX: inputs ``fields (B, F, W)``, ``first (B, P)``,
+    ``retrieval_logit (B,)``; outputs ``score (B,)``, ``probs (B, T)``."""
+    export_onnx(
+        head, _head_example(head, n_fields, width, 4), HEAD_INPUTS, ("score", "probs"), path
+    )
+
+
+def onnx_parity(head: ServingHead, path: Path, n_fields: int, width: int, rows: int = 64) -> float:
+    """:func:`onnx_difference` of an exported head on random inputs of another batch size."""
+    return onnx_difference(head, _head_example(head, n_fields, width, rows), HEAD_INPUTS, path)
+
+
+class UserVectors(nn.Module):
+    """The user tower over plain tensors (``UserInputs``' fields), for the ONNX export."""
+
+    INPUTS = ("id", "cat", "multi", "dense", "history")
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        return self.tower(UserInputs(*parts))  # (B, O)

@@ -39,7 +39,8 @@ def test_run_writes_a_complete_verified_bundle(bundle) -> None:
     manifest = b.verify(
         required=(Files.TWO_TOWER + ".safetensors", Files.RANKER.format(kind="dcn") + ".json",
                   Files.RANKER.format(kind="deepfm") + ".safetensors", Files.INDEX, Files.RECALL,
-                  Files.HOT, Files.METRICS, Files.REPORT, "training_curves.png")
+                  Files.HOT, Files.METRICS, Files.REPORT, "training_curves.png", Files.USER_TOWER,
+                  Files.RANKER_HEAD.format(kind="dcn"), Files.RANKER_HEAD.format(kind="deepfm"))
     )  # fmt: skip
     assert manifest["serving"]["rankers"] == ["dcn", "deepfm"]
     assert lines[-1].startswith(f"publish: version {b.version} is active")

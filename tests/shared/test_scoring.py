@@ -10,8 +10,24 @@ import pytest
 import torch
 
 from shared.models.rankers import DCNConfig, RankerConfig, TaskHead, build_ranker
-from shared.models.scoring import ServingHead, export_head, onnx_parity
-from tests.shared.test_models import RANKER_IDS, RANKER_VARIANTS, ranker_config, ranker_inputs
+from shared.models.scoring import (
+    ServingHead,
+    UserVectors,
+    export_head,
+    export_onnx,
+    onnx_difference,
+    onnx_parity,
+)
+from shared.models.towers import TwoTower
+from tests.shared.test_models import (
+    RANKER_IDS,
+    RANKER_VARIANTS,
+    H,
+    ranker_config,
+    ranker_inputs,
+    tower_config,
+    user_inputs,
+)
 
 TASKS = (TaskHead(name="click"), TaskHead(name="buy", parent="click"))
 SPLIT_VARIANTS = [
@@ -109,3 +125,14 @@ def test_serving_head_refuses_unknown_score_weights() -> None:
     ranker = build_ranker("dcn", ranker_config())
     with pytest.raises(Exception, match="unknown tasks"):
         ServingHead(ranker, {"nope": 1.0}, 0.0)
+
+
+@pytest.mark.parametrize("encoder", ["mean", "transformer"])
+def test_user_tower_exports_to_onnx(tmp_path, encoder: str) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    config = tower_config(user_encoder=encoder, history_length=H, encoder_layers=1)
+    tower = UserVectors(TwoTower(config).user_tower.eval())
+    path = tmp_path / "user_tower.onnx"
+    example = tuple(user_inputs())
+    export_onnx(tower, example, UserVectors.INPUTS, ("vector",), path)
+    assert onnx_difference(tower, example, UserVectors.INPUTS, path) < 1e-5
