@@ -28,6 +28,7 @@ import pickle
 import signal
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,50 +78,65 @@ def _frame(message: Any) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def _unframe(buffer: bytearray) -> list[Any]:
+    """Every complete message at the start of ``buffer``, removed from it."""
+    messages, at = [], 0
+    while len(buffer) - at >= _HEADER.size:
+        (n,) = _HEADER.unpack_from(buffer, at)
+        if len(buffer) - at - _HEADER.size < n:
+            break
+        messages.append(pickle.loads(buffer[at + _HEADER.size : at + _HEADER.size + n]))
+        at += _HEADER.size + n
+    del buffer[:at]
+    return messages
+
+
 def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRuntime) -> None:
     """The scoring process: load versions when told, score requests, until EOF.
 
-    Each reply goes out as soon as it is ready (the parent's requests keep flowing);
-    arrays travel as raw bytes (float32 scores, int64 item rows): no pickled arrays.
+    A version loads on a thread of its own, so the served version keeps being scored
+    meanwhile (a swap costs no latency); each reply goes out as soon as it is ready.
+    Arrays travel as raw bytes (float32 scores, int64 item rows): no pickled arrays.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C stops the parent, which stops us
     import torch  # noqa: PLC0415  (the child's own interpreter)
 
     torch.set_num_threads(1)
     bundles: dict[str, ServingBundle] = {}
+    lock = threading.Lock()  # one frame at a time on the socket
+
+    def send(message: Any) -> None:
+        frame = _frame(message)
+        with lock:
+            sock.sendall(frame)
+
+    def load(key: int, version: str) -> None:
+        try:
+            if version not in bundles:
+                bundles[version] = ServingBundle.load(Path(artifacts), version, ranker, runtime)
+                for old in list(bundles)[:-_KEEP_VERSIONS]:
+                    del bundles[old]
+                gc.unfreeze()  # as the gateway does at a swap (Runtime.swap)
+                gc.collect()
+                gc.freeze()
+            send((key, "ok", None))
+        except Exception as e:
+            send((key, "error", f"{type(e).__name__}: {e}"))
+
     buffer = bytearray()
     while chunk := sock.recv(1 << 20):
         buffer += chunk
-        at = 0
-        while len(buffer) - at >= _HEADER.size:
-            (n,) = _HEADER.unpack_from(buffer, at)
-            if len(buffer) - at - _HEADER.size < n:
-                break
-            key, kind, *args = pickle.loads(buffer[at + _HEADER.size : at + _HEADER.size + n])
-            at += _HEADER.size + n
+        for key, kind, *args in _unframe(buffer):
+            if kind == "load":
+                threading.Thread(target=load, args=(key, *args), daemon=True).start()
+                continue
             try:
-                if kind == "load":
-                    (version,) = args
-                    if version not in bundles:
-                        bundles[version] = ServingBundle.load(
-                            Path(artifacts), version, ranker, runtime
-                        )
-                        for old in list(bundles)[:-_KEEP_VERSIONS]:
-                            del bundles[old]
-                        gc.unfreeze()  # as the gateway does at a swap (Runtime.swap)
-                        gc.collect()
-                        gc.freeze()
-                    reply = _frame((key, "ok", None))
-                else:
-                    version, user_row, items, hour, dow = args
-                    rows = np.frombuffer(items, dtype=np.int64)
-                    s = score_inline(bundles[version], user_row, rows, hour, dow)
-                    value = (s.score.tobytes(), s.probs.tobytes(), s.features_s)
-                    reply = _frame((key, "ok", value))
+                version, user_row, items, hour, dow = args
+                rows = np.frombuffer(items, dtype=np.int64)
+                s = score_inline(bundles[version], user_row, rows, hour, dow)
+                send((key, "ok", (s.score.tobytes(), s.probs.tobytes(), s.features_s)))
             except Exception as e:  # one bad request must not end the process
-                reply = _frame((key, "error", f"{type(e).__name__}: {e}"))
-            sock.sendall(reply)
-        del buffer[:at]
+                send((key, "error", f"{type(e).__name__}: {e}"))
 
 
 # --- the parent's side -----------------------------------------------------------------------
@@ -137,23 +153,14 @@ class _Link(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        at = 0
-        while len(buffer) - at >= _HEADER.size:
-            (n,) = _HEADER.unpack_from(buffer, at)
-            if len(buffer) - at - _HEADER.size < n:
-                break
-            start = at + _HEADER.size
-            key, status, value = pickle.loads(buffer[start : start + n])
-            at = start + n
+        self.buffer += data
+        for key, status, value in _unframe(self.buffer):
             future = self.pending.pop(key, None)
             if future is not None and not future.done():
                 if status == "ok":
                     future.set_result(value)
                 else:
                     future.set_exception(ScoringUnavailable(f"scoring process: {value}"))
-        del buffer[:at]
 
     def connection_lost(self, exc: Exception | None) -> None:
         for future in self.pending.values():

@@ -359,5 +359,12 @@ class UserVectors(nn.Module):
         super().__init__()
         self.tower = tower
 
-    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
-        return self.tower(UserInputs(*parts))  # (B, O)
+    def forward(
+        self,
+        id: torch.Tensor,  # noqa: A002  (the field's name)
+        cat: torch.Tensor,
+        multi: torch.Tensor,
+        dense: torch.Tensor,
+        history: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.tower(UserInputs(id, cat, multi, dense, history))  # (B, O)

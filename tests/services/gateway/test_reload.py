@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 import redis
 
 from shared.bundle import Files
@@ -37,10 +38,11 @@ class Hammer:
         self._thread.join(timeout=10)
 
 
+@pytest.mark.parametrize("scorer", ["inline", "process"])
 def test_new_version_is_swapped_in_while_requests_flow(
-    make_gateway: MakeGateway, scratch_url: str, built: BuiltBundle
+    make_gateway: MakeGateway, scratch_url: str, built: BuiltBundle, scorer: str
 ) -> None:
-    gateway = make_gateway(scratch_url)
+    gateway = make_gateway(scratch_url, scorer=scorer)
     uid = built.users()["user_id"][0]
     assert gateway.get("/health").json()["version"] == built.version
     new = built.derive("next-version")
@@ -56,7 +58,11 @@ def test_new_version_is_swapped_in_while_requests_flow(
     switched = versions.index(new)
     assert set(versions[switched:]) == {new}, "an old version answered after the swap"
     assert gateway.get("/health").json()["dependencies"]["bundle"] == "ok"
-    assert f'recsys_served_version_info{{version="{new}"}} 1.0' in gateway.get("/metrics").text
+    metrics = gateway.get("/metrics").text
+    assert f'recsys_served_version_info{{version="{new}"}} 1.0' in metrics
+    if scorer == "process":  # the scoring process held the new version before the swap
+        assert gateway.runtime.process.holds(new)
+        assert 'recsys_fallbacks_total{reason="inline_scoring"} 0.0' in metrics
 
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
