@@ -11,10 +11,9 @@
    the defaults) into a temporary folder and a Redis server of its own, and starts the
    gateway on it (``python -m services.gateway``).
 3. Asks ``/recommend/{uid}?top_k=50`` and ``/recall/{uid}?top_k=50`` for every test user.
-4. Scores the same users on the same split with strong simple baselines: popularity,
-   recent popularity (the train part's latest 10 % of interactions), EASE (λ 200) and
-   item-kNN (cosine, 100 neighbours), each excluding the user's train items as the
-   gateway does.
+4. Scores the same users on the same split with strong simple baselines
+   (:mod:`offline.baselines`: popularity, recent popularity, EASE, item-kNN), each
+   excluding the user's train items as the gateway does.
 
 It prints NDCG@10 and Recall@10/20/50 of each, every interaction a positive and the
 whole catalogue a candidate.
@@ -38,10 +37,11 @@ import numpy as np
 import polars as pl
 
 from offline import pipeline
+from offline.baselines import baseline_scores
 from offline.config import load_config
 from offline.datasets import load_dataset
 from offline.etl import temporal_split
-from offline.metrics import ndcg_at_k, recall_at_k, relevant_sets
+from offline.metrics import ndcg_at_k, recall_at_k, relevant_sets, topk_from_scores
 from shared.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,59 +133,15 @@ async def _ask(base: str, uids: list[str]) -> dict[str, dict[str, list]]:
 def baselines(train: pl.DataFrame, users: list[str], items: list[str]) -> dict[str, np.ndarray]:
     """Top-K item indices per test user for each baseline (train items excluded)."""
     item_index = {i: j for j, i in enumerate(items)}
-    user_index = {u: j for j, u in enumerate(users)}
-    rows = train.select(
-        u=pl.col("user_id").replace_strict(user_index, default=-1, return_dtype=pl.Int64),
-        i=pl.col("item_id").replace_strict(item_index, return_dtype=pl.Int64),
-        ts=pl.col("ts"),
-    )
-    n_items = len(items)
-    mine = rows.filter(pl.col("u") >= 0).unique(["u", "i"])
-    x = np.zeros((len(users), n_items), dtype=np.float32)  # the test users' train items
-    x[mine["u"].to_numpy(), mine["i"].to_numpy()] = 1.0
-    seen = x > 0
-
-    all_pairs = rows.unique(["u", "i", "ts"])
-    counts = np.bincount(all_pairs["i"].to_numpy(), minlength=n_items).astype(np.float64)
-    recent = all_pairs.filter(pl.col("ts") >= pl.col("ts").quantile(0.9))
-    recent_counts = np.bincount(recent["i"].to_numpy(), minlength=n_items).astype(np.float64)
-
-    # every train user's items, for the item-item models
-    everyone = train.select("user_id", "item_id").unique()
-    all_users = {u: j for j, u in enumerate(everyone["user_id"].unique().to_list())}
-    xa = np.zeros((len(all_users), n_items), dtype=np.float64)
-    xa[
-        everyone["user_id"].replace_strict(all_users, return_dtype=pl.Int64).to_numpy(),
-        everyone["item_id"].replace_strict(item_index, return_dtype=pl.Int64).to_numpy(),
-    ] = 1.0
-    gram = xa.T @ xa  # (I, I)
-
-    def ease(lam: float) -> np.ndarray:
-        p = np.linalg.inv(gram + lam * np.eye(n_items))
-        b = -p / np.diag(p)
-        np.fill_diagonal(b, 0.0)
-        return x @ b.astype(np.float32)
-
-    def item_knn(neighbours: int) -> np.ndarray:
-        norms = np.sqrt(np.diag(gram)) + 1e-9
-        sim = gram / norms[:, None] / norms[None, :]
-        np.fill_diagonal(sim, 0.0)
-        if neighbours < n_items:  # keep each item's strongest neighbours
-            cut = np.partition(sim, -neighbours, axis=0)[-neighbours]
-            sim = np.where(sim >= cut[None, :], sim, 0.0)
-        return x @ sim.astype(np.float32)
-
-    scores = {
-        "popularity": np.broadcast_to(counts, x.shape).copy(),
-        "recent popularity": np.broadcast_to(recent_counts + counts * 1e-6, x.shape).copy(),
-        "EASE (λ 200)": ease(200.0),
-        "item-kNN (100)": item_knn(100),
-    }
+    everyone = {u: j for j, u in enumerate(train["user_id"].unique().sort().to_list())}
+    rows = train["user_id"].replace_strict(everyone, return_dtype=pl.Int64).to_numpy()
+    cols = train["item_id"].replace_strict(item_index, return_dtype=pl.Int64).to_numpy()
+    x = np.zeros((len(everyone), len(items)), dtype=np.float64)
+    x[rows, cols] = 1.0
+    scored = np.array([everyone[u] for u in users])
     out = {}
-    for name, s in scores.items():
-        s = np.where(seen, -np.inf, s)
-        top = np.argpartition(-s, K, axis=1)[:, :K]
-        out[name] = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)
+    for name, s in baseline_scores(x, rows, train["ts"].to_numpy(), cols, scored).items():
+        out[name] = topk_from_scores(s, K, exclude=x[scored] > 0)
     return out
 
 

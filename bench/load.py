@@ -249,7 +249,9 @@ def memory(supervisor: subprocess.Popen[bytes]) -> list[tuple[int, float, float]
     while todo:
         pid = todo.pop()
         try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            # a child started from a thread is listed under that thread's task
+            tasks = Path(f"/proc/{pid}/task").glob("*/children")
+            children = [c for t in tasks for c in t.read_text().split()]
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
         except OSError:

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from offline import metrics as M
+from offline.baselines import baseline_scores
 from offline.training.history import CausalHistory
 from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
@@ -171,6 +172,7 @@ def evaluate(
     )
     out["popularity"] = _ranking_block(pop, relevant, config.ks, n_items, item_vectors)
     out["recall_lists"] = _recall_lists(candidates, counts, test)
+    out["baselines"] = _baselines(test, n_items, config.ks)
 
     # the rankers re-score the retrieval candidates, in each user's first test context
     out["ranked"], out["ranker_only"], out["ranking"] = {}, {}, {}
@@ -204,6 +206,28 @@ def evaluate(
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples)
     return out, diagnostics, samples
+
+
+def _baselines(test: HeldOut, n_items: int, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """EASE, item-kNN, recent popularity (:mod:`offline.baselines`) on the same users,
+    from the same earlier interactions, their seen items excluded."""
+    earlier = test.earlier
+    users = np.unique(np.concatenate([earlier["user_idx"].to_numpy(), test.users]))
+    where = np.searchsorted(users, earlier["user_idx"].to_numpy())
+    items = earlier["item_idx"].to_numpy()
+    x = np.zeros((len(users), n_items), dtype=np.float64)
+    x[where, items] = 1.0
+    x[:, 0] = 0.0  # row 0 is the unknown item
+    scored = np.searchsorted(users, test.users)
+    exclude = x[scored] > 0
+    exclude[:, 0] = True
+    out = {}
+    for name, scores in baseline_scores(x, where, earlier["ts"].to_numpy(), items, scored).items():
+        if name == "popularity":  # already in the report, as out["popularity"]
+            continue
+        recs = M.topk_from_scores(scores, max(ks), exclude)
+        out[name] = M.ranking_report(recs, test.relevant, ks)
+    return out
 
 
 def _recall_lists(

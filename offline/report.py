@@ -162,6 +162,26 @@ def _retrieval_section(metrics: Mapping[str, Any]) -> list[str]:
     return ["## Retrieval and re-ranking", "", *_table(header, rows), ""]
 
 
+def _baselines_section(metrics: Mapping[str, Any]) -> list[str]:
+    baselines = metrics.get("baselines")
+    if not isinstance(baselines, Mapping) or not baselines:
+        return []
+    ranked = metrics.get("ranked") if isinstance(metrics.get("ranked"), Mapping) else {}
+    systems = {f"retrieval + {k}": v for k, v in ranked.items() if isinstance(v, Mapping)}
+    systems |= {"retrieval": metrics.get("retrieval") or {}, **baselines}
+    names = sorted(
+        {
+            n
+            for v in systems.values()
+            for n, x in v.items()
+            if _is_number(x) and not n.startswith("n_")
+        },
+        key=_metric_sort_key,
+    )
+    rows = [[n, *(v.get(n) for v in systems.values())] for n in names]
+    return ["## Against strong baselines", "", *_table(["metric", *systems], rows), ""]
+
+
 def _recall_lists_section(metrics: Mapping[str, Any]) -> list[str]:
     lists = metrics.get("recall_lists")
     if not isinstance(lists, Mapping) or not lists:
@@ -365,6 +385,7 @@ def write_report(
     lines += _retrieval_section(metrics)
     if has_vs:
         lines += [f"![metrics vs popularity]({VS_BASELINE_PNG})", ""]
+    lines += _baselines_section(metrics)
     lines += _recall_lists_section(metrics)
     lines += _ranking_section(metrics)
     lines += _index_section(metrics)

@@ -43,6 +43,12 @@ def test_run_writes_a_complete_verified_bundle(bundle) -> None:
                   Files.RANKER_HEAD.format(kind="dcn"), Files.RANKER_HEAD.format(kind="deepfm"))
     )  # fmt: skip
     assert manifest["serving"]["rankers"] == ["dcn", "deepfm"]
+    assert set(manifest["metrics"]["baselines"]) == {
+        "recent popularity",
+        "EASE (λ 200)",
+        "item-kNN (100)",
+    }
+    assert "## Against strong baselines" in b.path(Files.REPORT).read_text()
     assert lines[-1].startswith(f"publish: version {b.version} is active")
     # every step records the effective config it ran with
     assert list(manifest["steps"]) == list(pipeline.STEP_FUNCTIONS)
