@@ -12,12 +12,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
 
-from services.gateway.app import create_app
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["main", "worker_app"]
 
@@ -33,6 +35,8 @@ def _logging(settings: Settings) -> None:
 
 def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn's factory when there are several)."""
+    from services.gateway.app import create_app  # noqa: PLC0415  (the workers', not the supervisor's)
+
     settings = Settings()
     _logging(settings)
     return create_app(settings)
@@ -48,6 +52,8 @@ def main() -> None:
         "access_log": settings.access_log,
     }
     if settings.workers == 1:
+        from services.gateway.app import create_app  # noqa: PLC0415
+
         uvicorn.run(create_app(settings), **options)
         return
     folder = os.environ.get(_MULTIPROC)
