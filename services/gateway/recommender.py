@@ -3,7 +3,8 @@
 Recall for a user, in order of preference:
 
 1. the served version's ``recall:{uid}`` ZSET in Redis (one ZREVRANGE);
-2. a user the bundle knows but Redis has no list for: the user tower and FAISS, online
+2. a user the bundle knows but Redis has no list for: the user's two-tower vector and
+   FAISS, online, merged with the hot list by the published lists' policy
    (``recsys_fallbacks_total{reason="online_tower"}``);
 3. a user the bundle does not know (a cold start): the version's ``global_hot`` ZSET
    (``reason="global_hot"``);
@@ -12,8 +13,10 @@ Recall for a user, in order of preference:
 
 Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
 items the user already interacted with, and is padded from the memory hot list up to
-the count asked for. Features come from the in-memory tables; scores from one batched
-pass of the ranker's head (:class:`~services.gateway.scorer.Scorer`).
+the count asked for (:func:`shared.recall.merge`; a published list is already clean, so
+only its seen items are checked). Scores come from one pass of the ranker's head over
+the candidates (:class:`~services.gateway.scorer.Scorer`); responses are plain dicts in
+the schemas' shape, rendered by orjson.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -40,11 +40,10 @@ from services.gateway.bundle import ModelRuntime, ServingBundle
 from services.gateway.metrics import Metrics
 from shared.errors import RecsysError
 
-__all__ = ["ScorerKind", "Scorer", "Scores", "ScoringProcess"]
+__all__ = ["Scorer", "Scores", "ScoringProcess", "ScoringUnavailable", "score_inline"]
 
 log = logging.getLogger(__name__)
 
-ScorerKind = Literal["process", "inline"]
 _HEADER = struct.Struct("!I")
 _LOAD_TIMEOUT_S = 300.0
 _RESTART_DELAY_S = 1.0
@@ -64,6 +63,7 @@ class Scores:
 def score_inline(
     bundle: ServingBundle, user_row: int, items: np.ndarray, hour: int, dow: int
 ) -> Scores:
+    """One user's items scored in the calling process."""
     batch = bundle.score(user_row, items, hour, dow)
     return Scores(batch.score, batch.probs, batch.features_s, batch.scoring_s)
 
