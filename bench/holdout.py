@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import polars as pl
+from load import start_server  # bench/, beside this script
 
 from offline import pipeline
 from offline.baselines import baseline_scores
@@ -82,30 +81,16 @@ def run_stack(dataset, config_path: Path | None, folder: Path, redis_url: str) -
 
 def query_api(artifacts: Path, redis_url: str, uids: list[str]) -> dict[str, dict[str, list]]:
     port = free_port()
-    env = os.environ | {
+    env = {
         "RECSYS_REDIS_URL": redis_url,
         "RECSYS_ARTIFACTS_DIR": str(artifacts),
         "RECSYS_API_PORT": str(port),
         "RECSYS_LOG_LEVEL": "WARNING",
     }
-    gateway = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
+    # healthy only once the bundle, and the scoring process's copy of it, are loaded
+    gateway = start_server([sys.executable, "-m", "services.gateway"], env, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if gateway.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the gateway did not start")
-            try:
-                health = httpx.get(f"{base}/health", timeout=1).json()
-                if (
-                    health.get("dependencies", {}).get("scorer", "ok") == "ok"
-                    and health["status"] == "ok"
-                ):
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
-        return asyncio.run(_ask(base, uids))
+        return asyncio.run(_ask(f"http://127.0.0.1:{port}", uids))
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)

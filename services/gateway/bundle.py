@@ -321,7 +321,7 @@ class ServingBundle:
         The two-tower logit ``u·v/τ`` is a product of the precomputed vectors.
         """
         fields, first = self.split.assemble(
-            self.tables, self.ranker, [(user_row, item_rows, int(context_rows(hour, dow)))]
+            self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow))
         )
         if self.retrieval_weight > 0:
             logit = self.item_vectors[item_rows] @ self.user_vectors[user_row]

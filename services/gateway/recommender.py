@@ -34,10 +34,10 @@ import numpy as np
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
-from services.gateway.bundle import ServingBundle
+from services.gateway.bundle import ScoredBatch, ServingBundle
 from services.gateway.metrics import Metrics
 from services.gateway.schemas import RerankRequest
-from services.gateway.scorer import Scorer, Scores
+from services.gateway.scorer import Scorer
 from shared.keys import Keys
 from shared.recall import merge
 from shared.settings import Settings
@@ -127,16 +127,9 @@ class Recommender:
             if self._redis_down:
                 log.warning("redis answers again: recall lists are back")
                 self._redis_down = False
-            if listed:
+            if listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
-                if source == "redis":  # a ZSET: distinct, and already the published policy
-                    primary = primary[(primary > 0) & ~_member(primary, seen)]
-                    if len(primary) >= n:
-                        rows = primary[:n]
-                        self._recall_seconds.observe(time.perf_counter() - started)
-                        if not user_row:
-                            self.metrics.cold_starts.inc()
-                        return Candidates(user_row, rows, source, degraded)
+                primary = primary[(primary > 0) & ~_member(primary, seen)]
             elif user_row:
                 source = "online_tower"
                 loop = asyncio.get_running_loop()
@@ -145,9 +138,11 @@ class Recommender:
                 )
             else:
                 source, primary = "global_hot", bundle.item_rows(hot)
-        rows = _merge(
-            primary, bundle.hot, seen, n, bundle.hot_every if source == "online_tower" else 0
-        )
+        if source == "redis" and len(primary) >= n:  # the common case: nothing to merge
+            rows = primary[:n]
+        else:
+            every = bundle.hot_every if source == "online_tower" else 0
+            rows = _merge(primary, bundle.hot, seen, n, every)
         if source != "redis":
             self.metrics.fallbacks.labels(source).inc()
         if not user_row:
@@ -155,7 +150,7 @@ class Recommender:
         self._recall_seconds.observe(time.perf_counter() - started)
         return Candidates(user_row, rows, source, degraded)
 
-    async def _score(self, bundle: ServingBundle, user_row: int, rows: np.ndarray) -> Scores:
+    async def _score(self, bundle: ServingBundle, user_row: int, rows: np.ndarray) -> ScoredBatch:
         now = self.clock().astimezone(UTC)
         scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday())
         self._features_seconds.observe(scores.features_s)
@@ -234,7 +229,7 @@ def _merge(
 
 
 def _ranked(
-    bundle: ServingBundle, rows: np.ndarray, scores: Scores, k: int
+    bundle: ServingBundle, rows: np.ndarray, scores: ScoredBatch, k: int
 ) -> list[dict[str, Any]]:
     """The best ``k`` rows by score (ties keep recall order) as response items."""
     order = np.argsort(-scores.score, kind="stable")[:k]

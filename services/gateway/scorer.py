@@ -30,17 +30,16 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.gateway.bundle import ModelRuntime, ServingBundle
+from services.gateway.bundle import ModelRuntime, ScoredBatch, ServingBundle
 from services.gateway.metrics import Metrics
 from shared.errors import RecsysError
 
-__all__ = ["Scorer", "Scores", "ScoringProcess", "ScoringUnavailable", "score_inline"]
+__all__ = ["Scorer", "ScoringProcess", "ScoringUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +47,6 @@ _HEADER = struct.Struct("!I")
 _LOAD_TIMEOUT_S = 300.0
 _RESTART_DELAY_S = 1.0
 _KEEP_VERSIONS = 2  # the served one and the one being swapped in
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One request's scores."""
-
-    score: np.ndarray  # (n,) final ranking score
-    probs: np.ndarray  # (n, T) per-task probabilities, in ServingBundle.tasks order
-    features_s: float  # time spent building the head's inputs
-    scoring_s: float  # time spent in the head
-
-
-def score_inline(
-    bundle: ServingBundle, user_row: int, items: np.ndarray, hour: int, dow: int
-) -> Scores:
-    """One user's items scored in the calling process."""
-    batch = bundle.score(user_row, items, hour, dow)
-    return Scores(batch.score, batch.probs, batch.features_s, batch.scoring_s)
 
 
 class ScoringUnavailable(RecsysError):
@@ -133,7 +114,7 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
             try:
                 version, user_row, items, hour, dow = args
                 rows = np.frombuffer(items, dtype=np.int64)
-                s = score_inline(bundles[version], user_row, rows, hour, dow)
+                s = bundles[version].score(user_row, rows, hour, dow)
                 send((key, "ok", (s.score.tobytes(), s.probs.tobytes(), s.features_s)))
             except Exception as e:  # one bad request must not end the process
                 send((key, "error", f"{type(e).__name__}: {e}"))
@@ -256,14 +237,14 @@ class ScoringProcess:
 
     async def score(
         self, version: str, user_row: int, items: np.ndarray, hour: int, dow: int
-    ) -> Scores:
+    ) -> ScoredBatch:
         started = time.perf_counter()
         rows = np.ascontiguousarray(items, dtype=np.int64).tobytes()
         score, probs, features_s = await self._request("score", version, user_row, rows, hour, dow)
         score = np.frombuffer(score, dtype=np.float32)
         probs = np.frombuffer(probs, dtype=np.float32).reshape(len(score), -1)
         # the head's share: the whole round trip less the input gathering
-        return Scores(score, probs, features_s, time.perf_counter() - started - features_s)
+        return ScoredBatch(score, probs, features_s, time.perf_counter() - started - features_s)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -291,7 +272,7 @@ class Scorer:
 
     async def score(
         self, bundle: ServingBundle, user_row: int, items: np.ndarray, hour: int, dow: int
-    ) -> Scores:
+    ) -> ScoredBatch:
         process = self.process
         if process is not None:
             if process.holds(bundle.version):
@@ -300,4 +281,4 @@ class Scorer:
                 except ScoringUnavailable as e:
                     log.debug("scoring inline: %s", e)
             self._fallbacks.inc()
-        return score_inline(bundle, user_row, items, hour, dow)
+        return bundle.score(user_row, items, hour, dow)

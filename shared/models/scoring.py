@@ -10,7 +10,7 @@ into a user part, an item part and a context part::
 
 :func:`split_tables` computes those parts from the ranker and the feature tables
 (the same ``ranker_inputs`` and ``sparse_arch`` as training, so nothing drifts);
-:meth:`SplitTables.assemble` gathers them for B (user, item, context) rows;
+:meth:`SplitTables.assemble` gathers them for one user's B items in one context;
 :class:`ServingHead` is the rest of the model, ``(fields, first, retrieval_logit) →
 (score, probs)``, which the worker also exports to ONNX (:func:`export_head`). The one
 field that is not a pure user field: the history masks the scored item, so a
@@ -63,8 +63,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 N_CONTEXTS = 24 * 7
-
-Request = tuple[int, np.ndarray, int]  # (user row, item rows (n,), context row)
 
 
 def context_rows(hour: np.ndarray, dow: np.ndarray) -> np.ndarray:
@@ -136,46 +134,46 @@ class SplitTables:
     history_position: int  # the history's field
 
     def assemble(
-        self, tables: FeatureTables, ranker: Ranker, requests: Sequence[Request]
+        self,
+        tables: FeatureTables,
+        ranker: Ranker,
+        user_row: int,
+        item_rows: np.ndarray,
+        context: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(fields (B, F, W), first (B, P))`` of every request's rows, in order.
+        """``(fields (B, F, W), first (B, P))`` of one user's items, equal to the unsplit path's.
 
-        Equal to the unsplit path's. The item side is gathered once for the whole batch;
-        the user and context sides are one row per request, broadcast over its items.
+        The item side is gathered per item; the user and context sides are one row each,
+        broadcast over the items.
 
         Args:
             tables (FeatureTables): the served history and item id slots.
             ranker (Ranker): its ``sparse_arch`` pools a history with the item masked.
-            requests (Sequence[Request]): ``(user_row, item_rows (n,), context_row)`` each.
+            user_row (int): the user's row.
+            item_rows (np.ndarray): ``(B,)`` item rows.
+            context (int): the context row (:func:`context_rows`).
         """
-        item_rows = np.concatenate([r[1] for r in requests])
         b, width = len(item_rows), self.item_fields.shape[2]
         fields = np.empty((b, self.first_weight.shape[1] // width, width), dtype=np.float32)
         items = self.item_fields[item_rows]  # (B, Fi, W)
-        for dst, src, n in self.item_runs:
-            fields[:, dst : dst + n] = items[:, src : src + n]
+        user, ctx = self.user_fields[user_row], self.context_fields[context]
+        for runs, part in ((self.item_runs, items), (self.user_runs, user[None]),
+                           (self.context_runs, ctx[None])):  # fmt: skip
+            for dst, src, n in runs:
+                fields[:, dst : dst + n] = part[:, src : src + n]
         first = self.item_first[item_rows]  # (B, P)
-        lo = 0
-        for user_row, rows, context in requests:
-            hi = lo + len(rows)
-            user, ctx = self.user_fields[user_row], self.context_fields[context]
-            for dst, src, n in self.user_runs:
-                fields[lo:hi, dst : dst + n] = user[src : src + n]
-            for dst, src, n in self.context_runs:
-                fields[lo:hi, dst : dst + n] = ctx[src : src + n]
-            first[lo:hi] += self.user_first[user_row] + self.context_first[context]
-            history = tables.history[user_row]  # (H,)
-            own = tables.items.id_slot[rows, None] == history  # (n, H): the item in its history
-            if own.any():
-                hit = lo + np.flatnonzero(own.any(axis=1))
-                masked = np.where(own[hit - lo], 0, history)
-                with torch.inference_mode():
-                    pooled = ranker.sparse_arch.pool(
-                        torch.from_numpy(masked), float(ranker.config.history_decay)
-                    )
-                fields[hit, self.history_position] = pooled.numpy()
-                first[hit] = fields[hit].reshape(len(hit), -1) @ self.first_weight.T
-            lo = hi
+        first += self.user_first[user_row] + self.context_first[context]
+        history = tables.history[user_row]  # (H,)
+        own = tables.items.id_slot[item_rows, None] == history  # (B, H): the item in its history
+        if own.any():
+            hit = np.flatnonzero(own.any(axis=1))
+            masked = np.where(own[hit], 0, history)
+            with torch.inference_mode():
+                pooled = ranker.sparse_arch.pool(
+                    torch.from_numpy(masked), float(ranker.config.history_decay)
+                )
+            fields[hit, self.history_position] = pooled.numpy()
+            first[hit] = fields[hit].reshape(len(hit), -1) @ self.first_weight.T
         return fields, first
 
 
