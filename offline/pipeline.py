@@ -24,11 +24,12 @@ from offline.config import STEP_SECTIONS, PipelineConfig
 from offline.datasets import load_dataset
 from offline.evaluate import evaluate, held_out, retrieve, tune_retrieval_weight
 from offline.index import build_index, index_quality
+from offline.probes import probe_set
 from offline.publish import publish
 from offline.training.loop import distributed
 from offline.training.ranking import ranking_data, score_weights, train_ranker
 from offline.training.retrieval import embed_items, embed_users, train_retrieval
-from shared.bundle import Bundle, Files
+from shared.bundle import Bundle, Files, atomic_path
 from shared.errors import ConfigError
 from shared.feature_map import FeatureMap
 from shared.features import FeatureTables
@@ -44,6 +45,7 @@ from shared.models.scoring import (
     split_tables,
 )
 from shared.models.towers import TwoTower
+from shared.probes import write_probes
 from shared.recall import SeenItems, merge, nearest
 from shared.schema import Dataset, DatasetSpec
 
@@ -98,6 +100,12 @@ class Context:
                 self.tables(), self.interactions(), self.spec(), self.config.ranking
             )
         return self.cache["ranking_data"]
+
+
+def _save_array(bundle: Bundle, name: str, array: np.ndarray) -> None:
+    with atomic_path(bundle.path(name)) as tmp, tmp.open("wb") as f:
+        np.save(f, array)
+    bundle.add(name)
 
 
 def _save(bundle: Bundle, model: Any, config: Any, name: str) -> None:
@@ -196,11 +204,12 @@ def index_step(ctx: Context) -> Iterator[str]:
     bundle, cfg, tables = ctx.open_bundle(), ctx.config.index, ctx.tables()
     model = _model(ctx, Files.TWO_TOWER)
     vectors = embed_items(model, tables).numpy()  # (I, D), row 0 = unknown item
-    np.save(bundle.path(Files.ITEM_EMBEDDINGS), vectors)
+    _save_array(bundle, Files.ITEM_EMBEDDINGS, vectors)
     started = time.perf_counter()
     index = build_index(vectors[1:], cfg)  # FAISS id j ↔ item row j + 1
     build_s = time.perf_counter() - started
-    faiss.write_index(index, str(bundle.path(Files.INDEX)))
+    with atomic_path(bundle.path(Files.INDEX)) as tmp:
+        faiss.write_index(index, str(tmp))
     user_rows = np.arange(1, len(tables.users))
     user_vectors = embed_users(model, tables, user_rows).numpy()
     rng = np.random.default_rng(0)
@@ -232,13 +241,16 @@ def index_step(ctx: Context) -> Iterator[str]:
         banned = seen.contains(user_rows, cand)
     merged = merge(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
     bundle.update_manifest(serving={"hot_every": cfg.hot_every})
-    np.save(
-        bundle.path(Files.USER_EMBEDDINGS),
+    _save_array(
+        bundle,
+        Files.USER_EMBEDDINGS,
         embed_users(model, tables, np.arange(len(tables.users))).numpy(),
     )
-    pl.DataFrame({"user_idx": user_rows, "items": merged}).write_parquet(bundle.path(Files.RECALL))
-    hot.write_parquet(bundle.path(Files.HOT))
-    bundle.add(Files.ITEM_EMBEDDINGS, Files.USER_EMBEDDINGS, Files.INDEX, Files.RECALL, Files.HOT)
+    with atomic_path(bundle.path(Files.RECALL)) as tmp:
+        pl.DataFrame({"user_idx": user_rows, "items": merged}).write_parquet(tmp)
+    with atomic_path(bundle.path(Files.HOT)) as tmp:
+        hot.write_parquet(tmp)
+    bundle.add(Files.INDEX, Files.RECALL, Files.HOT)
     _merge_metrics(bundle, {"index": quality})
     yield (
         f"index: {quality['type']} over {quality['items']} items, recall@{quality['k']} vs exact "
@@ -248,33 +260,39 @@ def index_step(ctx: Context) -> Iterator[str]:
 
 
 def export_step(ctx: Context) -> Iterator[str]:
-    """Each ranker's serving form: per-side tables and the ONNX head, checked against torch."""
+    """Each ranker's serving form: per-side tables, the ONNX head checked against torch,
+    and the probe set the gateway must reproduce before it serves the version."""
     bundle, tables = ctx.open_bundle(), ctx.tables()
     serving = bundle.manifest().get("serving", {})
+    towers = _model(ctx, Files.TWO_TOWER)
+    probes = {}
     for kind in serving.get("rankers", list(ctx.config.ranking.models)):
         ranker = _model(ctx, Files.RANKER.format(kind=kind))
-        head = ServingHead(
-            ranker, serving["score_weights"], serving.get("retrieval_weights", {}).get(kind, 0.0)
-        )
-        names = []
+        retrieval_weight = serving.get("retrieval_weights", {}).get(kind, 0.0)
+        head = ServingHead(ranker, serving["score_weights"], retrieval_weight)
         for part, array in split_tables(ranker, tables, sides=("user", "item")).items():
-            names.append(Files.RANKER_SPLIT.format(kind=kind, part=part))
-            np.save(bundle.path(names[-1]), array)
-        names.append(Files.RANKER_HEAD.format(kind=kind))
+            _save_array(bundle, Files.RANKER_SPLIT.format(kind=kind, part=part), array)
+        name = Files.RANKER_HEAD.format(kind=kind)
         width = ranker.sparse_arch.embedding.embedding_dim
-        export_head(head, ranker.config.n_fields, width, bundle.path(names[-1]))
-        error = onnx_parity(head, bundle.path(names[-1]), ranker.config.n_fields, width)
-        bundle.add(*names)
+        with atomic_path(bundle.path(name)) as tmp:
+            export_head(head, ranker.config.n_fields, width, tmp)
+            error = onnx_parity(head, tmp, ranker.config.n_fields, width)
+        bundle.add(name)
+        probes[kind] = probe_set(ranker, towers, tables, serving["score_weights"], retrieval_weight)
         yield f"export: {kind}: ONNX head (max |onnx − torch| {error:.1e}) and per-side tables"
+    with atomic_path(bundle.path(Files.PROBES)) as tmp:
+        write_probes(tmp, probes)
+    bundle.add(Files.PROBES)
     # the user tower as ONNX, for scoring histories newer than the bundle's: serving reads
     # the precomputed user_embeddings.npy of the served histories
-    towers = _model(ctx, Files.TWO_TOWER)
     tower = UserVectors(towers.user_tower if isinstance(towers, TwoTower) else towers)
     example = tuple(tables.user_inputs(np.arange(min(len(tables.users), 64))))
-    export_onnx(tower, example, UserVectors.INPUTS, ("vector",), bundle.path(Files.USER_TOWER))
-    error = onnx_difference(tower, example, UserVectors.INPUTS, bundle.path(Files.USER_TOWER))
+    with atomic_path(bundle.path(Files.USER_TOWER)) as tmp:
+        export_onnx(tower, example, UserVectors.INPUTS, ("vector",), tmp)
+        error = onnx_difference(tower, example, UserVectors.INPUTS, tmp)
     bundle.add(Files.USER_TOWER)
-    yield f"export: user tower: ONNX (max |onnx − torch| {error:.1e})"
+    n = sum(len(p) for p in probes.values())
+    yield f"export: user tower: ONNX (max |onnx − torch| {error:.1e}); {n} probe users"
 
 
 def refit_step(ctx: Context) -> Iterator[str]:
@@ -325,12 +343,14 @@ def refit_step(ctx: Context) -> Iterator[str]:
     report = bundle.path(Files.REPORT)
     if rank == 0 and report.is_file():
         note = ", ".join(f"{k} {n}" for k, n in refit.items())
-        report.write_text(
+        text = (
             report.read_text().rstrip()
             + "\n\n## Served weights\n\nThe numbers above are the evaluated models' on "
             "held-out data. The served models were then refit on all "
             f"{everything.height} interactions (epochs: {note}), as `serving.refit` asks.\n"
         )
+        with atomic_path(report) as tmp:
+            tmp.write_text(text, encoding="utf-8")
         bundle.add(Files.REPORT)
     trained = ", ".join(f"{k} {n} epochs" for k, n in refit.items())
     yield f"refit: every model retrained on all {everything.height} interactions ({trained})"

@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from shared.bundle import Files
+from shared.bundle import Files, atomic_path
 
 __all__ = ["NORMS_PNG", "TRAINING_PNG", "VS_BASELINE_PNG", "write_report"]
 
@@ -103,7 +103,8 @@ def _items(values: Any) -> list[Any]:
 
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 # --- sections ----------------------------------------------------------------------
@@ -395,7 +396,8 @@ def write_report(
     lines += _diagnostics_section(diagnostics, with_plot=bool(norms.size))
     lines += _samples_section(samples or [])
 
-    (out_dir / Files.REPORT).write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    with atomic_path(out_dir / Files.REPORT) as tmp:
+        tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     written.append(Files.REPORT)
     written += [
         name for name, made in ((VS_BASELINE_PNG, has_vs), (TRAINING_PNG, has_curves)) if made

@@ -3,7 +3,8 @@
 Every file is recorded in ``manifest.json`` with its sha256; :meth:`Bundle.verify`
 refuses a bundle whose files are missing, changed, or that belongs to another
 project. A new version is written in a hidden temporary directory and renamed into
-place, so a crash never leaves a half-written version behind. ``artifacts/LATEST``
+place, so a crash never leaves a half-written version behind; every file a later step
+adds or replaces is written beside its name and renamed onto it (:func:`atomic_path`). ``artifacts/LATEST``
 names the newest complete version.
 """
 
@@ -15,13 +16,15 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.errors import BundleError
 
-__all__ = ["FORMAT", "Bundle", "Files", "new_version"]
+__all__ = ["FORMAT", "Bundle", "Files", "atomic_path", "new_version"]
 
 FORMAT = "recsys-bundle/1"
 
@@ -51,6 +54,7 @@ class Files:
     RECALL = "recall.parquet"
     HOT = "global_hot.parquet"
     HISTORY = "training_history.json"
+    PROBES = "probes.json"  # shared.probes: fixed pairs and the offline scores, per ranker
 
 
 def new_version() -> str:
@@ -147,12 +151,16 @@ class Bundle:
         if version is None:
             latest = artifacts / "LATEST"
             if not latest.is_file():
-                raise BundleError(f"{artifacts}: no bundle yet (run `python -m offline etl` first)")
+                raise BundleError(
+                    f"{artifacts}: no bundle yet (run `python -m offline etl` first)",
+                    reason="missing",
+                )
             version = latest.read_text().strip()
         root = artifacts / version
         if not (root / Files.MANIFEST).is_file():
             raise BundleError(
-                f"{root}: no bundle of version {version!r} (missing {Files.MANIFEST})"
+                f"{root}: no bundle of version {version!r} (missing {Files.MANIFEST})",
+                reason="missing",
             )
         return cls(root)
 
@@ -160,7 +168,7 @@ class Bundle:
         try:
             manifest = json.loads(self.path(Files.MANIFEST).read_text())
         except (OSError, ValueError) as e:
-            raise BundleError(f"{self.root}: unreadable manifest ({e})") from None
+            raise BundleError(f"{self.root}: unreadable manifest ({e})", reason="corrupt") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise BundleError(f"{self.root}: not a {FORMAT} bundle (foreign or corrupt manifest)")
         return manifest
@@ -175,17 +183,37 @@ class Bundle:
         files = manifest["files"]
         for name in required:
             if name not in files:
-                raise BundleError(f"{self.root}: bundle lacks {name} (partial bundle?)")
+                raise BundleError(
+                    f"{self.root}: bundle lacks {name} (partial bundle?)", reason="missing"
+                )
         for name, entry in files.items():
             p = self.path(name)
             if not p.is_file():
-                raise BundleError(f"{p}: listed in the manifest but missing")
+                raise BundleError(f"{p}: listed in the manifest but missing", reason="missing")
             if p.stat().st_size != entry["bytes"] or _sha256(p) != entry["sha256"]:
-                raise BundleError(f"{p}: sha256 does not match the manifest (corrupt or tampered)")
+                raise BundleError(
+                    f"{p}: sha256 does not match the manifest (corrupt or tampered)",
+                    reason="corrupt",
+                )
         return manifest
 
 
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write to; renamed onto ``path`` on success.
+
+    A reader (or a crash) never sees a half-written file: it sees the old file or the
+    new one. The temporary name keeps the suffix, for writers that go by it.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

@@ -36,7 +36,20 @@ class ConfigError(RecsysError):
 
 
 class BundleError(RecsysError):
-    """An artifacts bundle that cannot be trusted or loaded."""
+    """An artifacts bundle that cannot be trusted or loaded.
+
+    ``reason`` is the class of problem, a label of
+    ``recsys_bundle_load_failures_total``: ``missing`` (no such version or file),
+    ``corrupt`` (a file that does not match its hash or cannot be parsed),
+    ``non_finite`` (NaN or infinite weights or vectors), ``probe`` (the probe set's
+    scores are not reproduced) or ``invalid`` (parts that do not fit together).
+    """
+
+    REASONS = ("missing", "corrupt", "non_finite", "probe", "invalid")
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreError(RecsysError):

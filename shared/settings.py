@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -53,3 +53,41 @@ class Settings(BaseSettings):
         "when the bundle has none), or torch",
     )
     access_log: bool = Field(False, description="log every request (uvicorn's access log)")
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="largest request body; a longer one is refused with 413 "
+        "as soon as its header or its first bytes over the limit arrive",
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection that has not sent a whole request (headers and "
+        "body) this long after opening or after its previous response is closed",
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="idle keep-alive connections are closed after this"
+    )
+    max_concurrency: int = Field(
+        1024,
+        ge=1,
+        description="open connections or requests in flight per worker past which "
+        "new requests get 503 at once",
+    )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM: /readyz answers 503 while every request is still "
+        "served this long, then the worker stops (0: stop at once)",
+    )
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="comma-separated keys; when set, /rerank needs one in the X-API-Key header",
+    )
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """The accepted API keys (empty: no key needed)."""
+        return frozenset(
+            k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()
+        )

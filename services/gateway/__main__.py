@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
+from services.gateway.server import server_config
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -45,16 +47,10 @@ def worker_app() -> FastAPI:
 def main() -> None:
     settings = Settings()  # fails here, naming the variable, before any worker starts
     _logging(settings)
-    options = {
-        "host": settings.api_host,
-        "port": settings.api_port,
-        "log_level": settings.log_level.lower(),
-        "access_log": settings.access_log,
-    }
     if settings.workers == 1:
         from services.gateway.app import create_app  # noqa: PLC0415
 
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.Server(server_config(create_app(settings), settings)).run()
         return
     folder = os.environ.get(_MULTIPROC)
     if folder:  # the operator's folder: values of an earlier run must not be added in
@@ -62,9 +58,11 @@ def main() -> None:
             stale.unlink()
     else:
         os.environ[_MULTIPROC] = tempfile.mkdtemp(prefix="recsys-metrics-")
-    uvicorn.run(
-        "services.gateway.__main__:worker_app", factory=True, workers=settings.workers, **options
+    config = server_config(
+        "services.gateway.__main__:worker_app", settings, factory=True, workers=settings.workers
     )
+    # what uvicorn.run does for workers > 1, with the gateway's own config
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ The lifespan creates the Redis pool, loads the active bundle (models, FAISS inde
 tables) and starts the hot-reload poller; nothing is created at import
 time, so several apps (tests) live side by side, each with its own metrics registry.
 Errors become statuses here, at the edge: no bundle → 503, invalid input
-→ 422, anything else → 500 (counted in ``recsys_errors_total{kind="internal"}``).
+→ 422 (echoing at most a short prefix of what was sent), a body over
+``max_body_bytes`` → 413, a missing API key → 401, anything else → 500 (counted in
+``recsys_errors_total{kind="internal"}``). Bodies name the failing part, never a path
+or an address.
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, utc_now
 from services.gateway.routes import routers
 from services.gateway.runtime import Runtime
+from services.gateway.server import drain_on_sigterm
 from shared.errors import BundleError, RecsysError, StoreError
 from shared.settings import Settings
 
@@ -35,6 +41,8 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 _ERROR_KINDS = ((BundleError, "bundle"), (StoreError, "redis"))  # → recsys_errors_total{kind}
+_MAX_ERRORS = 10  # validation errors listed in a 422
+_MAX_ECHO = 64  # characters of an invalid input echoed back
 
 
 def create_app(
@@ -61,6 +69,7 @@ def create_app(
         torch.set_num_threads(settings.torch_threads)
         runtime = Runtime(settings, metrics, clock)
         app.state.runtime = runtime
+        drain_on_sigterm(runtime.start_drain, settings.drain_s)
         await runtime.start()
         try:
             yield
@@ -76,9 +85,11 @@ def create_app(
         # "/recall/a%2F" decodes to "/recall/a/": a uid with a slash is not addressable,
         # and redirecting it to "/recall/a" would answer for another user
         redirect_slashes=False,
+        max_body_size=settings.max_body_bytes,
     )
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.api_keys = settings.api_key_set
     for router in routers:
         app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -86,7 +97,25 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_input(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("validation").inc()
-        return await request_validation_exception_handler(request, exc)
+        errors = [_brief(e) for e in exc.errors()[:_MAX_ERRORS]]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI: a body it could not decode (not UTF-8)
+            return await invalid_input(
+                request,
+                RequestValidationError(
+                    [
+                        {
+                            "type": "json_invalid",
+                            "loc": ("body",),
+                            "msg": "the body is not UTF-8 JSON",
+                        }
+                    ]
+                ),
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RecsysError)
     async def unavailable(request: Request, exc: RecsysError) -> JSONResponse:
@@ -101,6 +130,21 @@ def create_app(
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     return app
+
+
+def _brief(error: Any) -> dict[str, Any]:
+    """A validation error with at most a short prefix of the offending input."""
+    brief = {k: error[k] for k in ("type", "loc", "msg", "ctx") if k in error}
+    if "input" in error:
+        value = error["input"]
+        if isinstance(value, str):
+            value = value[:_MAX_ECHO]
+        elif isinstance(value, bytes):
+            value = value[:_MAX_ECHO].hex()
+        elif isinstance(value, list | tuple | dict) and len(repr(value)) > 4 * _MAX_ECHO:
+            value = f"<{type(value).__name__} of {len(value)} entries>"
+        brief["input"] = value
+    return brief
 
 
 class RequestMetrics:

@@ -47,6 +47,7 @@ from shared.models.scoring import (
     split_tables,
 )
 from shared.models.towers import TwoTower, UserTower
+from shared.probes import Probe, mismatch, read_probes
 from shared.recall import SeenItems, nearest
 from shared.schema import DatasetSpec
 
@@ -165,11 +166,14 @@ class ServingBundle:
         started = time.perf_counter()
         try:
             loaded = cls._load(Path(artifacts_dir), version, ranker, runtime)
+        except BundleError:
+            raise
         except RecsysError as e:
             raise BundleError(str(e)) from None
         except Exception as e:  # polars, FAISS, numpy: a file that is not what it claims
             raise BundleError(
-                f"{Path(artifacts_dir) / version}: cannot load bundle: {type(e).__name__}: {e}"
+                f"{Path(artifacts_dir) / version}: cannot load bundle: {type(e).__name__}: {e}",
+                reason="corrupt",
             ) from e
         log.info(
             "loaded bundle %s (%s ranker on %s, %d users, %d items) in %.2f s",
@@ -190,7 +194,7 @@ class ServingBundle:
             Files.SPEC, Files.FEATURE_MAP, Files.USERS, Files.ITEMS, Files.INTERACTIONS,
             Files.INDEX, Files.HOT, Files.ITEM_EMBEDDINGS, Files.USER_EMBEDDINGS,
             *(p.name for p in checkpoint_paths(bundle.path(Files.TWO_TOWER))),
-            *(p.name for p in checkpoint_paths(bundle.path(ranker_prefix))),
+            *(p.name for p in checkpoint_paths(bundle.path(ranker_prefix))), Files.PROBES,
         )  # fmt: skip
         manifest = bundle.verify(required=required)
         if manifest.get("version") != version:
@@ -262,7 +266,7 @@ class ServingBundle:
         rest = np.setdiff1d(np.arange(1, n_items), hot, assume_unique=False)
         hot = np.concatenate([hot.astype(np.int64), rest]).astype(np.int64)
 
-        return cls(
+        served = cls(
             version=version,
             root=bundle.root,
             manifest=manifest,
@@ -284,6 +288,36 @@ class ServingBundle:
             tasks=tasks,
             item_ids=tables.items.ids,
         )
+        served._prove(read_probes(bundle.path(Files.PROBES), ranker_kind))
+        return served
+
+    def _prove(self, probes: list[Probe]) -> None:
+        """Refuse to serve unless the arrays are finite and the probe set is reproduced.
+
+        Raises:
+            BundleError: ``non_finite`` or ``probe``, naming the array or the difference.
+        """
+        arrays = {
+            Files.USER_EMBEDDINGS: self.user_vectors,
+            Files.ITEM_EMBEDDINGS: self.item_vectors,
+            **{f"{self.ranker_kind} {p}": getattr(self.split, p) for p in _SPLIT_PARTS},
+        }
+        for name, array in arrays.items():
+            if not np.isfinite(array).all():
+                raise BundleError(f"{self.root}: non-finite values in {name}", reason="non_finite")
+        for probe in probes:
+            rows = np.asarray(probe.item_rows, dtype=np.int64)
+            if not 0 <= probe.user_row < len(self.tables.users) or (
+                rows.min(initial=1) < 1 or rows.max(initial=1) >= len(self.item_ids)
+            ):
+                raise BundleError(f"{self.root}: probe rows outside the tables", reason="probe")
+            got = self.score(probe.user_row, rows, probe.hour, probe.dow)
+            if why := mismatch(probe, got.score, got.probs):
+                raise BundleError(
+                    f"{self.root}: the {self.ranker_kind} probe set fails on the "
+                    f"{self.runtime} path: {why}",
+                    reason="probe",
+                )
 
     # --- lookups -------------------------------------------------------------------
     def user_row(self, uid: str) -> int:

@@ -13,7 +13,7 @@ values there and ``/metrics``, whichever worker answers, adds them up
     recsys_fallbacks_total{reason}               counter, online_tower|global_hot|memory_hot|inline_scoring
     recsys_errors_total{kind}                    counter, redis|bundle|validation|reload|scorer|internal
     recsys_served_version_info{version}          gauge, 1 for the bundle version being served
-    recsys_bundle_load_failures_total            counter
+    recsys_bundle_load_failures_total{reason}    counter, missing|corrupt|non_finite|probe|invalid
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from shared.errors import BundleError
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -71,12 +73,15 @@ class Metrics:
         )  # fmt: skip
         self._version: str | None = None
         self.bundle_load_failures = Counter(
-            "recsys_bundle_load_failures", "Bundle versions that failed to load", registry=r
-        )
+            "recsys_bundle_load_failures", "Bundle versions refused, by the class of problem",
+            ["reason"], registry=r,
+        )  # fmt: skip
         for stage in ("recall", "features", "scoring"):
             self.stage_latency.labels(stage)
         for reason in ("online_tower", "global_hot", "memory_hot", "inline_scoring"):
             self.fallbacks.labels(reason)
+        for reason in BundleError.REASONS:
+            self.bundle_load_failures.labels(reason)
 
     def serve_version(self, version: str) -> None:
         """Mark ``version`` as the one served (and the previous one as not)."""

@@ -8,8 +8,10 @@ Recall for a user, in order of preference:
    (``recsys_fallbacks_total{reason="online_tower"}``);
 3. a user the bundle does not know (a cold start): the version's ``global_hot`` ZSET
    (``reason="global_hot"``);
-4. Redis unreachable: the hot list the bundle holds in memory, with ``degraded: true``
-   (``reason="memory_hot"``); never an error.
+4. Redis unreachable (within ``redis_timeout_s``, its retry included): the hot list the
+   bundle holds in memory, with ``degraded: true`` (``reason="memory_hot"``); never an
+   error. While Redis answers but names no active version (restarted empty), answers
+   come from 2. and 3. and say ``degraded: true`` too.
 
 Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
 items the user already interacted with, and is padded from the memory hot list up to
@@ -97,6 +99,7 @@ class Recommender:
         self.metrics = metrics
         self.clock = clock
         self._redis_down = False  # log outages once, not once per request
+        self.store_empty = False  # Redis answers but names no active version (Runtime.sync)
         self._recall_seconds = metrics.stage_latency.labels("recall")
         self._features_seconds = metrics.stage_latency.labels("features")
         self._scoring_seconds = metrics.stage_latency.labels("scoring")
@@ -109,15 +112,17 @@ class Recommender:
         seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
         source, degraded, primary = "redis", False, _NONE
         try:
-            if user_row:
-                listed = await self.redis.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
-                hot = []
-            else:  # a cold user may still have a list; fetch the hot list in the same trip
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
-                pipe.zrevrange(self.keys.global_hot(bundle.version), 0, n - 1)
-                listed, hot = await pipe.execute()
-        except (RedisError, OSError) as e:
+            async with asyncio.timeout(self.settings.redis_timeout_s):  # the retry included
+                if user_row:
+                    key = self.keys.recall(bundle.version, uid)
+                    listed = await self.redis.zrevrange(key, 0, n - 1)
+                    hot = []
+                else:  # a cold user may still have a list; fetch the hot list in the same trip
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+                    pipe.zrevrange(self.keys.global_hot(bundle.version), 0, n - 1)
+                    listed, hot = await pipe.execute()
+        except (RedisError, OSError) as e:  # TimeoutError is an OSError
             if not self._redis_down:
                 log.warning("redis unreachable (%s): answering from the memory hot list", e)
                 self._redis_down = True
@@ -127,6 +132,7 @@ class Recommender:
             if self._redis_down:
                 log.warning("redis answers again: recall lists are back")
                 self._redis_down = False
+            degraded = self.store_empty
             if listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
                 primary = primary[(primary > 0) & ~_member(primary, seen)]

@@ -4,12 +4,19 @@ Hot reload: a background task reads ``recsys:active`` every ``reload_interval_s`
 it names another version, the bundle is loaded in a worker thread
 (``asyncio.to_thread``) while the current one keeps serving, then swapped in with one
 reference assignment; a request holds the bundle it started with to the end, so a
-swap never mixes versions inside a request. A version that fails to load leaves the
-old one serving, shows as ``bundle: "stale: …"`` in ``/health`` and counts in
-``recsys_bundle_load_failures_total``; it is retried with exponential backoff.
+swap never mixes versions inside a request. A version must prove itself first (every
+file's hash, finite weights, its probe set reproduced: :mod:`shared.probes`); one that
+fails leaves the old one serving, shows as ``bundle: "stale: …"`` in ``/health``,
+counts in ``recsys_bundle_load_failures_total{reason}`` and is retried with
+exponential backoff.
 
 At start-up with Redis unreachable, the newest complete bundle on disk (``LATEST``) is
 served, degraded, until Redis answers.
+
+Three views of the state: alive (the process answers), ready (a verified bundle is
+served and no drain has begun; Redis down is still ready, flagged) and healthy (every
+dependency as it is: :meth:`Runtime.health`). Public texts name the failing part and
+the class of problem; paths and addresses go to the log only.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from redis.exceptions import RedisError
 from services.gateway.bundle import ServingBundle
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, Recommender, utc_now
-from services.gateway.schemas import HealthResponse
+from services.gateway.schemas import HealthResponse, ReadyResponse
 from services.gateway.scorer import Scorer, ScoringProcess
 from shared.bundle import Bundle
 from shared.errors import BundleError
@@ -51,7 +58,8 @@ class Runtime:
         self.keys = Keys(settings.key_prefix)
         timeout = settings.redis_timeout_s
         # short timeouts and one immediate retry (a pooled connection that died with a
-        # restarted server reconnects); never the client's default exponential backoff
+        # restarted server reconnects); never the client's default exponential backoff.
+        # Each call is bounded as a whole, retry included, by asyncio.timeout
         self.redis = aredis.Redis.from_url(
             settings.redis_url,
             socket_timeout=timeout,
@@ -69,12 +77,19 @@ class Runtime:
         self.recommender = Recommender(
             settings, self.redis, self.scorer, self.executor, metrics, clock
         )
-        self.bundle_error: str | None = None
+        self.bundle_error: str | None = None  # public: no paths, no addresses
+        self.store_note: str | None = None  # Redis answers but lacks the active version
+        self.redis_answered = False  # at the last sync
+        self.draining = False
         self._bundle: ServingBundle | None = None
         self._failed: dict[str, tuple[int, float]] = {}  # version → (attempts, retry at)
         self._sync_lock = asyncio.Lock()
         self._reloader: asyncio.Task[None] | None = None
         self._closing = False
+
+    def start_drain(self) -> None:
+        """From now on ``/readyz`` answers 503; requests are still served."""
+        self.draining = True
 
     # --- the served bundle ------------------------------------------------------------
     @property
@@ -106,7 +121,8 @@ class Runtime:
     async def start(self) -> None:
         if self.process is not None:
             await self.process.start()
-        if not await self.sync() and self._bundle is None:
+        await self.sync()
+        if self._bundle is None:  # Redis down, empty, or naming a version that failed
             await self._load_latest()
         self._reloader = asyncio.create_task(self._reload_forever(), name="recsys-reloader")
 
@@ -140,15 +156,24 @@ class Runtime:
         """
         async with self._sync_lock:
             try:
-                active = await self.redis.get(self.keys.active)
+                async with asyncio.timeout(self.settings.redis_timeout_s):
+                    active = await self.redis.get(self.keys.active)
             except (RedisError, OSError) as e:
+                self.redis_answered = False
                 if self._bundle is None:
-                    self.bundle_error = f"redis unreachable: {e}"
+                    self.bundle_error = f"redis unreachable ({type(e).__name__})"
                 return False
+            self.redis_answered = True
             current = self._bundle
+            self.store_note = (
+                f"no active version ({self.keys.active} is unset)" if active is None else None
+            )
+            self.recommender.store_empty = active is None
             if active is None:
                 if current is None:
-                    self.bundle_error = f"no active version in Redis ({self.keys.active} unset)"
+                    self.bundle_error = "no active version in Redis to load"
+                elif self.bundle_error and self.bundle_error.startswith("redis unreachable"):
+                    self.bundle_error = None  # Redis answers again; it just names nothing
                 return True
             if current is not None and active == current.version:
                 self.bundle_error = None
@@ -178,10 +203,10 @@ class Runtime:
             attempts += 1
             delay = min(_MAX_RETRY_S, self.settings.reload_interval_s * 2**attempts)
             self._failed[version] = (attempts, time.monotonic() + delay)
-            self.bundle_error = f"version {version} failed to load: {e}"
-            self.metrics.bundle_load_failures.inc()
+            self.bundle_error = f"version {version} refused ({e.reason})"
+            self.metrics.bundle_load_failures.labels(e.reason).inc()
             self.metrics.errors.labels("bundle").inc()
-            log.error("%s; retrying in %.0f s", self.bundle_error, delay)
+            log.error("version %s refused: %s; retrying in %.0f s", version, e, delay)
             return False
         if prepared is not None:
             try:
@@ -193,25 +218,55 @@ class Runtime:
         return True
 
     async def _load_latest(self) -> None:
+        why = self.bundle_error
         try:
             version = Bundle.open(self.settings.artifacts_dir).version
         except BundleError as e:
-            log.warning("redis unreachable and no bundle on disk: %s", e)
+            log.warning("%s, and no bundle on disk: %s", why, e)
             return
-        log.warning("redis unreachable at start-up: serving %s, the newest bundle on disk", version)
+        if version in self._failed:
+            return
+        log.warning("%s at start-up: serving %s, the newest bundle on disk", why, version)
         error = self.bundle_error
         if await self._load(version):
             self.bundle_error = error  # still not the version Redis names: say so in /health
 
     # --- health ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """A verified bundle is served and no drain has begun (Redis may be down)."""
+        return self._bundle is not None and not self.draining
+
+    def readiness(self) -> ReadyResponse:
+        """What ``/readyz`` says, from the state the poller keeps (no Redis call)."""
+        bundle = self._bundle
+        reason = (
+            "draining" if self.draining
+            else None if bundle is not None
+            else f"no bundle: {self.bundle_error or 'starting'}"
+        )  # fmt: skip
+        degraded = not self.redis_answered or bool(self.store_note or self.bundle_error)
+        return ReadyResponse(
+            ready=self.ready,
+            version=bundle.version if bundle else None,
+            degraded=degraded,
+            reason=reason,
+        )
+
     async def health(self) -> HealthResponse:
-        """Each dependency's state; ``status`` is ``unavailable`` when one is down."""
+        """Each dependency's state.
+
+        ``status``: ``ok``; ``degraded`` while requests are answered with a part down or
+        stale (Redis unreachable or without an active version, an older bundle, inline
+        scoring); ``unavailable`` without a bundle (every recommendation is a 503).
+        """
         deps: dict[str, str] = {}
         try:
-            await self.redis.ping()
-            deps["redis"] = "ok"
+            async with asyncio.timeout(self.settings.redis_timeout_s):
+                await self.redis.ping()
+            deps["redis"] = f"stale: {self.store_note}" if self.store_note else "ok"
         except (RedisError, OSError) as e:
-            deps["redis"] = f"down: {e or type(e).__name__}"
+            deps["redis"] = f"down: {type(e).__name__}"
         bundle = self._bundle
         if bundle is None:
             deps["bundle"] = f"missing: {self.bundle_error or 'starting'}"
@@ -222,9 +277,12 @@ class Runtime:
         if self.process is not None:  # never failing: without it requests are scored inline
             serving = bundle is not None and self.process.holds(bundle.version)
             deps["scorer"] = "ok" if serving else "inline: the scoring process is not ready"
-        failing = [name for name, state in deps.items() if state.startswith(("down", "missing"))]
+        failing = [name for name, state in deps.items() if state != "ok"]
+        status = "unavailable" if bundle is None else "degraded" if failing else "ok"
         return HealthResponse(
-            status="unavailable" if failing else "ok",
+            status=status,
+            ready=self.ready,
+            draining=self.draining,
             version=bundle.version if bundle else None,
             dependencies=deps,
             failing=failing,

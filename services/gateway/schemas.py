@@ -1,8 +1,9 @@
 """Request and response bodies of the HTTP API (ARCHITECTURE.md, "HTTP API").
 
 Invalid input is refused with 422 naming the field and the reason: ``top_k`` outside
-1..200, a uid that is empty, longer than 128 characters or not printable, a rerank
-request of more than 1000 items.
+1..200, a uid that is empty, longer than 128 characters, not printable or not UTF-8, a
+rerank request of more than 1000 items or a body that is not UTF-8 JSON. Every rule is
+in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "MAX_RERANK_ITEMS",
     "MAX_TOP_K",
     "MAX_UID_LENGTH",
+    "PROTECTED",
+    "UNAVAILABLE",
+    "ErrorResponse",
     "HealthResponse",
     "JSONBytes",
     "ItemId",
     "RecallResponse",
+    "ReadyResponse",
     "RecommendResponse",
     "RerankRequest",
     "RerankResponse",
@@ -35,23 +40,21 @@ MAX_UID_LENGTH = 128
 MAX_RERANK_ITEMS = 1000
 
 
-def _printable(value: str) -> str:
-    if not value.isprintable():
-        raise ValueError("must be printable (no control or separator characters)")
-    return value
-
-
-_UID_DOC = f"user id: 1 to {MAX_UID_LENGTH} printable characters; an unknown user is a cold start"
+# printable: no Unicode "Other" (control, format, private, unassigned) or separator
+# characters but the ASCII space, as str.isprintable; in the schema, checked by pydantic
+UID_PATTERN = r"^(?:[^\p{C}\p{Z}]| )+$"
+_UID_DOC = (
+    f"user id: 1 to {MAX_UID_LENGTH} printable characters (no control, format or separator "
+    "characters but the space; UTF-8 in the path); an unknown user is a cold start"
+)
 
 UidPath = Annotated[
     str,
-    Path(min_length=1, max_length=MAX_UID_LENGTH, description=_UID_DOC),
-    AfterValidator(_printable),
+    Path(min_length=1, max_length=MAX_UID_LENGTH, pattern=UID_PATTERN, description=_UID_DOC),
 ]
 Uid = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_UID_LENGTH),
-    AfterValidator(_printable),
+    StringConstraints(min_length=1, max_length=MAX_UID_LENGTH, pattern=UID_PATTERN),
     Field(description=_UID_DOC),
 ]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -81,7 +84,10 @@ class RecallResponse(_Body):
     version: str = Field(description="the bundle version that answered")
     count: int
     is_cold_start: bool = Field(description="the served bundle does not know this user")
-    degraded: bool = Field(description="Redis was unreachable: answered from the memory hot list")
+    degraded: bool = Field(
+        description="answered without the store's recall lists: Redis was unreachable "
+        "(memory hot list) or named no active version"
+    )
     items: list[str] = Field(description="item ids, best first")
 
 
@@ -99,7 +105,10 @@ class RecommendResponse(_Body):
     stage: Literal["rank"] = "rank"
     is_cold_start: bool = Field(description="the served bundle does not know this user")
     version: str = Field(description="the bundle version that answered")
-    degraded: bool = Field(description="Redis was unreachable: answered from the memory hot list")
+    degraded: bool = Field(
+        description="answered without the store's recall lists: Redis was unreachable "
+        "(memory hot list) or named no active version"
+    )
     items: list[ScoredItem] = Field(description="best first")
 
 
@@ -123,10 +132,45 @@ class RerankResponse(_Body):
     unknown_items: list[str] = Field(description="given ids the served bundle does not know")
 
 
+class ErrorResponse(_Body):
+    detail: str = Field(
+        description="what is wrong; names the failing part, never a path or address"
+    )
+
+
+UNAVAILABLE = {
+    503: {
+        "model": ErrorResponse,
+        "description": "no verified bundle to serve yet, or the worker's concurrency limit "
+        "is reached (retry later)",
+    }
+}
+PROTECTED = {
+    401: {
+        "model": ErrorResponse,
+        "description": "RECSYS_API_KEYS is set: a valid X-API-Key is needed",
+    },
+    413: {"model": ErrorResponse, "description": "the body is over RECSYS_MAX_BODY_BYTES"},
+}
+
+
 class HealthResponse(_Body):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok; degraded: answering, with a dependency down or stale; "
+        "unavailable: no verified bundle, recommendations are refused"
+    )
+    ready: bool = Field(description="what /readyz answers: a bundle is served, no drain begun")
+    draining: bool = Field(description="SIGTERM received: stopping after the drain period")
     version: str | None = Field(description="the bundle version being served")
     dependencies: dict[str, str] = Field(
-        description='each dependency\'s state: "ok", or what is wrong with it'
+        description='each dependency\'s state: "ok", or what is wrong with it (no paths or '
+        "addresses: those are in the log)"
     )
-    failing: list[str] = Field(default_factory=list, description="dependencies that are down")
+    failing: list[str] = Field(default_factory=list, description="dependencies that are not ok")
+
+
+class ReadyResponse(_Body):
+    ready: bool
+    version: str | None = Field(description="the bundle version being served")
+    degraded: bool = Field(description="answering with a dependency down or stale (see /health)")
+    reason: str | None = Field(None, description="why not ready")

@@ -13,14 +13,15 @@ tensors, so loading never executes code from disk. Tensors shared between module
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import safetensors.torch
+import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from torch import nn
 
+from shared.bundle import atomic_path
 from shared.config import StrictConfig
 from shared.errors import BundleError
 from shared.models.rankers import DCNv2, DeepFM, RankerConfig
@@ -74,13 +75,11 @@ def save_model(
         )
     weights, meta = checkpoint_paths(path_prefix)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp_weights = weights.with_name(weights.name + ".tmp")
-    safetensors.torch.save_model(model, str(tmp_weights), metadata={"format": FORMAT, "kind": kind})
-    os.replace(tmp_weights, weights)
+    with atomic_path(weights) as tmp:
+        safetensors.torch.save_model(model, str(tmp), metadata={"format": FORMAT, "kind": kind})
     description = {"format": FORMAT, "kind": kind, "config": config.model_dump(mode="json")}
-    tmp_meta = meta.with_name(meta.name + ".tmp")
-    tmp_meta.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_meta, meta)
+    with atomic_path(meta) as tmp:
+        tmp.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
     return weights, meta
 
 
@@ -96,17 +95,17 @@ def load_model(path_prefix: str | Path, device: str = "cpu") -> nn.Module:
 
     Raises:
         BundleError: a missing or unreadable file, an unknown format or kind, an
-            invalid config, or weights that do not fit the config.
+            invalid config, weights that do not fit the config or are not all finite.
     """
     weights, meta = checkpoint_paths(path_prefix)
     for path in (meta, weights):
         if not path.is_file():
-            raise BundleError(f"{path}: model file not found")
+            raise BundleError(f"{path}: model file not found", reason="missing")
     try:
         description = json.loads(meta.read_text())
         fmt, kind, data = description["format"], description["kind"], description["config"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"{meta}: not a model description ({e!r})") from None
+        raise BundleError(f"{meta}: not a model description ({e!r})", reason="corrupt") from None
     if fmt != FORMAT:
         raise BundleError(f"{meta}: format {fmt!r}, expected {FORMAT!r}")
     if kind not in MODELS:
@@ -123,6 +122,10 @@ def load_model(path_prefix: str | Path, device: str = "cpu") -> nn.Module:
         safetensors.torch.load_model(model, str(weights), strict=True, device=device)
     except (SafetensorError, RuntimeError, OSError) as e:
         raise BundleError(
-            f"{weights}: weights do not fit the {kind} config in {meta.name}: {e}"
+            f"{weights}: weights do not fit the {kind} config in {meta.name}: {e}",
+            reason="corrupt",
         ) from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BundleError(f"{weights}: non-finite values in {name}", reason="non_finite")
     return model.to(device).eval()

@@ -5,17 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from services.gateway.deps import serving
-from services.gateway.routes.empty_uid import refuse_empty_uid
-from services.gateway.schemas import JSONBytes, RecallResponse, TopK, UidPath
+from services.gateway.routes.uid import check_utf8, refuse_empty_uid
+from services.gateway.schemas import UNAVAILABLE, JSONBytes, RecallResponse, TopK, UidPath
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["recommendations"])
 
 
-@router.get("/recall/{uid}", response_model=RecallResponse, response_class=JSONBytes)
+@router.get(
+    "/recall/{uid}",
+    response_model=RecallResponse,
+    response_class=JSONBytes,
+    responses=UNAVAILABLE,
+)
 async def recall(uid: UidPath, request: Request, top_k: TopK = 50) -> JSONBytes:
     """Candidate item ids for a user: Redis recall list, else online tower + FAISS, else hot items."""
+    check_utf8(uid, request)
     recommender, bundle = serving(request)
     return JSONBytes(await recommender.recall(bundle, uid, top_k))
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from services.gateway.deps import serving
-from services.gateway.routes.empty_uid import refuse_empty_uid
-from services.gateway.schemas import JSONBytes, RecommendResponse, TopK, UidPath
+from services.gateway.routes.uid import check_utf8, refuse_empty_uid
+from services.gateway.schemas import UNAVAILABLE, JSONBytes, RecommendResponse, TopK, UidPath
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["recommendations"])
 
 
-@router.get("/recommend/{uid}", response_model=RecommendResponse, response_class=JSONBytes)
+@router.get(
+    "/recommend/{uid}",
+    response_model=RecommendResponse,
+    response_class=JSONBytes,
+    responses=UNAVAILABLE,
+)
 async def recommend(uid: UidPath, request: Request, top_k: TopK = 10) -> JSONBytes:
     """The top_k items for a user, ranked, with each task's probability and the served version."""
+    check_utf8(uid, request)
     recommender, bundle = serving(request)
     return JSONBytes(await recommender.recommend(bundle, uid, top_k))
 

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.gateway.app import create_app
+from services.gateway.server import server_config
 from shared.redis_server import free_port
 from shared.settings import Settings
 from tests.services.conftest import PINNED, BuiltBundle
@@ -28,9 +29,8 @@ class LiveGateway:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
+        settings = app.state.settings.model_copy(update={"api_port": self.port})
+        config = server_config(app, settings, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)

@@ -10,7 +10,7 @@ from services.gateway.schemas import RecallResponse, RecommendResponse, RerankRe
 from shared.bundle import Files
 from shared.keys import Keys
 from tests.services.conftest import BuiltBundle, null_user_features
-from tests.services.gateway.conftest import LiveGateway, MakeGateway
+from tests.services.gateway.conftest import LiveGateway, MakeGateway, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,20 @@ def test_health_names_each_dependency(api: LiveGateway, built: BuiltBundle) -> N
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
+        "ready": True,
+        "draining": False,
         "version": built.version,
         "dependencies": {"redis": "ok", "bundle": "ok"},
         "failing": [],
+    }
+    assert api.get("/livez").json() == {"status": "alive"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "ready": True,
+        "version": built.version,
+        "degraded": False,
+        "reason": None,
     }
 
 
@@ -187,11 +198,12 @@ def test_rerank_ranks_the_given_items_and_reports_unknown_ones(
         ("GET", "/recommend/u1?top_k=201", None, "less than or equal to 200"),
         ("GET", "/recall/u1?top_k=abc", None, "valid integer"),
         ("GET", "/recommend/" + "u" * 129, None, "at most 128 characters"),
-        ("GET", "/recall/bad%01uid", None, "printable"),
+        ("GET", "/recall/bad%01uid", None, "match pattern"),
+        ("GET", "/recall/bad%E2%80%8Buid", None, "match pattern"),  # a zero-width space
         ("GET", "/recommend/", None, "must not be empty"),
         ("GET", "/recall/", None, "must not be empty"),
         ("POST", "/rerank", {"uid": "", "items": []}, "at least 1 character"),
-        ("POST", "/rerank", {"uid": "a\nb", "items": []}, "printable"),
+        ("POST", "/rerank", {"uid": "a\nb", "items": []}, "match pattern"),
         ("POST", "/rerank", {"uid": "u1", "items": ["i"] * 1001}, "at most 1000 items"),
         (
             "POST",
@@ -229,7 +241,7 @@ def test_metrics_expose_the_dashboard_contract(
         "recsys_cold_starts_total 1.0",
         'recsys_fallbacks_total{reason="global_hot"} 1.0',
         'recsys_errors_total{kind="validation"} 1.0',
-        "recsys_bundle_load_failures_total 0.0",
+        'recsys_bundle_load_failures_total{reason="probe"} 0.0',
     ):
         assert line in text, line
     assert "recsys_served_version_info{version=" in text
@@ -263,18 +275,52 @@ def test_answers_are_exactly_the_documented_schemas(
         RerankResponse.model_validate_json(body, strict=True)
 
 
-def test_no_bundle_yet_is_503(make_gateway: MakeGateway, redis_server) -> None:  # noqa: ANN001
+def test_no_bundle_yet_is_503(
+    make_gateway: MakeGateway,
+    redis_server,
+    tmp_path,  # noqa: ANN001
+) -> None:
     from tests.services.conftest import db_url  # noqa: PLC0415
 
     url = db_url(redis_server, 7)
     redis.Redis.from_url(url).flushdb()
-    api = make_gateway(url)
+    api = make_gateway(url, artifacts_dir=tmp_path)  # no bundle on disk either
     health = api.get("/health")
     assert health.status_code == 503
-    assert health.json()["failing"] == ["bundle"]
+    assert health.json()["status"] == "unavailable" and health.json()["ready"] is False
+    assert health.json()["failing"] == ["redis", "bundle"]
     assert "no active version" in health.json()["dependencies"]["bundle"]
+    assert api.get("/readyz").status_code == 503
+    assert api.get("/livez").status_code == 200
     response = api.get("/recommend/u1")
     assert response.status_code == 503 and "no bundle loaded yet" in response.json()["detail"]
+    assert str(tmp_path) not in health.text + response.text
+
+
+def test_redis_restarted_empty_is_stale_and_degraded(
+    make_gateway: MakeGateway,
+    own_redis,
+    built: BuiltBundle,  # noqa: ANN001
+) -> None:
+    built.publish(own_redis.url)
+    api = make_gateway(own_redis.url)
+    uid = built.users()["user_id"][0]
+    assert api.get(f"/recommend/{uid}").json()["degraded"] is False
+    redis.Redis.from_url(own_redis.url).flushall()  # as a restart without persistence would
+
+    def stale() -> bool:
+        return api.get("/health").json()["dependencies"]["redis"].startswith("stale")
+
+    wait_for(stale)
+    health = api.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert "no active version" in health.json()["dependencies"]["redis"]
+    assert api.get("/readyz").json()["degraded"] is True
+    body = api.get(f"/recommend/{uid}").json()
+    assert body["degraded"] is True and len(body["items"]) == 10  # online tower, from the bundle
+    built.publish(own_redis.url)
+    wait_for(lambda: api.get("/health").json()["status"] == "ok")
+    assert api.get(f"/recommend/{uid}").json()["degraded"] is False
 
 
 def test_every_metric_the_dashboard_reads_is_exported(api: LiveGateway) -> None:

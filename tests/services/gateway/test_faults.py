@@ -22,9 +22,11 @@ def test_outage_degrades_then_recovers_without_restart(
 
     own_redis.stop()
     health = gateway.get("/health")
-    assert health.status_code == 503
-    assert health.json()["failing"] == ["redis"]
-    assert health.json()["dependencies"]["redis"].startswith("down")
+    assert health.status_code == 200  # answering, degraded: no probe pulls every replica
+    assert health.json()["status"] == "degraded" and health.json()["failing"] == ["redis"]
+    assert health.json()["dependencies"]["redis"] == "down: ConnectionError"  # no address
+    wait_for(lambda: gateway.get("/readyz").json()["degraded"] is True)
+    assert gateway.get("/readyz").status_code == 200
     for _ in range(3):
         response = gateway.get(f"/recommend/{uid}", params={"top_k": 10})
         assert response.status_code == 200
@@ -43,7 +45,7 @@ def test_outage_degrades_then_recovers_without_restart(
 
     own_redis.start()  # same port, empty: the worker publishes again
     built.publish(own_redis.url)
-    wait_for(lambda: gateway.get("/health").status_code == 200)
+    wait_for(lambda: gateway.get("/health").json()["status"] == "ok")
     body = gateway.get(f"/recommend/{uid}").json()
     assert body["degraded"] is False and len(body["items"]) == 10
 
@@ -51,7 +53,7 @@ def test_outage_degrades_then_recovers_without_restart(
 def test_a_stalled_redis_times_out_into_degraded_answers(
     make_gateway: MakeGateway, own_redis: RedisServer, built: BuiltBundle
 ) -> None:
-    gateway = make_gateway(own_redis.url, redis_timeout_s=0.1)
+    gateway = make_gateway(own_redis.url, redis_timeout_s=0.25)
     uid = built.users()["user_id"][0]
     gateway.get(f"/recommend/{uid}")  # warm the pool
     pauser = redis.Redis.from_url(own_redis.url)
@@ -64,7 +66,7 @@ def test_a_stalled_redis_times_out_into_degraded_answers(
         pauser.execute_command("CLIENT", "UNPAUSE")
         pauser.close()
     assert body["degraded"] is True and len(body["items"]) == 10
-    assert elapsed < 1.0  # two 0.1 s attempts, not the 1.5 s pause
+    assert elapsed < 0.4  # the timeout bounds the call, its retry included: not 2 × 0.25 s
     wait_for(lambda: gateway.get(f"/recommend/{uid}").json()["degraded"] is False)
 
 
@@ -74,8 +76,9 @@ def test_start_with_redis_down_serves_the_newest_bundle_on_disk(
     own_redis.stop()
     gateway = make_gateway(own_redis.url)
     health = gateway.get("/health")
-    assert health.status_code == 503 and health.json()["failing"] == ["redis"]
+    assert health.status_code == 200 and health.json()["failing"] == ["redis", "bundle"]
     assert health.json()["version"] == built.version
+    assert health.json()["dependencies"]["bundle"] == "stale: redis unreachable (ConnectionError)"
     body = gateway.get(f"/recommend/{built.users()['user_id'][0]}").json()
     assert body["degraded"] is True and body["items"]
 
@@ -85,7 +88,7 @@ def test_start_with_redis_down_serves_the_newest_bundle_on_disk(
     wait_for(
         lambda: gateway.get("/health").json()["dependencies"] == {"redis": "ok", "bundle": "ok"}
     )
-    assert gateway.get("/health").status_code == 200
+    assert gateway.get("/health").json()["status"] == "ok"
 
 
 def test_a_dead_scoring_process_is_scored_inline_then_restarted(

@@ -1,0 +1,127 @@
+"""How the gateway is served: uvicorn with every request bounded, and a drain on SIGTERM.
+
+- A connection must deliver a whole request (headers and body) within
+  ``RECSYS_REQUEST_TIMEOUT_S`` of opening or of its previous response, or it is closed
+  (:class:`BoundedProtocol`): half-sent requests cannot hold connections.
+- Idle keep-alive connections close after ``RECSYS_KEEP_ALIVE_S``; past
+  ``RECSYS_MAX_CONCURRENCY`` open connections or requests in flight, new requests get
+  503 at once (uvicorn's ``limit_concurrency``).
+- Request bodies longer than ``RECSYS_MAX_BODY_BYTES`` get 413 without the rest being
+  read (FastAPI's ``max_body_size``, set by the app).
+- SIGTERM starts a drain (:func:`drain_on_sigterm`): ``/readyz`` turns 503 so a load
+  balancer stops sending, every request is still served for ``RECSYS_DRAIN_S``, then
+  uvicorn's graceful stop finishes what is in flight. A second SIGTERM stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.settings import Settings
+
+__all__ = ["BoundedProtocol", "drain_on_sigterm", "server_config"]
+
+log = logging.getLogger(__name__)
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's config plus the request read deadline :class:`BoundedProtocol` reads."""
+
+    def __init__(self, app: Any, request_timeout_s: float, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.request_timeout_s = request_timeout_s
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for reading each request."""
+
+    def __init__(self, config: _Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._read_timeout = config.request_timeout_s
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection has the same deadline
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self._read_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            return  # a whole request, being answered
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """The uvicorn config of the gateway: ``app`` (or a factory's import path), bounded.
+
+    ``options`` are more uvicorn settings, or ones to override (tests: the log level).
+    """
+    defaults = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "http": BoundedProtocol,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "limit_concurrency": settings.max_concurrency,
+        "log_level": settings.log_level.lower(),
+        "access_log": settings.access_log,
+    }
+    return _Config(app, request_timeout_s=settings.request_timeout_s, **(defaults | options))
+
+
+def drain_on_sigterm(start_drain: Callable[[], None], seconds: float) -> None:
+    """On SIGTERM: ``start_drain()`` now, the server's own SIGTERM handling ``seconds`` later.
+
+    Installed over uvicorn's handler (which it then calls), from the main thread of a
+    worker process; uvicorn restores the original handlers when it stops.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return
+    stop = signal.getsignal(signal.SIGTERM)
+    if not callable(stop):
+        return
+    draining = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if draining.is_set():  # a second SIGTERM: stop now
+            stop(signum, frame)
+            return
+        draining.set()
+        log.warning("SIGTERM: draining for %.1f s before stopping", seconds)
+        start_drain()
+        timer = threading.Timer(seconds, stop, (signum, frame))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)

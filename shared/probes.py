@@ -1,0 +1,76 @@
+"""A model proves itself before it serves: a probe set of fixed pairs and their scores.
+
+The worker's ``export`` step picks a few users (the unknown one too) and, for each, a
+few items and an hour and day of week, and writes the final score and every task's
+probability the offline model gives them (``probes.json``, one entry per ranker).
+The gateway scores the same pairs along its serving path after loading a version and
+refuses it unless every score is finite and within ``TOLERANCE`` of the offline one:
+weights that are NaN, or bytes flipped under a re-hashed manifest, cannot serve.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import BundleError
+
+__all__ = ["TOLERANCE", "Probe", "mismatch", "read_probes", "write_probes"]
+
+TOLERANCE = 1e-4  # the serving path matches the offline one within 1e-5 (tests/services)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One user's probe pairs and the offline model's answers for them."""
+
+    user_row: int
+    hour: int
+    dow: int
+    item_rows: list[int]
+    score: list[float]  # final score of each item
+    probs: list[list[float]]  # (items, tasks) chained probabilities, in the ranker's task order
+
+
+def write_probes(path: Path, probes: dict[str, list[Probe]]) -> None:
+    """``probes``: ranker kind → its probe set."""
+    data = {kind: [asdict(p) for p in ps] for kind, ps in probes.items()}
+    path.write_text(json.dumps(data))
+
+
+def read_probes(path: Path, kind: str) -> list[Probe]:
+    """The probe set of the ``kind`` ranker.
+
+    Raises:
+        BundleError: no probes for that ranker, or a file that is not a probe set.
+    """
+    try:
+        entries = json.loads(path.read_text())[kind]
+        probes = [Probe(**entry) for entry in entries]
+    except KeyError:
+        raise BundleError(f"{path}: no probe set for the {kind} ranker", reason="probe") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise BundleError(f"{path}: not a probe set ({e})", reason="probe") from None
+    if not probes:
+        raise BundleError(f"{path}: the {kind} probe set is empty", reason="probe")
+    return probes
+
+
+def mismatch(probe: Probe, score: np.ndarray, probs: np.ndarray) -> str | None:
+    """Why the served ``score`` (n,) and ``probs`` (n, T) fail the probe, or None."""
+    for name, got, want in (("score", score, probe.score), ("probabilities", probs, probe.probs)):
+        got = np.asarray(got, dtype=np.float64)
+        want = np.asarray(want, dtype=np.float64)
+        if got.shape != want.shape:
+            return f"{name} of shape {got.shape}, the probe has {want.shape}"
+        if not np.isfinite(got).all():
+            return f"non-finite {name} for user row {probe.user_row}"
+        worst = float(np.abs(got - want).max(initial=0.0))
+        if worst > TOLERANCE:
+            return (
+                f"{name} differ from the offline model's by {worst:.2e} (user row {probe.user_row})"
+            )
+    return None
