@@ -1,11 +1,15 @@
 """Publish a version to Redis: every key first, then the ``active`` flip, then clean-up.
 
-Writes go in pipelined MULTI/EXEC batches (no round trip per key), each batch
-replacing its keys atomically, so re-publishing a version is harmless. Only when
-every key of the version is written and counted does ``active`` move to it, in one
-SET; a publish that dies part-way leaves the active version as it was. Versions older
-than the newest ``keep`` get a short expiry (readers still holding one finish
-their request).
+1. The version is registered in ``pending`` before any of its keys is written, and
+   every key is written with an expiry (``pending_ttl_s``); a publish that dies
+   part-way leaves keys that expire on their own, and the next publish expires what a
+   dead one left at once.
+2. Writes go in pipelined MULTI/EXEC batches (no round trip per key), each batch
+   replacing its keys atomically, so re-publishing a version is harmless.
+3. Only when every key of the version is written and counted are the expiries lifted,
+   then ``active`` moves to it in one SET; until then the active version is as it was.
+4. Versions older than the newest ``keep`` get a short expiry (readers still holding
+   one finish their request).
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class PublishConfig(StrictConfig):
     batch_size: int = Field(500, ge=1, description="users per pipelined batch")
     keep_versions: int = Field(2, ge=1)
     expire_after_s: int = Field(60, ge=1, description="grace before an old version's keys vanish")
+    pending_ttl_s: int = Field(
+        6 * 3600, ge=60, description="expiry of a version's keys until its publish completes"
+    )
+    abandoned_after_s: float = Field(
+        120, gt=0, description="a pending publish silent this long is taken for dead"
+    )
 
 
 def publish(
@@ -76,14 +86,21 @@ def publish(
     score_frag = np.array(
         [_bulk(str(k - j).encode()) for j in range(k)], dtype=object
     )  # higher = earlier
+    ttl = b"%d" % config.pending_ttl_s
+    pending, member = _bulk(keys.pending.encode()), _bulk(version.encode())
     try:
+        _expire_abandoned(client, keys, version, config)
+        client.zadd(keys.pending, {version: time.time()})
         batches = range(0, len(user_ids), config.batch_size)
         for lo in tqdm(batches, disable=not progress, desc="publish", unit="batch"):
             hi = min(lo + config.batch_size, len(user_ids))
             frags = np.empty((hi - lo, 2 * k), dtype=object)
             frags[:, 0::2] = score_frag
             frags[:, 1::2] = item_frag[np.maximum(recall[lo:hi], 0)]
-            commands = []
+            beat = b"%f" % time.time()
+            commands = [  # ZADD pending now version: this publish is alive
+                b"*4\r\n$4\r\nZADD\r\n%s%s%s" % (pending, _bulk(beat), member)
+            ]
             for uid, row, n in zip(user_ids[lo:hi], frags, lengths[lo:hi], strict=True):
                 key = _bulk(keys.recall(version, uid).encode())
                 commands.append(b"*2\r\n$3\r\nDEL\r\n" + key)
@@ -92,6 +109,7 @@ def publish(
                         b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s"
                         % (3 + 2 * n, key, b"".join(row[: 2 * n]))
                     )
+                    commands.append(b"*3\r\n$6\r\nEXPIRE\r\n%s%s" % (key, _bulk(ttl)))
             _transaction(client, commands)
         pipe = client.pipeline(transaction=True)
         pipe.delete(keys.global_hot(version), keys.meta(version))
@@ -104,14 +122,18 @@ def publish(
             keys.meta(version),
             mapping={**meta, "published_at": time.time(), "users": len(user_ids)},
         )
+        pipe.expire(keys.global_hot(version), config.pending_ttl_s)
+        pipe.expire(keys.meta(version), config.pending_ttl_s)
         pipe.execute()
         ordered = np.sort(recall, axis=1)
         distinct = (ordered[:, :1] > 0).sum(axis=1) + (
             (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] > 0)
         ).sum(axis=1)
         _check_complete(client, keys, version, user_ids, distinct)
+        _persist(client, keys, version, config.batch_size)
         client.set(keys.active, version)  # the flip: one command
         client.zadd(keys.versions, {version: time.time()})
+        client.zrem(keys.pending, version)
         expired = _expire_old(client, keys, version, config)
     except redis.RedisError as e:
         raise StoreError(
@@ -168,15 +190,49 @@ def _check_complete(
         )
 
 
+def _persist(client: redis.Redis, keys: Keys, version: str, batch: int) -> None:
+    """Lift the publish-time expiry of every key of ``version`` (before the flip)."""
+    pipe = client.pipeline(transaction=False)
+    for i, key in enumerate(client.scan_iter(match=keys.version_pattern(version), count=1000)):
+        pipe.persist(key)
+        if i % batch == batch - 1:
+            pipe.execute()
+    pipe.execute()
+
+
+def _expire_version(client: redis.Redis, keys: Keys, version: str, seconds: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    for key in client.scan_iter(match=keys.version_pattern(version), count=1000):
+        pipe.expire(key, seconds)
+    pipe.zrem(keys.versions, version)
+    pipe.zrem(keys.pending, version)
+    pipe.execute()
+
+
+def _expire_abandoned(client: redis.Redis, keys: Keys, current: str, config: PublishConfig) -> None:
+    """Versions a publish registered but never activated: their keys expire now.
+
+    A publish beats ``pending`` with every batch; one whose last beat is older than
+    ``abandoned_after_s`` is taken for dead (one still running elsewhere is left alone).
+    """
+    active = _text(client.get(keys.active))
+    cutoff = time.time() - config.abandoned_after_s
+    for raw, beat in client.zrange(keys.pending, 0, -1, withscores=True):
+        version = _text(raw)
+        if version == active:
+            client.zrem(keys.pending, version)
+        elif version != current and beat < cutoff:
+            log.warning("expiring the keys of %s, a publish that never completed", version)
+            _expire_version(client, keys, version, config.expire_after_s)
+
+
 def _expire_old(client: redis.Redis, keys: Keys, current: str, config: PublishConfig) -> list[str]:
-    versions = [
-        v.decode() if isinstance(v, bytes) else v for v in client.zrevrange(keys.versions, 0, -1)
-    ]
+    versions = [_text(v) for v in client.zrevrange(keys.versions, 0, -1)]
     old = [v for v in versions if v != current][config.keep_versions - 1 :]
     for version in old:
-        pipe = client.pipeline(transaction=False)
-        for key in client.scan_iter(match=keys.version_prefix(version) + "*", count=1000):
-            pipe.expire(key, config.expire_after_s)
-        pipe.zrem(keys.versions, version)
-        pipe.execute()
+        _expire_version(client, keys, version, config.expire_after_s)
     return old
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

@@ -5,13 +5,20 @@
 {prefix}v:{version}:global_hot       ZSET of raw item ids scored by hotness
 {prefix}v:{version}:meta             HASH (created_at, dataset, counts, models)
 {prefix}versions                     ZSET of published versions by publish time
+{prefix}pending                      ZSET of versions being written, by start time
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["Keys", "glob_escape"]
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern (SCAN MATCH, KEYS)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,16 @@ class Keys:
     def versions(self) -> str:
         return f"{self.prefix}versions"
 
+    @property
+    def pending(self) -> str:
+        return f"{self.prefix}pending"
+
     def version_prefix(self, version: str) -> str:
         return f"{self.prefix}v:{version}:"
+
+    def version_pattern(self, version: str) -> str:
+        """SCAN MATCH pattern of every key of ``version`` (and of no other version)."""
+        return glob_escape(self.version_prefix(version)) + "*"
 
     def recall(self, version: str, uid: str) -> str:
         return f"{self.prefix}v:{version}:recall:{uid}"

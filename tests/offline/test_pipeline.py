@@ -40,7 +40,8 @@ def test_run_writes_a_complete_verified_bundle(bundle) -> None:
         required=(Files.TWO_TOWER + ".safetensors", Files.RANKER.format(kind="dcn") + ".json",
                   Files.RANKER.format(kind="deepfm") + ".safetensors", Files.INDEX, Files.RECALL,
                   Files.HOT, Files.METRICS, Files.REPORT, "training_curves.png", Files.USER_TOWER,
-                  Files.RANKER_HEAD.format(kind="dcn"), Files.RANKER_HEAD.format(kind="deepfm"))
+                  Files.RANKER_HEAD.format(kind="dcn"), Files.RANKER_HEAD.format(kind="deepfm"),
+                  Files.PROBES)
     )  # fmt: skip
     assert manifest["serving"]["rankers"] == ["dcn", "deepfm"]
     assert set(manifest["metrics"]["baselines"]) == {
@@ -120,3 +121,22 @@ def test_refit_can_be_switched_off(bundle, redis_server) -> None:
     assert list(pipeline.run_step("refit", ctx)) == [
         "refit: off (serving.refit); serving the evaluated weights"
     ]
+
+
+def test_steps_after_etl_replace_files_atomically(bundle, redis_server) -> None:
+    b, _ = bundle
+    names = (Files.INDEX, Files.ITEM_EMBEDDINGS, Files.USER_EMBEDDINGS, Files.RECALL, Files.HOT,
+             Files.PROBES, Files.USER_TOWER, Files.RANKER_HEAD.format(kind="dcn"),
+             Files.RANKER_SPLIT.format(kind="dcn", part="item_fields"))  # fmt: skip
+    before = {name: b.path(name).stat().st_ino for name in names}
+    ctx = pipeline.Context(
+        config=load_config(None, **TINY), artifacts=b.root.parent, redis_url=redis_server.url,
+        version=b.version,
+    )  # fmt: skip
+    for step in ("index", "export"):
+        list(pipeline.run_step(step, ctx))
+    # each a new file renamed over the old one: a reader sees the old file or the new one
+    assert {name: b.path(name).stat().st_ino for name in names} != before
+    assert all(b.path(name).stat().st_ino != before[name] for name in names)
+    assert not [p.name for p in b.root.iterdir() if p.name.startswith(".")]  # no temporaries
+    b.verify()

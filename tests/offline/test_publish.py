@@ -122,6 +122,36 @@ publish(c, Keys("t:"), "doomed", users, recall, ids, np.arange(1, 3), np.ones(2)
     proc.stdout.close()
     assert redis_client.get(KEYS.active) == b"old"
     assert redis_client.zcard(KEYS.recall("old", "u5")) == 20
+    # what it left is registered as pending and expires on its own
+    assert redis_client.zscore(KEYS.pending, "doomed") is not None
+    doomed = list(redis_client.scan_iter(match=KEYS.version_pattern("doomed"), count=1000))
+    assert doomed and all(redis_client.ttl(k) > 0 for k in doomed)
+
+    time.sleep(0.3)  # longer than abandoned_after_s below: the dead publish is silent
+    _publish(redis_client, "next", n_users=20, abandoned_after_s=0.2)
+    assert redis_client.get(KEYS.active) == b"next"
+    assert redis_client.zcard(KEYS.pending) == 0
+    kept = {v.decode() for v in redis_client.zrange(KEYS.versions, 0, -1)}
+    assert kept == {"old", "next"}  # the active one and the one kept for a roll-back
+    for key in redis_client.scan_iter(match="t:v:*", count=1000):
+        if key.decode().split(":")[2] not in kept:  # no key of another version lives forever
+            assert redis_client.ttl(key) > 0, key
+    assert all(0 < redis_client.ttl(k) <= 60 for k in doomed[:100] if redis_client.exists(k))
+    assert all(
+        redis_client.ttl(k) == -1
+        for k in redis_client.scan_iter(match=KEYS.version_pattern("next"), count=1000)
+    )
+
+
+def test_version_ids_are_matched_literally(redis_client: redis.Redis) -> None:
+    for v in ("v1", "v[1]", "v*", "v2", "v3"):
+        _publish(redis_client, v, n_users=3)
+    # "v[1]" and "v*" are expired as old versions; as glob patterns they would match "v1"
+    # and every version
+    assert redis_client.ttl(KEYS.recall("v[1]", "u0")) > 0
+    assert redis_client.ttl(KEYS.recall("v*", "u0")) > 0
+    assert redis_client.ttl(KEYS.recall("v2", "u0")) == -1
+    assert redis_client.ttl(KEYS.recall("v3", "u0")) == -1
 
 
 def test_redis_gone_is_a_store_error_and_changes_nothing() -> None:
