@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", dest="bundle_version", help="bundle to work on (default: the latest)"
     )
+    parser.add_argument(
+        "--quick-first",
+        action="store_true",
+        help="run: publish a version trained one epoch first, then the full run replaces it",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             version=args.bundle_version,
         )
         quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 reports
-        for line in pipeline.run_step(args.step, context):
+        if args.quick_first and args.step != "run":
+            raise ConfigError("--quick-first goes with the run step only")
+        for line in pipeline.run_step(args.step, context, first=args.quick_first):
             if not quiet:
                 print(line)
     except RecsysError as e:

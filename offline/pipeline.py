@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -463,8 +463,39 @@ STEP_FUNCTIONS: dict[str, Callable[[Context], Iterator[str]]] = {
 STEPS = (*STEP_FUNCTIONS, "run")
 
 
-def run_step(step: str, ctx: Context) -> Iterator[str]:
-    names = list(STEP_FUNCTIONS) if step == "run" else [step]
+FIRST_STEPS = ("etl", "train-retrieval", "train-ranking", "index", "export", "publish")
+
+
+def first_config(config: PipelineConfig) -> PipelineConfig:
+    """A first version's config: each model trained one epoch, nothing evaluated or refit."""
+
+    def brief(section: Any) -> Any:
+        return section.model_copy(
+            update={"trainer": section.trainer.model_copy(update={"epochs": 1})}
+        )
+
+    return config.model_copy(
+        update={"retrieval": brief(config.retrieval), "ranking": brief(config.ranking)}
+    )
+
+
+def run_step(step: str, ctx: Context, first: bool = False) -> Iterator[str]:
+    """Run ``step`` (``run``: every step in order).
+
+    Args:
+        first (bool): with ``run``, publish a briefly trained first version at once
+            (:data:`FIRST_STEPS` under :func:`first_config`), then run everything as
+            the version that replaces it: something serves within minutes of a cold
+            start, and the served quality is the full run's once it is done.
+    """
+    if step == "run" and first:
+        brief = replace(ctx, config=first_config(ctx.config), bundle=None, cache={})
+        for line in _steps(FIRST_STEPS, brief):
+            yield f"first version: {line}"
+    yield from _steps(list(STEP_FUNCTIONS) if step == "run" else [step], ctx)
+
+
+def _steps(names: Sequence[str], ctx: Context) -> Iterator[str]:
     config = ctx.config.model_dump(mode="json")
     for name in names:
         yield from STEP_FUNCTIONS[name](ctx)

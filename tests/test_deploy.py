@@ -166,11 +166,27 @@ def test_api_waits_for_redis_and_a_published_version(
     assert _environment(services["api"])["RECSYS_REDIS_URL"].startswith("redis://redis:")
 
 
-def test_api_is_health_checked_on_its_health_endpoint(
+def test_api_is_health_checked_on_its_readiness_endpoint(
     services: dict[str, dict[str, Any]],
 ) -> None:
+    # ready, not /health: a Redis outage must not pull every replica at once
     check = _healthcheck(services["api"])
-    assert f"127.0.0.1:{API_PORT}/health" in check
+    assert f"127.0.0.1:{API_PORT}/readyz" in check
+    # the drain (RECSYS_DRAIN_S, 5 s by default) fits in the grace before SIGKILL
+    assert int(services["api"]["stop_grace_period"].rstrip("s")) > 5
+
+
+def test_the_ops_consoles_are_local_and_need_a_login(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("prometheus", "grafana"):
+        for host, _ in _published_ports(services[name]):
+            assert host.split(":")[0] == "127.0.0.1", f"{name} is published on {host}"
+    grafana = _environment(services["grafana"])
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GRAFANA_ADMIN_PASSWORD" in str(
+        yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]["environment"]
+    )
 
 
 def test_api_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
@@ -469,7 +485,7 @@ def test_final_stage_has_a_healthcheck(dockerfile: str) -> None:
     checks = _all(_chain(dockerfile), "HEALTHCHECK")
     assert checks and " CMD " in f" {checks[-1]} "
     if dockerfile == DOCKERFILES["api"]:
-        assert "/health" in checks[-1]
+        assert "/readyz" in checks[-1]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES.values())

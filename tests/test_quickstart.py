@@ -42,6 +42,9 @@ def test_quickstart_trains_publishes_serves_and_answers(tmp_path, redis_server) 
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert f"redis: using {redis_server.url}" in out.stdout
+    # a first version answers the sample calls; then the full run replaces it
+    assert out.stdout.index("first version: publish:") < out.stdout.index("$ curl")
+    assert "(the full run) is live" in out.stdout.split("$ curl")[-1]
     answers = _answers(out.stdout)
     assert answers["health"]["status"] == "ok"
     known = next(

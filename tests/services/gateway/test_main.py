@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.redis_server import free_port
 from tests.services.conftest import BuiltBundle
@@ -108,3 +109,25 @@ def test_several_workers_add_up_their_metrics_and_all_reload(
     finally:
         process.terminate()
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_then_stops(built: BuiltBundle, store_url: str, workers: str) -> None:
+    process, base = _start(built, store_url, RECSYS_DRAIN_S="2", RECSYS_WORKERS=workers)
+    uid = built.users()["user_id"][0]
+    try:
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        deadline = stopped_at + 1.5
+        while httpx.get(f"{base}/readyz").status_code != 503:  # out of the pool at once
+            assert time.monotonic() < deadline, "/readyz still 200 after SIGTERM"
+            time.sleep(0.05)
+        for _ in range(5):  # new connections are still accepted and answered meanwhile
+            assert httpx.get(f"{base}/recommend/{uid}").status_code == 200
+        assert time.monotonic() - stopped_at < 2
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+        assert time.monotonic() - stopped_at >= 1.9  # it served the whole drain period
+    finally:
+        if process.poll() is None:
+            process.kill()
