@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick-first",
         action="store_true",
-        help="run: publish a version trained one epoch first, then the full run replaces it",
+        help="run: publish a version trained one epoch first (the two-tower and the "
+        "$RECSYS_RANKER ranker), then the full run replaces it",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 reports
         if args.quick_first and args.step != "run":
             raise ConfigError("--quick-first goes with the run step only")
-        for line in pipeline.run_step(args.step, context, first=args.quick_first):
+        first = settings.ranker if args.quick_first else None  # the one RECSYS_RANKER serves
+        for line in pipeline.run_step(args.step, context, first=first):
             if not quiet:
                 print(line)
     except RecsysError as e:

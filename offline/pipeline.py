@@ -48,6 +48,7 @@ from shared.models.towers import TwoTower
 from shared.probes import write_probes
 from shared.recall import SeenItems, merge, nearest
 from shared.schema import Dataset, DatasetSpec
+from shared.settings import masked
 
 __all__ = ["STEPS", "Context", "run_step"]
 
@@ -447,7 +448,7 @@ def publish_step(ctx: Context) -> Iterator[str]:
     finally:
         client.close()
     bundle.update_manifest(published=stats)
-    yield f"publish: version {bundle.version} is active at {ctx.redis_url} ({stats['users']} users in {stats['seconds']:.1f} s)"
+    yield f"publish: version {bundle.version} is active at {masked(ctx.redis_url)} ({stats['users']} users in {stats['seconds']:.1f} s)"
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Context], Iterator[str]]] = {
@@ -466,30 +467,33 @@ STEPS = (*STEP_FUNCTIONS, "run")
 FIRST_STEPS = ("etl", "train-retrieval", "train-ranking", "index", "export", "publish")
 
 
-def first_config(config: PipelineConfig) -> PipelineConfig:
-    """A first version's config: each model trained one epoch, nothing evaluated or refit."""
+def first_config(config: PipelineConfig, ranker: str) -> PipelineConfig:
+    """A first version's config: the two-tower and the served ``ranker`` trained one epoch."""
 
-    def brief(section: Any) -> Any:
-        return section.model_copy(
-            update={"trainer": section.trainer.model_copy(update={"epochs": 1})}
-        )
+    def brief(section: Any, **update: Any) -> Any:
+        trainer = section.trainer.model_copy(update={"epochs": 1})
+        return section.model_copy(update={"trainer": trainer, **update})
 
     return config.model_copy(
-        update={"retrieval": brief(config.retrieval), "ranking": brief(config.ranking)}
+        update={
+            "retrieval": brief(config.retrieval),
+            "ranking": brief(config.ranking, models=(ranker,)),
+        }
     )
 
 
-def run_step(step: str, ctx: Context, first: bool = False) -> Iterator[str]:
+def run_step(step: str, ctx: Context, first: str | None = None) -> Iterator[str]:
     """Run ``step`` (``run``: every step in order).
 
     Args:
-        first (bool): with ``run``, publish a briefly trained first version at once
-            (:data:`FIRST_STEPS` under :func:`first_config`), then run everything as
-            the version that replaces it: something serves within minutes of a cold
-            start, and the served quality is the full run's once it is done.
+        first (str | None): with ``run``, the ranker the gateway serves: publish a
+            briefly trained first version with it at once (:data:`FIRST_STEPS` under
+            :func:`first_config`), then run everything as the version that replaces
+            it. Something serves within minutes of a cold start, and the served
+            quality is the full run's once it is done.
     """
     if step == "run" and first:
-        brief = replace(ctx, config=first_config(ctx.config), bundle=None, cache={})
+        brief = replace(ctx, config=first_config(ctx.config, first), bundle=None, cache={})
         for line in _steps(FIRST_STEPS, brief):
             yield f"first version: {line}"
     yield from _steps(list(STEP_FUNCTIONS) if step == "run" else [step], ctx)

@@ -31,7 +31,7 @@ from offline import pipeline
 from offline.config import load_config
 from shared.bundle import Bundle, Files
 from shared.redis_server import RedisServer, free_port
-from shared.settings import Settings
+from shared.settings import Settings, masked
 
 __all__ = ["main"]
 
@@ -103,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     server: RedisServer | None = None
     redis_url = settings.redis_url
     if _redis_answers(redis_url):
-        say(f"redis: using {redis_url}")
+        say(f"redis: using {masked(redis_url)}")
     else:
         server = RedisServer().start()
         redis_url = server.url
         say(
-            f"redis: nothing answers at {settings.redis_url}; started {server.binary} at {redis_url}"
+            f"redis: nothing answers at {masked(settings.redis_url)}; started {server.binary} "
+            f"at {redis_url}"
         )
     gateway: subprocess.Popen[bytes] | None = None
     try:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             f"worker: python -m offline run --quick-first --dataset {config.dataset} "
             "(a first version trained one epoch, then ETL → train → index → evaluate → publish)"
         )
-        run = pipeline.run_step("run", ctx, first=True)
+        run = pipeline.run_step("run", ctx, first=settings.ranker)
         for line in run:  # up to the first version's publish
             say(f"  {line}")
             if line.startswith("first version: publish:"):

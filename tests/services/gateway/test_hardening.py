@@ -15,6 +15,7 @@ from services.gateway.bundle import ServingBundle
 from shared.bundle import Files
 from shared.errors import BundleError
 from shared.keys import Keys
+from shared.settings import masked
 from tests.services.conftest import BuiltBundle
 from tests.services.gateway.conftest import LiveGateway, MakeGateway, wait_for
 
@@ -186,3 +187,9 @@ def test_the_api_key_guards_rerank_when_set(
     assert gateway.post("/rerank", json=body, headers={"X-API-Key": "nope"}).status_code == 401
     assert gateway.post("/rerank", json=body, headers={"X-API-Key": "k-two"}).status_code == 200
     assert gateway.get(f"/recommend/{body['uid']}").status_code == 200  # reads stay open
+
+
+def test_passwords_are_masked_in_what_is_printed() -> None:
+    assert masked("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
+    assert masked("redis://app:s3cret@db/1") == "redis://app:***@db/1"
+    assert masked("redis://db:6379/0") == "redis://db:6379/0"
