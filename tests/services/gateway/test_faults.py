@@ -82,7 +82,9 @@ def test_start_with_redis_down_serves_the_newest_bundle_on_disk(
     body = gateway.get(f"/recommend/{built.users()['user_id'][0]}").json()
     assert body["degraded"] is True and body["items"]
 
-    own_redis.start()
+    own_redis.start()  # back, but empty: the start-up note goes, the empty store is said
+    wait_for(lambda: gateway.get("/health").json()["dependencies"]["bundle"] == "ok")
+    assert gateway.get("/health").json()["dependencies"]["redis"].startswith("stale: no active")
     built.publish(own_redis.url)
     # once Redis answers and names the version already served, nothing is stale any more
     wait_for(
