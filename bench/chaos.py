@@ -12,7 +12,8 @@ after the other, it:
 - ``redis paused``: ``CLIENT PAUSE`` for 2 s (every command stalls);
 - ``publish``: publishes a new version (the gateway hot-swaps to it);
 - ``publish killed``: SIGKILLs a publish after its first batch;
-- ``NaN bundle``: names a version whose weights are NaN as active, then rolls back;
+- ``NaN bundle``, ``flipped bytes``: names as active a version whose weights are NaN, or
+  one with 64 flipped bytes in its weights (re-hashed in the manifest), then rolls back;
 - ``SIGTERM``: stops the gateway (drain, then connections are refused).
 
 Per case it prints the answers by status class, connection errors, degraded answers,
@@ -141,6 +142,14 @@ def _derive(artifacts: Path, version: str, name: str, change: Callable[[Path], N
     return new
 
 
+def _flipped(root: Path) -> None:
+    path = root / (Files.RANKER.format(kind="dcn") + ".safetensors")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the tensors
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
 def _nan(root: Path) -> None:
     path = root / (Files.RANKER.format(kind="dcn") + ".safetensors")
     tensors = safetensors.torch.load_file(path)
@@ -229,15 +238,17 @@ async def chaos(args: argparse.Namespace, artifacts: Path, server: RedisServer) 
         case.note = f"active {'unchanged' if client.get(Keys().active).decode() == new else 'CHANGED'}; {left} keys without TTL"
         await pause(args.seconds)
 
-        case = begin("NaN bundle")
-        broken = _derive(artifacts, version, "nan", _nan)
-        client.set(Keys().active, broken)
-        await pause(args.seconds)
-        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
-        client.set(Keys().active, new)  # the operator rolls back
-        case.fault_over = time.monotonic()
-        case.note = f"refused: {'refused' in health['dependencies']['bundle']}, served {health['version'][-12:]}"
-        await pause(args.seconds)
+        for name, change in (("NaN bundle", _nan), ("flipped bytes", _flipped)):
+            case = begin(name)
+            broken = _derive(artifacts, version, change.__name__.strip("_"), change)
+            client.set(Keys().active, broken)
+            await pause(args.seconds)
+            health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+            client.set(Keys().active, new)  # the operator rolls back
+            case.fault_over = time.monotonic()
+            state = health["dependencies"]["bundle"].removeprefix(f"stale: version {broken} ")
+            case.note = f"{state}; {health['version'][-12:]} served meanwhile"
+            await pause(args.seconds)
 
         case = begin("SIGTERM")
         gateway.send_signal(signal.SIGTERM)
