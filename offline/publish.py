@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 
 class PublishConfig(StrictConfig):
-    batch_size: int = Field(500, ge=1, description="users per pipelined batch")
+    batch_size: int = Field(
+        100,
+        ge=1,
+        description="users per pipelined MULTI/EXEC batch; each EXEC blocks other clients "
+        "while it runs (200-item lists: ~70 ms for 100 users, ~260 ms for 500)",
+    )
     keep_versions: int = Field(2, ge=1)
     expire_after_s: int = Field(60, ge=1, description="grace before an old version's keys vanish")
     pending_ttl_s: int = Field(
