@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=PublishConfig().batch_size)
     parser.add_argument("--redis-url")
     args = parser.parse_args()
     server = None if args.redis_url else RedisServer().start()
