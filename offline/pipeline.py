@@ -447,7 +447,7 @@ def publish_step(ctx: Context) -> Iterator[str]:
         )
     finally:
         client.close()
-    bundle.update_manifest(published=stats)
+    bundle.update_manifest(published={**stats, "at": time.time()})
     yield f"publish: version {bundle.version} is active at {masked(ctx.redis_url)} ({stats['users']} users in {stats['seconds']:.1f} s)"
 
 
@@ -467,11 +467,15 @@ STEPS = (*STEP_FUNCTIONS, "run")
 FIRST_STEPS = ("etl", "train-retrieval", "train-ranking", "index", "export", "publish")
 
 
+FIRST_EXAMPLES = 50_000  # a first version's models see this many examples each
+
+
 def first_config(config: PipelineConfig, ranker: str) -> PipelineConfig:
-    """A first version's config: the two-tower and the served ``ranker`` trained one epoch."""
+    """A first version's config: the two-tower and the served ``ranker``, trained briefly
+    (one pass over at most :data:`FIRST_EXAMPLES` examples)."""
 
     def brief(section: Any, **update: Any) -> Any:
-        trainer = section.trainer.model_copy(update={"epochs": 1})
+        trainer = section.trainer.model_copy(update={"epochs": 1, "max_examples": FIRST_EXAMPLES})
         return section.model_copy(update={"trainer": trainer, **update})
 
     return config.model_copy(

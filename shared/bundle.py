@@ -164,6 +164,20 @@ class Bundle:
             )
         return cls(root)
 
+    @classmethod
+    def published(cls, artifacts: Path) -> list[Bundle]:
+        """The versions on disk that were once published, the latest published first."""
+        found = []
+        for root in Path(artifacts).glob("*/" + Files.MANIFEST):
+            bundle = cls(root.parent)
+            try:
+                published = bundle.manifest().get("published")
+            except BundleError:
+                continue
+            if isinstance(published, dict):
+                found.append((float(published.get("at", 0)), bundle.version, bundle))
+        return [bundle for *_, bundle in sorted(found, key=lambda f: f[:2], reverse=True)]
+
     def manifest(self) -> dict[str, Any]:
         try:
             manifest = json.loads(self.path(Files.MANIFEST).read_text())

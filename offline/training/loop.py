@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 class TrainerConfig(StrictConfig):
     epochs: int = Field(10, ge=1)
+    max_examples: int | None = Field(
+        None,
+        ge=1,
+        description="at most this many examples an epoch, drawn anew each epoch "
+        "(None: all of them)",
+    )
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
@@ -118,7 +124,8 @@ def fit(
         ],
         lr=config.lr,
     )
-    per_rank = math.ceil(n_examples / world)
+    drawn = min(n_examples, config.max_examples or n_examples)
+    per_rank = math.ceil(drawn / world)
     steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -132,7 +139,8 @@ def fit(
     seen, busy = 0, 0.0
     for epoch in range(1, config.epochs + 1):
         net.train()
-        order = generator.permutation(n_examples)[rank::world]  # same permutation on every rank
+        # the same permutation on every rank
+        order = generator.permutation(n_examples)[:drawn][rank::world]
         started = time.perf_counter()
         losses = []
         bar = tqdm(

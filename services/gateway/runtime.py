@@ -10,8 +10,9 @@ fails leaves the old one serving, shows as ``bundle: "stale: …"`` in ``/health
 counts in ``recsys_bundle_load_failures_total{reason}`` and is retried with
 exponential backoff.
 
-At start-up with Redis unreachable, the newest complete bundle on disk (``LATEST``) is
-served, degraded, until Redis answers.
+At start-up with Redis unreachable, empty, or naming a version that fails, the latest
+version on disk that was once published is served, flagged, until Redis names one that
+loads (a bundle still being written is never picked).
 
 Three views of the state: alive (the process answers), ready (a verified bundle is
 served and no drain has begun; Redis down is still ready, flagged) and healthy (every
@@ -218,18 +219,20 @@ class Runtime:
         return True
 
     async def _load_latest(self) -> None:
+        """Serve the latest published version on disk that proves itself (3 tries at most)."""
         why = self.bundle_error
-        try:
-            version = Bundle.open(self.settings.artifacts_dir).version
-        except BundleError as e:
-            log.warning("%s, and no bundle on disk: %s", why, e)
-            return
-        if version in self._failed:
-            return
-        log.warning("%s at start-up: serving %s, the newest bundle on disk", why, version)
-        error = self.bundle_error
-        if await self._load(version):
-            self.bundle_error = error  # still not the version Redis names: say so in /health
+        candidates = [
+            b.version
+            for b in Bundle.published(self.settings.artifacts_dir)
+            if b.version not in self._failed
+        ]
+        if not candidates:
+            log.warning("%s, and no published bundle on disk to serve meanwhile", why)
+        for version in candidates[:3]:
+            log.warning("%s at start-up: serving %s, published before, from disk", why, version)
+            if await self._load(version):
+                self.bundle_error = why  # not the version Redis names: say so in /health
+                return
 
     # --- health ------------------------------------------------------------------------------
     @property

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 
 import redis
 
+from shared.bundle import Files
 from shared.redis_server import RedisServer
 from tests.services.conftest import BuiltBundle
 from tests.services.gateway.conftest import MakeGateway, wait_for
@@ -113,3 +116,27 @@ def test_a_dead_scoring_process_is_scored_inline_then_restarted(
     assert process.restarts == 1
     assert gateway.get("/health").json()["dependencies"]["scorer"] == "ok"
     assert gateway.get(f"/recommend/{uid}").json()["items"] == before
+
+
+def test_a_bundle_still_being_written_is_not_served_from_disk(
+    make_gateway: MakeGateway, own_redis: RedisServer, built: BuiltBundle
+) -> None:
+    def in_progress(root):  # noqa: ANN001, ANN202  (as after ETL: newest, never published)
+        manifest = json.loads((root / Files.MANIFEST).read_text())
+        manifest.pop("published")
+        del manifest["files"][Files.INDEX]
+        (root / Files.MANIFEST).write_text(json.dumps(manifest))
+        return ()
+
+    writing = built.derive("zz-being-written", in_progress)
+    latest = built.artifacts / "LATEST"
+    latest.write_text(writing)  # as ETL leaves it: LATEST names the bundle being written
+    try:
+        own_redis.stop()
+        gateway = make_gateway(own_redis.url)
+        assert gateway.get("/health").json()["version"] == built.version
+        metrics = gateway.get("/metrics").text
+        assert 'recsys_bundle_load_failures_total{reason="missing"} 0.0' in metrics
+    finally:
+        latest.write_text(built.version)
+        shutil.rmtree(built.artifacts / writing)
