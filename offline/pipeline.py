@@ -467,7 +467,7 @@ STEPS = (*STEP_FUNCTIONS, "run")
 FIRST_STEPS = ("etl", "train-retrieval", "train-ranking", "index", "export", "publish")
 
 
-FIRST_EXAMPLES = 50_000  # a first version's models see this many examples each
+FIRST_EXAMPLES = 200_000  # a first version's models see this many examples each
 
 
 def first_config(config: PipelineConfig, ranker: str) -> PipelineConfig:
