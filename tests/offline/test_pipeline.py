@@ -15,7 +15,12 @@ from shared.keys import Keys
 TINY = {
     "dataset_options": {"n_users": 150, "n_items": 80, "n_impressions": 6000, "seed": 3},
     "retrieval": {"trainer": {"epochs": 2, "batch_size": 256}},
-    "ranking": {"hidden": [32], "trainer": {"epochs": 2, "batch_size": 512}},
+    # both rankers (the default trains DCN-v2 alone)
+    "ranking": {
+        "models": ["dcn", "deepfm"],
+        "hidden": [32],
+        "trainer": {"epochs": 2, "batch_size": 512},
+    },
     "evaluate": {"samples": 2},
 }
 

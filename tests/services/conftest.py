@@ -40,7 +40,8 @@ SCRATCH_DB = 6
 CONFIG = {
     "dataset_options": {"n_users": 120, "n_items": 80, "n_impressions": 4000},
     "retrieval": {"trainer": {"epochs": 1}, "popularity_prior": 0.5},  # the prior's logit
-    "ranking": {"trainer": {"epochs": 1}, "retrieval_weight": 0.5},  # the blended score
+    # both rankers (the default trains DCN-v2 alone); the blended score
+    "ranking": {"models": ["dcn", "deepfm"], "trainer": {"epochs": 1}, "retrieval_weight": 0.5},
     "index": {"recall_k": 40, "hot_n": 30},
 }
 # Wednesday 3 January 2024, 14:30 UTC: hour 14, day of week 2 (Monday = 0, as in the ETL)
