@@ -166,7 +166,8 @@ def evaluate(
     k_max = max(config.ks)
     n_items = len(tables.items)
     candidates, logits, item_emb = retrieve(two_tower, tables, test, max(config.candidates, k_max))
-    item_vectors = item_emb[:, : two_tower.config.out_dim].numpy()  # the unit part: ILD, diagnostics
+    # the unit part of the serving vectors (without the prior's coordinate): ILD, diagnostics
+    item_vectors = item_emb[:, : two_tower.config.out_dim].numpy()
     out: dict[str, Any] = {"dataset": spec.name, "test_users": int(len(users))}
     out["retrieval"] = _ranking_block(
         candidates[:, :k_max], relevant, config.ks, n_items, item_vectors
