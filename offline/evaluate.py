@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 
 class EvaluateConfig(StrictConfig):
     ks: tuple[int, ...] = (10, 20, 50)
-    candidates: int = Field(200, ge=1, description="retrieval candidates the rankers re-score")
+    candidates: int = Field(
+        100,
+        ge=1,
+        description="retrieval candidates the rankers re-score (as the gateway's "
+        "RECSYS_RANK_CANDIDATES: the retrieval weight is tuned on what serving re-ranks)",
+    )
     neighbours: int = Field(10, ge=1)
     samples: int = Field(3, ge=0)
 
@@ -109,7 +114,7 @@ def retrieve(
     two_tower: TwoTower, tables: FeatureTables, split: HeldOut, n: int
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """(U, n) candidates of each user over the whole catalogue, their (U, n) logits
-    ``u·v/τ``, and every item's vector (I, D)."""
+    ``u'·v'/τ`` (popularity prior included), and every item's serving vector (I, O + 1)."""
     items = embed_items(two_tower, tables)
     users = embed_users(two_tower, tables, split.users, split.history)
     candidates = top_k(users, items, n, split.exclude)
@@ -161,7 +166,8 @@ def evaluate(
     k_max = max(config.ks)
     n_items = len(tables.items)
     candidates, logits, item_emb = retrieve(two_tower, tables, test, max(config.candidates, k_max))
-    item_vectors = item_emb.numpy()
+    # the unit part of the serving vectors (without the prior's coordinate): ILD, diagnostics
+    item_vectors = item_emb[:, : two_tower.config.out_dim].numpy()
     out: dict[str, Any] = {"dataset": spec.name, "test_users": int(len(users))}
     out["retrieval"] = _ranking_block(
         candidates[:, :k_max], relevant, config.ks, n_items, item_vectors

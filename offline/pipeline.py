@@ -151,11 +151,17 @@ def train_retrieval_step(ctx: Context) -> Iterator[str]:
         _save(bundle, result.model, result.config, Files.TWO_TOWER)
         _record_history(bundle, "two_tower", result.history)
     ctx.cache[Files.TWO_TOWER] = result.model
-    h = result.history
+    h, k = result.history, ctx.config.retrieval.eval_k
     yield (
-        f"train-retrieval: best valid recall@{ctx.config.retrieval.eval_k} {h.best_metric:.4f} "
+        f"train-retrieval: best valid recall@{k} {h.best_metric:.4f} "
         f"(epoch {h.best_epoch}), {h.samples_per_s:,.0f} samples/s"
     )
+    if result.prior_recall:
+        tried = ", ".join(f"{b:g}: {r:.4f}" for b, r in result.prior_recall.items())
+        yield (
+            f"train-retrieval: popularity prior {result.config.popularity_prior:g} "
+            f"(valid recall@{k} {tried})"
+        )
 
 
 def train_ranking_step(ctx: Context) -> Iterator[str]:
@@ -204,7 +210,7 @@ def _model(ctx: Context, name: str) -> Any:
 def index_step(ctx: Context) -> Iterator[str]:
     bundle, cfg, tables = ctx.open_bundle(), ctx.config.index, ctx.tables()
     model = _model(ctx, Files.TWO_TOWER)
-    vectors = embed_items(model, tables).numpy()  # (I, D), row 0 = unknown item
+    vectors = embed_items(model, tables).numpy()  # (I, O + 1), row 0 = unknown item
     _save_array(bundle, Files.ITEM_EMBEDDINGS, vectors)
     started = time.perf_counter()
     index = build_index(vectors[1:], cfg)  # FAISS id j ↔ item row j + 1
@@ -318,7 +324,10 @@ def refit_step(ctx: Context) -> Iterator[str]:
         return trainer.model_copy(update={"epochs": max(1, best.get(name, trainer.epochs))})
 
     started = time.perf_counter()
-    retrieval = c.retrieval.model_copy(update={"trainer": epochs("two_tower", c.retrieval.trainer)})
+    prior = _model(ctx, Files.TWO_TOWER).config.popularity_prior  # the evaluated model's β
+    retrieval = c.retrieval.model_copy(
+        update={"trainer": epochs("two_tower", c.retrieval.trainer), "popularity_prior": prior}
+    )
     result = train_retrieval(tables, everything, spec, retrieval)
     if rank == 0:
         _save(bundle, result.model, result.config, Files.TWO_TOWER)

@@ -43,8 +43,8 @@ class Files:
     ITEMS = "items.parquet"
     TWO_TOWER = "two_tower"  # .safetensors + .json
     RANKER = "ranker_{kind}"  # .safetensors + .json, kind in {dcn, deepfm}
-    ITEM_EMBEDDINGS = "item_embeddings.npy"  # (I, O) two-tower item vectors, row 0 = unknown
-    USER_EMBEDDINGS = "user_embeddings.npy"  # (U, O) two-tower vectors of the served histories
+    ITEM_EMBEDDINGS = "item_embeddings.npy"  # (I, O + 1) two-tower serving vectors, row 0 = unknown
+    USER_EMBEDDINGS = "user_embeddings.npy"  # (U, O + 1) serving vectors of the served histories
     RANKER_HEAD = "ranker_{kind}.onnx"  # shared.models.scoring.ServingHead
     USER_TOWER = "user_tower.onnx"  # shared.models.scoring.UserVectors
     RANKER_SPLIT = (

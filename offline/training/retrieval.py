@@ -2,13 +2,15 @@
 
 The task owns the loss (in-batch sampled softmax with logQ correction by default, or
 pointwise BCE with random / hard / mixed negatives); :class:`TwoTower` stays loss-free.
-Validation is full-catalog Recall@K on the validation split.
+Validation is full-catalog Recall@K on the validation split; after training, the
+popularity prior's weight ``β`` (:mod:`shared.models.towers`) is the one of
+``popularity_prior_grid`` with the best validation Recall@K, unless the config fixes it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -55,6 +57,13 @@ class RetrievalConfig(HistoryConfig):
     user_encoder: Literal["mean", "transformer"] = "mean"
     encoder_layers: int = Field(2, ge=1)
     encoder_heads: int = Field(2, ge=1)
+    popularity_prior: float | None = Field(
+        None,
+        ge=0,
+        description="β of the retrieval score u·v/τ + β·log q_i (0: no prior); "
+        "None: the value of popularity_prior_grid with the best validation recall@eval_k",
+    )
+    popularity_prior_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
     trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=512, lr=3e-3, patience=3)
 
 
@@ -67,12 +76,12 @@ def positives(interactions: pl.DataFrame, spec: DatasetSpec, split: str) -> pl.D
 
 
 def embed_items(model: TwoTower, tables: FeatureTables, batch: int = 8192) -> torch.Tensor:
-    """(I, D) embeddings of every item row (row 0, the unknown item, included)."""
+    """(I, O + 1) serving vectors of every item row (row 0, the unknown item, included)."""
     rows = np.arange(len(tables.items))
     with torch.no_grad():
         return torch.cat(
             [
-                model.item_embed(tables.item_inputs(rows[i : i + batch]))
+                model.item_tower.vector(tables.item_inputs(rows[i : i + batch]))
                 for i in range(0, len(rows), batch)
             ]
         )
@@ -85,17 +94,18 @@ def embed_users(
     history: np.ndarray | None = None,
     batch: int = 8192,
 ) -> torch.Tensor:
-    """(U, D) vectors of user ``rows``; ``history`` (U, H) replaces their stored latest items."""
+    """(U, O + 1) serving vectors of user ``rows``; ``history`` (U, H) replaces their
+    stored latest items."""
     with torch.no_grad():
         parts = [
-            model.user_embed(
+            model.user_tower.vector(
                 tables.user_inputs(
                     rows[i : i + batch], None if history is None else history[i : i + batch]
                 )
             )
             for i in range(0, len(rows), batch)
         ]
-    return torch.cat(parts) if parts else torch.empty(0, model.config.out_dim)
+    return torch.cat(parts) if parts else torch.empty(0, model.config.vector_dim)
 
 
 def top_k(
@@ -153,6 +163,7 @@ class RetrievalResult:
     model: TwoTower
     config: TowerConfig
     history: History
+    prior_recall: dict[float, float] = field(default_factory=dict)  # β -> valid recall@eval_k
 
 
 def train_retrieval(
@@ -243,7 +254,23 @@ def train_retrieval(
         task, config.trainer, len(users), loss_fn, validate if len(valid_users) else None,
         "two-tower",
     )  # fmt: skip
-    return RetrievalResult(model, tower_config, history)
+    # the popularity prior: log q per item-id slot, β fixed or the grid's best on validation
+    slot_log_q = np.zeros(tables.feature_map.size, dtype=np.float32)
+    slot_log_q[item_slots] = log_q.numpy()
+    prior = torch.from_numpy(slot_log_q)
+    grid = (
+        (config.popularity_prior,)
+        if config.popularity_prior is not None
+        else tuple(sorted(config.popularity_prior_grid)) or (0.0,)
+    )
+    recall = {}
+    if len(valid_users) and len(grid) > 1:
+        for beta in grid:
+            model.set_popularity_prior(prior, beta)
+            recall[beta] = validate(model)
+    best = max(recall, key=lambda b: (recall[b], -b)) if recall else grid[0]
+    model.set_popularity_prior(prior, best)
+    return RetrievalResult(model, model.config, history, recall)
 
 
 def _draw_negatives(
@@ -262,8 +289,8 @@ def _draw_negatives(
     random = rng.integers(1, n_items, (len(u_rows), k))
     if config.negatives == "random" or "items" not in cache:
         return random.reshape(-1)
-    with torch.no_grad():
-        user_emb = model.user_embed(tables.user_inputs(u_rows, hist))
+    with torch.no_grad():  # serving vectors, as the cached item table holds
+        user_emb = model.user_tower.vector(tables.user_inputs(u_rows, hist))
     exclude = torch.from_numpy(
         np.stack([i_rows, np.zeros_like(i_rows)], axis=1)
     )  # positive + unknown row

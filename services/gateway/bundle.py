@@ -137,8 +137,8 @@ class ServingBundle:
     hot_every: int  # the merge policy of the published lists (shared.recall.merge)
     score_weights: dict[str, float]
     retrieval_weight: float  # weight of the two-tower logit in the final score
-    user_vectors: np.ndarray  # (U, O) two-tower user vectors of the served histories
-    item_vectors: np.ndarray  # (I, O) two-tower item vectors
+    user_vectors: np.ndarray  # (U, O + 1) two-tower serving vectors of the served histories
+    item_vectors: np.ndarray  # (I, O + 1) two-tower serving vectors (the prior's coordinate last)
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
 
@@ -234,7 +234,7 @@ class ServingBundle:
         if unknown := set(weights) - set(tasks):
             raise BundleError(f"{bundle.root}: score weights name unknown tasks {sorted(unknown)}")
         retrieval_weight = float(serving.get("retrieval_weights", {}).get(ranker_kind, 0.0))
-        width = user_tower.config.out_dim
+        width = user_tower.config.vector_dim
         vectors = {}
         for name, rows in ((Files.USER_EMBEDDINGS, n_users), (Files.ITEM_EMBEDDINGS, n_items)):
             vectors[name] = _mapped(bundle.path(name))
@@ -352,7 +352,8 @@ class ServingBundle:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The head's inputs for one user's items: ``fields``, ``first``, ``retrieval_logit``.
 
-        The two-tower logit ``u·v/τ`` is a product of the precomputed vectors.
+        The two-tower logit ``u'·v'/τ = u·v/τ + β·log q_i`` is a product of the
+        precomputed serving vectors (:mod:`shared.models.towers`).
         """
         fields, first = self.split.assemble(
             self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow))

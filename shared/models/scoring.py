@@ -349,7 +349,8 @@ def onnx_parity(head: ServingHead, path: Path, n_fields: int, width: int, rows: 
 
 
 class UserVectors(nn.Module):
-    """The user tower over plain tensors (``UserInputs``' fields), for the ONNX export."""
+    """The user tower's serving vector over plain tensors (``UserInputs``' fields), for the
+    ONNX export."""
 
     INPUTS = ("id", "cat", "multi", "dense", "history")
 
@@ -365,4 +366,4 @@ class UserVectors(nn.Module):
         dense: torch.Tensor,
         history: torch.Tensor,
     ) -> torch.Tensor:
-        return self.tower(UserInputs(id, cat, multi, dense, history))  # (B, O)
+        return self.tower.vector(UserInputs(id, cat, multi, dense, history))  # (B, O + 1)

@@ -13,8 +13,17 @@ for training. The temperature is fixed (``TowerConfig.temperature``), not learne
 with normalised vectors it sets how peaked the in-batch softmax is, and a fixed value
 keeps runs comparable.
 
+Retrieval scores ``u·v/τ + β·log q_i``: the towers' cosine plus a popularity prior,
+``q_i`` the item's share of the training interactions and ``β``
+(``TowerConfig.popularity_prior``, chosen after training on validation) its weight.
+Training is popularity-neutral (the logQ correction takes popularity out of the
+sampled softmax); the prior puts back as much as held-out data asks for. It lives in
+the serving vectors, one extra coordinate each (:meth:`UserTower.vector`,
+:meth:`ItemTower.vector`), so that FAISS, the batch recall lists, the evaluation and the
+gateway's logit all score ``u'·v'/τ`` alike.
+
 Legend: B batch, D embedding dimension, O output dimension, F embedded feature fields
-of a tower, H history length.
+of a tower, H history length, V vocabulary (feature slots).
 """
 
 from __future__ import annotations
@@ -55,6 +64,13 @@ class TowerConfig(StrictConfig):
     history_length: int = Field(20, ge=1)  # H, for the transformer's positions
     encoder_layers: int = Field(2, ge=1)
     encoder_heads: int = Field(2, ge=1)
+    # β of the retrieval score u·v/τ + β·log q_i (0: the towers' cosine alone)
+    popularity_prior: float = Field(0.0, ge=0.0)
+
+    @property
+    def vector_dim(self) -> int:
+        """Width of the serving vectors: ``O`` unit coordinates and the prior's one."""
+        return self.out_dim + 1
 
 
 class _Tower(nn.Module):
@@ -162,6 +178,13 @@ class UserTower(_Tower):
     def forward(self, inputs: UserInputs) -> torch.Tensor:
         return self._project(self.fused(inputs))  # (B, O)
 
+    def vector(self, inputs: UserInputs) -> torch.Tensor:
+        """The serving vector ``[u; β·τ]``, ``(B, O + 1)``: against :meth:`ItemTower.vector`,
+        ``u'·v'/τ = u·v/τ + β·log q_i``."""
+        u = self(inputs)  # (B, O)
+        prior = self.config.popularity_prior * self.config.temperature
+        return torch.cat([u, u.new_full((len(u), 1), prior)], dim=1)  # (B, O + 1)
+
 
 class ItemTower(_Tower):
     """Item tower: id and item features.
@@ -185,6 +208,8 @@ class ItemTower(_Tower):
     def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
         c = config
         super().__init__(c, c.n_item_cat, c.n_item_multi, c.n_item_dense, 0, embedding)
+        # (V,) log q of each item-id slot (the training interactions' share), for the prior
+        self.register_buffer("log_popularity", torch.zeros(c.vocab_size))
 
     def fused(self, inputs: ItemInputs) -> torch.Tensor:
         """The gated mix of id and features, ``(B, D)``, before the output MLP."""
@@ -192,6 +217,11 @@ class ItemTower(_Tower):
 
     def forward(self, inputs: ItemInputs) -> torch.Tensor:
         return self._project(self.fused(inputs))  # (B, O)
+
+    def vector(self, inputs: ItemInputs) -> torch.Tensor:
+        """The serving vector ``[v; log q_i]``, ``(B, O + 1)`` (see :meth:`UserTower.vector`)."""
+        prior = self.log_popularity[inputs.id].unsqueeze(1)  # (B, 1)
+        return torch.cat([self(inputs), prior], dim=1)  # (B, O + 1)
 
 
 class TwoTower(nn.Module):
@@ -219,7 +249,13 @@ class TwoTower(nn.Module):
         """Item vectors, ``(B, O)``, unit norm."""
         return self.item_tower(item)
 
+    def set_popularity_prior(self, log_popularity: torch.Tensor, weight: float) -> None:
+        """The prior of the serving vectors: ``log q`` per slot ``(V,)`` and its weight ``β``."""
+        self.item_tower.log_popularity.copy_(log_popularity)
+        self.config = self.config.model_copy(update={"popularity_prior": float(weight)})
+        self.user_tower.config = self.item_tower.config = self.config
+
     def forward(self, user: UserInputs, item: ItemInputs) -> torch.Tensor:
-        """Row-wise logits ``cos(u_b, v_b) / τ``, ``(B,)``."""
+        """Row-wise logits ``cos(u_b, v_b) / τ``, ``(B,)`` (training: no prior)."""
         u, v = self.user_embed(user), self.item_embed(item)  # (B, O), (B, O)
         return (u * v).sum(dim=-1) / self.config.temperature  # (B,)

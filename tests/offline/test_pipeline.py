@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -14,7 +15,12 @@ from shared.keys import Keys
 TINY = {
     "dataset_options": {"n_users": 150, "n_items": 80, "n_impressions": 6000, "seed": 3},
     "retrieval": {"trainer": {"epochs": 2, "batch_size": 256}},
-    "ranking": {"hidden": [32], "trainer": {"epochs": 2, "batch_size": 512}},
+    # both rankers (the default trains DCN-v2 alone)
+    "ranking": {
+        "models": ["dcn", "deepfm"],
+        "hidden": [32],
+        "trainer": {"epochs": 2, "batch_size": 512},
+    },
     "evaluate": {"samples": 2},
 }
 
@@ -110,6 +116,20 @@ def test_served_weights_are_refit_on_every_interaction(bundle) -> None:
     assert any(line.startswith("refit: every model retrained") for line in lines)
     assert "## Served weights" in b.path(Files.REPORT).read_text()
     b.verify()  # the refit models, index and export are hashed into the manifest
+
+
+def test_popularity_prior_is_chosen_on_validation_and_kept_by_the_refit(bundle) -> None:
+    b, lines = bundle
+    served = json.loads(b.path(Files.TWO_TOWER + ".json").read_text())["config"]
+    assert served["popularity_prior"] in load_config(None).retrieval.popularity_prior_grid
+    beta = served["popularity_prior"]
+    assert any(
+        line.startswith(f"train-retrieval: popularity prior {beta:g} (valid recall@")
+        for line in lines
+    )
+    # the serving vectors carry the prior's coordinate: O + 1 wide, items' log q last
+    items = np.load(b.path(Files.ITEM_EMBEDDINGS))
+    assert items.shape[1] == served["out_dim"] + 1 and (items[1:, -1] < 0).all()
 
 
 def test_refit_can_be_switched_off(bundle, redis_server) -> None:

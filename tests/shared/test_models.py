@@ -317,6 +317,23 @@ def test_two_tower_shapes_norms_and_gradients(
     assert_all_grads(model)
 
 
+def test_serving_vectors_add_the_popularity_prior_to_the_logit() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(tower_config()).eval()
+    u_in, i_in = user_inputs(), item_inputs()
+    log_q = -torch.rand(V) * 8  # log shares of the item slots
+    model.set_popularity_prior(log_q, 0.3)
+    assert model.config.popularity_prior == model.user_tower.config.popularity_prior == 0.3
+    u, v = model.user_tower.vector(u_in), model.item_tower.vector(i_in)
+    assert u.shape == v.shape == (B, model.config.vector_dim) == (B, 6)
+    # u'·v'/τ = u·v/τ + β·log q_i; training's logit stays the cosine alone
+    want = model(u_in, i_in) + 0.3 * log_q[i_in.id]
+    torch.testing.assert_close((u * v).sum(1) / 0.05, want)
+    torch.testing.assert_close(
+        model(u_in, i_in), (model.user_embed(u_in) * model.item_embed(i_in)).sum(1) / 0.05
+    )
+
+
 def test_sequence_encoder_reads_order_and_gives_no_history_zero() -> None:
     torch.manual_seed(0)
     tower = TwoTower(tower_config(user_encoder="transformer", history_length=H)).user_tower
@@ -379,6 +396,16 @@ def test_two_tower_round_trip_and_user_tower_alone(tmp_path) -> None:
     u_in, i_in = user_inputs(), item_inputs()
     assert torch.equal(loaded(u_in, i_in), model(u_in, i_in))
     assert torch.equal(user_only(u_in), model.user_embed(u_in))
+
+
+def test_two_tower_round_trip_keeps_the_popularity_prior(tmp_path) -> None:
+    model = TwoTower(tower_config()).eval()
+    model.set_popularity_prior(-torch.rand(V), 0.5)
+    save_model(model, model.config, tmp_path / "towers")
+    loaded = load_model(tmp_path / "towers")
+    assert loaded.config.popularity_prior == 0.5
+    i_in = item_inputs()
+    assert torch.equal(loaded.item_tower.vector(i_in), model.item_tower.vector(i_in))
 
 
 def test_save_model_rejects_a_config_that_is_not_the_models(tmp_path) -> None:

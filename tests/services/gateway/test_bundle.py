@@ -59,6 +59,7 @@ def test_scores_are_the_offline_models(built: BuiltBundle, runtime: str) -> None
     served = ServingBundle.load(built.artifacts, built.version, runtime=runtime)
     assert served.runtime == runtime
     assert served.retrieval_weight > 0  # the blended final score is what is checked
+    assert served.user_tower.config.popularity_prior > 0  # with the prior in its logit
     rng = np.random.default_rng(0)
     offline = OfflineScorer(built)
     # every user row (the unknown one too); the whole catalogue, so some of the items
