@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         2.0, gt=0, description="how often the gateway checks recsys:active"
     )
-    redis_timeout_s: float = Field(0.25, gt=0, description="socket timeout of gateway Redis calls")
+    redis_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="timeout of each gateway Redis call: a stalled call waits this long "
+        "in all (only a connection found broken is retried, at once)",
+    )
     workers: int = Field(
         1, ge=1, le=64, description="gateway worker processes (each serves every route)"
     )

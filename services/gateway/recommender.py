@@ -8,7 +8,7 @@ Recall for a user, in order of preference:
    (``recsys_fallbacks_total{reason="online_tower"}``);
 3. a user the bundle does not know (a cold start): the version's ``global_hot`` ZSET
    (``reason="global_hot"``);
-4. Redis unreachable (within ``redis_timeout_s``, its retry included): the hot list the
+4. Redis unreachable (within ``redis_timeout_s``: a stall is not retried): the hot list the
    bundle holds in memory, with ``degraded: true`` (``reason="memory_hot"``); never an
    error. While Redis answers but names no active version (restarted empty), answers
    come from 2. and 3. and say ``degraded: true`` too.
@@ -112,17 +112,15 @@ class Recommender:
         seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
         source, degraded, primary = "redis", False, _NONE
         try:
-            async with asyncio.timeout(self.settings.redis_timeout_s):  # the retry included
-                if user_row:
-                    key = self.keys.recall(bundle.version, uid)
-                    listed = await self.redis.zrevrange(key, 0, n - 1)
-                    hot = []
-                else:  # a cold user may still have a list; fetch the hot list in the same trip
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
-                    pipe.zrevrange(self.keys.global_hot(bundle.version), 0, n - 1)
-                    listed, hot = await pipe.execute()
-        except (RedisError, OSError) as e:  # TimeoutError is an OSError
+            if user_row:
+                listed = await self.redis.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+                hot = []
+            else:  # a cold user may still have a list; fetch the hot list in the same trip
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+                pipe.zrevrange(self.keys.global_hot(bundle.version), 0, n - 1)
+                listed, hot = await pipe.execute()
+        except (RedisError, OSError) as e:
             if not self._redis_down:
                 log.warning("redis unreachable (%s): answering from the memory hot list", e)
                 self._redis_down = True

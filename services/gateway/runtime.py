@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError  # noqa: A004  (redis', not the builtin)
 
 from services.gateway.bundle import ServingBundle
 from services.gateway.metrics import Metrics
@@ -58,14 +58,15 @@ class Runtime:
         self.metrics = metrics
         self.keys = Keys(settings.key_prefix)
         timeout = settings.redis_timeout_s
-        # short timeouts and one immediate retry (a pooled connection that died with a
-        # restarted server reconnects); never the client's default exponential backoff.
-        # Each call is bounded as a whole, retry included, by asyncio.timeout
+        # short timeouts; one immediate retry of a connection found broken (a pooled one
+        # that died with a restarted server reconnects), never of a timeout: a stalled
+        # call waits one timeout in all. Never the client's exponential backoff.
+        # (asyncio.timeout around each call costs ~15 % of /recall's request rate.)
         self.redis = aredis.Redis.from_url(
             settings.redis_url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
             decode_responses=True,
         )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="recsys-model")
@@ -157,8 +158,7 @@ class Runtime:
         """
         async with self._sync_lock:
             try:
-                async with asyncio.timeout(self.settings.redis_timeout_s):
-                    active = await self.redis.get(self.keys.active)
+                active = await self.redis.get(self.keys.active)
             except (RedisError, OSError) as e:
                 self.redis_answered = False
                 if self._bundle is None:
@@ -265,8 +265,7 @@ class Runtime:
         """
         deps: dict[str, str] = {}
         try:
-            async with asyncio.timeout(self.settings.redis_timeout_s):
-                await self.redis.ping()
+            await self.redis.ping()
             deps["redis"] = f"stale: {self.store_note}" if self.store_note else "ok"
         except (RedisError, OSError) as e:
             deps["redis"] = f"down: {type(e).__name__}"

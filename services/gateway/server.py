@@ -41,46 +41,51 @@ class _Config(uvicorn.Config):
 
 
 class BoundedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for reading each request."""
+    """uvicorn's httptools protocol with a deadline for reading each request.
+
+    A request costs two timestamps, not a timer: one sweep per worker, every
+    ``min(1 s, timeout / 4)``, closes the connections past their deadline.
+    """
 
     def __init__(self, config: _Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self._read_timeout = config.request_timeout_s
-        self._deadline: asyncio.TimerHandle | None = None
+        self.read_timeout = config.request_timeout_s
+        self.reading_since: float | None = None  # loop time the awaited request began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        self.reading_since = self.loop.time()
+        _sweep_later(self.loop, self.server_state, self.read_timeout)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self.reading_since = None  # a whole request: answering it has no deadline here
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection has the same deadline
+        self.reading_since = self.loop.time()  # the next request on this connection
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self._read_timeout, self._expire)
+    def overdue(self, now: float) -> bool:
+        since = self.reading_since
+        return since is not None and now - since > self.read_timeout
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
 
-    def _expire(self) -> None:
-        self._deadline = None
-        cycle = self.cycle
-        if cycle is not None and not cycle.more_body and not cycle.response_complete:
-            return  # a whole request, being answered
-        if not self.transport.is_closing():
-            self.transport.close()
+def _sweep_later(loop: asyncio.AbstractEventLoop, state: Any, timeout: float) -> None:
+    """Schedule the worker's sweep over its connections, once per server."""
+    if getattr(state, "recsys_sweeping", False):
+        return
+    state.recsys_sweeping = True
+    period = min(1.0, timeout / 4)
+
+    def sweep() -> None:
+        now = loop.time()
+        for conn in list(state.connections):
+            if isinstance(conn, BoundedProtocol) and conn.overdue(now):
+                if not conn.transport.is_closing():
+                    conn.transport.close()
+        loop.call_later(period, sweep)
+
+    loop.call_later(period, sweep)
 
 
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
