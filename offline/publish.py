@@ -135,7 +135,7 @@ def publish(
             (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] > 0)
         ).sum(axis=1)
         _check_complete(client, keys, version, user_ids, distinct)
-        _persist(client, keys, version, config.batch_size)
+        _persist(client, keys, version, user_ids, config.batch_size)
         client.set(keys.active, version)  # the flip: one command
         client.zadd(keys.versions, {version: time.time()})
         client.zrem(keys.pending, version)
@@ -195,12 +195,20 @@ def _check_complete(
         )
 
 
-def _persist(client: redis.Redis, keys: Keys, version: str, batch: int) -> None:
-    """Lift the publish-time expiry of every key of ``version`` (before the flip)."""
+def _persist(
+    client: redis.Redis, keys: Keys, version: str, user_ids: Sequence[str], batch: int
+) -> None:
+    """Lift the publish-time expiry of every key of ``version`` (before the flip).
+
+    The keys are known, so no SCAN over the whole keyspace: PERSIST of a user without a
+    list (no key) is a no-op.
+    """
     pipe = client.pipeline(transaction=False)
-    for i, key in enumerate(client.scan_iter(match=keys.version_pattern(version), count=1000)):
-        pipe.persist(key)
-        if i % batch == batch - 1:
+    pipe.persist(keys.global_hot(version))
+    pipe.persist(keys.meta(version))
+    for i, uid in enumerate(user_ids):
+        pipe.persist(keys.recall(version, uid))
+        if i % (10 * batch) == 10 * batch - 1:
             pipe.execute()
     pipe.execute()
 

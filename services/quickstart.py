@@ -46,26 +46,22 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def _wait_ready(
+    base: str, process: subprocess.Popen[bytes], version: str | None = None, timeout: float = 120
+) -> None:
+    """Until ``/readyz`` is 200 (and serves ``version``, when given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the gateway exited with code {process.returncode}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+            ready = httpx.get(f"{base}/readyz", timeout=2)
+            if ready.status_code == 200 and version in (None, ready.json()["version"]):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise SystemExit(f"the gateway did not become healthy within {timeout:.0f} s")
-
-
-def _wait_serving(base: str, version: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{base}/readyz", timeout=2).json().get("version") != version:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the gateway did not swap to {version} within {timeout:.0f} s")
-        time.sleep(0.3)
+    raise SystemExit(f"the gateway did not serve {version or 'a version'} within {timeout:.0f} s")
 
 
 def _show(method: str, url: str, body: dict | None = None) -> dict:
@@ -137,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         gateway = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
         base = f"http://{settings.api_host}:{port}"
-        _wait_healthy(base, gateway)
+        _wait_ready(base, gateway)
         say(f"\ngateway: serving at {base}  (OpenAPI docs: {base}/docs, metrics: {base}/metrics)")
         client = redis.Redis.from_url(redis_url)
         version = client.get(f"{settings.key_prefix}active").decode()
@@ -154,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in run:
             say(f"  {line}")
         full = client.get(f"{settings.key_prefix}active").decode()
-        _wait_serving(base, full)
+        _wait_ready(base, gateway, full)
         say(f"\nversion {full} (the full run) is live. Stop with Ctrl+C.")
         if not args.no_wait:
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

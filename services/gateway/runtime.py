@@ -80,7 +80,6 @@ class Runtime:
             settings, self.redis, self.scorer, self.executor, metrics, clock
         )
         self.bundle_error: str | None = None  # public: no paths, no addresses
-        self.store_note: str | None = None  # Redis answers but lacks the active version
         self.redis_answered = False  # at the last sync
         self.draining = False
         self._bundle: ServingBundle | None = None
@@ -166,10 +165,7 @@ class Runtime:
                 return False
             self.redis_answered = True
             current = self._bundle
-            self.store_note = (
-                f"no active version ({self.keys.active} is unset)" if active is None else None
-            )
-            self.recommender.store_empty = active is None
+            self.recommender.store_empty = active is None  # answers say degraded
             if active is None:
                 if current is None:
                     self.bundle_error = "no active version in Redis to load"
@@ -235,6 +231,13 @@ class Runtime:
                 return
 
     # --- health ------------------------------------------------------------------------------
+    @property
+    def store_note(self) -> str | None:
+        """Redis answers but names no active version (restarted empty), or None."""
+        if self.recommender.store_empty:
+            return f"no active version ({self.keys.active} is unset)"
+        return None
+
     @property
     def ready(self) -> bool:
         """A verified bundle is served and no drain has begun (Redis may be down)."""
