@@ -3,7 +3,7 @@
     apt-get install wrk      # the load generator (Debian package); else a slower Python client
     python bench/load.py [--artifacts DIR] [--redis-url URL] [--workers 1 2]
                          [--concurrency 1 32] [--routes recall recommend rerank]
-                         [--rounds 3] [--seconds 4] [--markdown]
+                         [--rounds 3] [--seconds 4] [--floor-corked] [--markdown]
 
 Starts its own redis-server on a free port unless --redis-url is given, and builds a
 synthetic bundle (the default data's shapes, briefly trained) unless --artifacts is
@@ -16,6 +16,9 @@ that other load on the machine hits both alike. Routes: ``/recall/{uid}?top_k=50
 ``/recommend/{uid}?top_k=10`` (ranking ``RECSYS_RANK_CANDIDATES`` = 100 candidates)
 and ``POST /rerank`` of 100 items, random known users. It prints the median req/s,
 p50 and p99 of each and the gateway/floor ratio, and the gateway's memory per worker.
+The floor runs on stock uvicorn; ``--floor-corked`` gives it the gateway's one-write
+responses (``services.gateway.server.CorkedProtocol``), so that the ratio measures the
+gateway's app alone.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ def start_server(command: list[str], env: dict[str, str], port: int) -> subproce
 
 
 def servers(
-    artifacts: Path, redis_url: str, workers: int
+    artifacts: Path, redis_url: str, workers: int, floor_corked: bool = False
 ) -> tuple[dict[str, int], list[subprocess.Popen[bytes]]]:
     """Start the floor and the gateway with ``workers`` processes each; their ports."""
     base = {
@@ -175,6 +178,8 @@ def servers(
     uvicorn = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
     floor = [sys.executable, "-m", "uvicorn", "--app-dir", "bench", "floor:create_app",
              "--factory", "--port", str(ports["floor"]), "--workers", str(workers), *uvicorn]  # fmt: skip
+    if floor_corked:
+        floor += ["--http", "services.gateway.server:CorkedProtocol"]
     processes = [start_server(floor, base, ports["floor"])]
     gateway_env = base | {"RECSYS_API_PORT": str(ports["gateway"])}
     processes.append(
@@ -274,6 +279,11 @@ def main() -> None:
     parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
     parser.add_argument("--seconds", type=int, default=4, help="seconds per round")
+    parser.add_argument(
+        "--floor-corked",
+        action="store_true",
+        help="the floor with the gateway's one-write responses",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
@@ -303,7 +313,7 @@ def main() -> None:
             return python_round(port, route, inputs[route], c, seconds)
 
         for workers in args.workers:
-            ports, processes = servers(artifacts, redis_url, workers)
+            ports, processes = servers(artifacts, redis_url, workers, args.floor_corked)
             try:
                 for route in args.routes:  # warm-up: connections, caches, allocator
                     for port in ports.values():

@@ -247,7 +247,9 @@ def index_step(ctx: Context) -> Iterator[str]:
         )
         banned = seen.contains(user_rows, cand)
     merged = merge(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
-    bundle.update_manifest(serving={"hot_every": cfg.hot_every})
+    bundle.update_manifest(
+        serving={"hot_every": cfg.hot_every, "lists_exclude_seen": cfg.exclude_seen}
+    )
     _save_array(
         bundle,
         Files.USER_EMBEDDINGS,

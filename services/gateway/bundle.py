@@ -135,6 +135,7 @@ class ServingBundle:
     seen: SeenItems
     hot: np.ndarray  # (I',) item rows, hottest first: global_hot, then every other item
     hot_every: int  # the merge policy of the published lists (shared.recall.merge)
+    lists_exclude_seen: bool  # the published lists hold none of a user's seen items
     score_weights: dict[str, float]
     retrieval_weight: float  # weight of the two-tower logit in the final score
     user_vectors: np.ndarray  # (U, O + 1) two-tower serving vectors of the served histories
@@ -281,6 +282,7 @@ class ServingBundle:
             seen=seen,
             hot=hot,
             hot_every=int(serving.get("hot_every", 0)),
+            lists_exclude_seen=serving.get("lists_exclude_seen") is True,
             score_weights=weights,
             retrieval_weight=retrieval_weight,
             user_vectors=vectors[Files.USER_EMBEDDINGS],

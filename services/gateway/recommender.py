@@ -16,9 +16,10 @@ Recall for a user, in order of preference:
 Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
 items the user already interacted with, and is padded from the memory hot list up to
 the count asked for (:func:`shared.recall.merge`; a published list is already clean, so
-only its seen items are checked). Scores come from one pass of the ranker's head over
-the candidates (:class:`~services.gateway.scorer.Scorer`); responses are plain dicts in
-the schemas' shape, rendered by orjson.
+only its seen items are checked, and only if the worker did not leave them out). Scores
+come from one pass of the ranker's head over the candidates
+(:class:`~services.gateway.scorer.Scorer`); responses are plain dicts in the schemas'
+shape, rendered by orjson.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ class Recommender:
             degraded = self.store_empty
             if listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
-                primary = primary[(primary > 0) & ~_member(primary, seen)]
+                if bundle.lists_exclude_seen:
+                    primary = primary[primary > 0]
+                else:
+                    primary = primary[(primary > 0) & ~_member(primary, seen)]
             elif user_row:
                 source = "online_tower"
                 loop = asyncio.get_running_loop()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from services.gateway.routes import health, metrics, recall, recommend, rerank
 
-__all__ = ["routers"]
+__all__ = ["lean_routers", "routers"]
 
-# included into the app one by one: a router of routers adds a matching level per request
+# the app holds their routes itself (those with bodies through include_router, for the
+# body limit): every level of routers adds a matching step per request
 routers = tuple(m.router for m in (recall, recommend, rerank, health, metrics))
+# the hot GET routes, also served by :func:`services.gateway.routes.lean.lean`
+lean_routers = (recall.router, recommend.router)
