@@ -6,6 +6,10 @@
 {prefix}v:{version}:meta             HASH (created_at, dataset, counts, models)
 {prefix}versions                     ZSET of published versions by publish time
 {prefix}pending                      ZSET of versions being written, by start time
+{prefix}events                       STREAM of accepted feedback events (capped), one JSON field "e"
+{prefix}event:{event_id}             STRING, set once per accepted event_id (TTL): the dedupe
+{prefix}recent:{uid}                 ZSET of the user's recent positive item ids by event time (capped, TTL)
+{prefix}trending:{bucket}            ZSET of item ids by positives that arrived in the time bucket (TTL)
 """
 
 from __future__ import annotations
@@ -52,3 +56,16 @@ class Keys:
 
     def meta(self, version: str) -> str:
         return f"{self.prefix}v:{version}:meta"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    def event(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}"
+
+    def recent(self, uid: str) -> str:
+        return f"{self.prefix}recent:{uid}"
+
+    def trending(self, bucket: int) -> str:
+        return f"{self.prefix}trending:{bucket}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-__all__ = ["SeenItems", "faiss_rows", "merge", "nearest"]
+__all__ = ["SeenItems", "blend", "faiss_rows", "merge", "nearest"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,24 @@ def merge(
     out = np.zeros((n_users, k), dtype=np.int64)
     out[np.nonzero(keep)[0], rank[keep]] = candidates[keep]
     return out
+
+
+def blend(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """Two ranked lists of item rows interleaved, ``weight`` of the places from ``first``.
+
+    The ``j``-th item of ``first`` sits at ``(j + ½) / weight``, the ``m``-th of ``second``
+    at ``(m + ½) / (1 − weight)``; in that order, each item's first place is kept
+    (``weight`` 0: ``second`` alone, 1: ``first`` alone).
+    """
+    w = min(max(weight, 0.0), 1.0)
+    parts = [(first, w), (second, 1.0 - w)]
+    rows = np.concatenate(
+        [p for p, share in parts if share > 0 and len(p)] or [np.empty(0, np.int64)]
+    )
+    at = np.concatenate(
+        [(np.arange(len(p)) + 0.5) / share for p, share in parts if share > 0 and len(p)]
+        or [np.empty(0)]
+    )
+    rows = rows[np.argsort(at, kind="stable")]
+    _, first_place = np.unique(rows, return_index=True)
+    return rows[np.sort(first_place)].astype(np.int64)

@@ -95,9 +95,36 @@ class Settings(BaseSettings):
         description="after SIGTERM: /readyz answers 503 while every request is still "
         "served this long, then the worker stops (0: stop at once)",
     )
+    events_stream_max: int = Field(
+        1_000_000, ge=1000, description="events the Redis stream keeps (approximately) for ingest"
+    )
+    events_dedupe_ttl_s: int = Field(
+        7 * 86_400, ge=60, description="how long a written event_id is remembered as a duplicate"
+    )
+    recent_items: int = Field(
+        50, ge=1, le=1000, description="recent positive items kept per user for fresh answers"
+    )
+    recent_ttl_s: int = Field(
+        30 * 86_400, ge=60, description="a user's recent items expire this long after the last"
+    )
+    trending_bucket_s: int = Field(300, ge=10, description="width of a trending time bucket")
+    trending_half_life_s: float = Field(
+        1800.0, gt=0, description="a trending bucket counts half as much this much later"
+    )
+    trending_window_s: int = Field(
+        4 * 3600, ge=60, description="trending counts only the buckets of this last stretch"
+    )
+    trending_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of trending items in a cold user's recall (the "
+        "rest from the published hot list)",
+    )
     api_keys: SecretStr = Field(
         SecretStr(""),
-        description="comma-separated keys; when set, /rerank needs one in the X-API-Key header",
+        description="comma-separated keys; when set, /rerank and /events need one in the "
+        "X-API-Key header",
     )
 
     @property

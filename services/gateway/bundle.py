@@ -136,6 +136,7 @@ class ServingBundle:
     hot: np.ndarray  # (I',) item rows, hottest first: global_hot, then every other item
     hot_every: int  # the merge policy of the published lists (shared.recall.merge)
     lists_exclude_seen: bool  # the published lists hold none of a user's seen items
+    created_at: float  # Unix time the worker built it: later events are news to it
     score_weights: dict[str, float]
     retrieval_weight: float  # weight of the two-tower logit in the final score
     user_vectors: np.ndarray  # (U, O + 1) two-tower serving vectors of the served histories
@@ -283,6 +284,7 @@ class ServingBundle:
             hot=hot,
             hot_every=int(serving.get("hot_every", 0)),
             lists_exclude_seen=serving.get("lists_exclude_seen") is True,
+            created_at=float(manifest.get("created_at", 0.0)),
             score_weights=weights,
             retrieval_weight=retrieval_weight,
             user_vectors=vectors[Files.USER_EMBEDDINGS],
@@ -335,42 +337,76 @@ class ServingBundle:
         return np.fromiter(lookup, dtype=np.int64, count=len(raw_ids))
 
     # --- retrieval -----------------------------------------------------------------
-    def search(self, user_row: int, k: int) -> np.ndarray:
+    def fresh_history(self, user_row: int, recent: np.ndarray) -> np.ndarray:
+        """``(H,)`` item id slots: the ``recent`` item rows (newest first), then the served
+        history's other items, cut to the served length."""
+        served = self.tables.history[user_row]
+        slots = self.tables.items.id_slot[recent]
+        merged = np.concatenate([slots, served[(served > 0) & ~np.isin(served, slots)]])
+        out = np.zeros(len(served), dtype=np.int64)
+        out[: min(len(out), len(merged))] = merged[: len(out)]
+        return out
+
+    def search(self, user_row: int, k: int, history: np.ndarray | None = None) -> np.ndarray:
         """Item rows nearest the user's two-tower vector, best first; never FAISS's padding.
 
         Args:
             user_row (int): the user's row (0: the unknown user, OOV features).
             k (int): how many neighbours to ask for (capped at the catalogue).
+            history (np.ndarray | None): ``(H,)`` item id slots in place of the served
+                history (:meth:`fresh_history`): the user tower runs on them here.
 
         Returns:
             np.ndarray: ``(≤k,)`` int64 item rows ``≥ 1``.
         """
-        rows = nearest(self.index, self.user_vectors[user_row : user_row + 1], k)[0]
+        rows = nearest(self.index, self.user_vector(user_row, history)[None], k)[0]
         return rows[rows > 0]
+
+    def user_vector(self, user_row: int, history: np.ndarray | None = None) -> np.ndarray:
+        """The user's two-tower serving vector ``(O + 1,)``: precomputed over the served
+        history, or from the user tower over ``history`` (item id slots)."""
+        if history is None:
+            return self.user_vectors[user_row]
+        inputs = self.tables.user_inputs(np.array([user_row]), history[None])
+        with torch.inference_mode():
+            return self.user_tower.vector(inputs).numpy()[0]
 
     # --- scoring -------------------------------------------------------------------
     def inputs(
-        self, user_row: int, item_rows: np.ndarray, hour: int, dow: int
+        self,
+        user_row: int,
+        item_rows: np.ndarray,
+        hour: int,
+        dow: int,
+        history: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The head's inputs for one user's items: ``fields``, ``first``, ``retrieval_logit``.
 
         The two-tower logit ``u'·v'/τ = u·v/τ + β·log q_i`` is a product of the
-        precomputed serving vectors (:mod:`shared.models.towers`).
+        precomputed serving vectors (:mod:`shared.models.towers`), or, over a fresh
+        ``history``, of the user tower's vector of it.
         """
         fields, first = self.split.assemble(
-            self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow))
+            self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow)), history
         )
         if self.retrieval_weight > 0:
-            logit = self.item_vectors[item_rows] @ self.user_vectors[user_row]
+            logit = self.item_vectors[item_rows] @ self.user_vector(user_row, history)
             logit /= np.float32(self.user_tower.config.temperature)
         else:
             logit = np.zeros(len(item_rows), dtype=np.float32)
         return fields, first, logit
 
-    def score(self, user_row: int, item_rows: np.ndarray, hour: int, dow: int) -> ScoredBatch:
+    def score(
+        self,
+        user_row: int,
+        item_rows: np.ndarray,
+        hour: int,
+        dow: int,
+        history: np.ndarray | None = None,
+    ) -> ScoredBatch:
         """The final score and every ``p_t`` of one user's items (in the caller's thread)."""
         t0 = time.perf_counter()
-        inputs = self.inputs(user_row, item_rows, hour, dow)
+        inputs = self.inputs(user_row, item_rows, hour, dow, history)
         t1 = time.perf_counter()
         score, probs = self.head(*inputs)
         return ScoredBatch(score, probs, t1 - t0, time.perf_counter() - t1)

@@ -67,6 +67,10 @@ class Metrics:
             "recsys_fallbacks", "Recall answered by a fallback source", ["reason"], registry=r
         )
         self.errors = Counter("recsys_errors", "Errors by kind", ["kind"], registry=r)
+        self.fresh_recalls = Counter(
+            "recsys_fresh_recalls", "Recall from a user's events newer than the bundle", registry=r
+        )
+        self.events = Counter("recsys_events", "Events posted, by outcome", ["outcome"], registry=r)
         self.served_version = Gauge(
             "recsys_served_version_info", "1 for the bundle version being served",
             ["version"], registry=r, multiprocess_mode="liveall",
@@ -82,6 +86,8 @@ class Metrics:
             self.fallbacks.labels(reason)
         for reason in BundleError.REASONS:
             self.bundle_load_failures.labels(reason)
+        for outcome in ("accepted", "duplicate"):
+            self.events.labels(outcome)
 
     def serve_version(self, version: str) -> None:
         """Mark ``version`` as the one served (and the previous one as not)."""

@@ -1,20 +1,25 @@
 """What the endpoints do: recall, then features and scores, then the top k.
 
-Recall for a user, in order of preference:
+Recall for a user, in order of preference, from one Redis round trip that also reads
+the user's recent positive items (``recent:{uid}``, kept by ``POST /events``):
 
-1. the served version's ``recall:{uid}`` ZSET in Redis (one ZREVRANGE);
-2. a user the bundle knows but Redis has no list for: the user's two-tower vector and
+1. fresh events (a recent item newer than the bundle): the user tower over the fresh
+   history (the recent items, then the served history) and FAISS, online, in the
+   scoring process; a cold user with events is personalized so too
+   (``recsys_fresh_recalls_total``). The ranker then reads the same fresh history;
+2. the served version's ``recall:{uid}`` ZSET in Redis;
+3. a user the bundle knows but Redis has no list for: the user's two-tower vector and
    FAISS, online, merged with the hot list by the published lists' policy
    (``recsys_fallbacks_total{reason="online_tower"}``);
-3. a user the bundle does not know (a cold start): the version's ``global_hot`` ZSET
-   (``reason="global_hot"``);
-4. Redis unreachable (within ``redis_timeout_s``: a stall is not retried): the hot list the
+4. a user the bundle does not know (a cold start): the version's ``global_hot`` ZSET
+   blended with what is trending now (``trending_weight``; ``reason="global_hot"``);
+5. Redis unreachable (within ``redis_timeout_s``: a stall is not retried): the hot list the
    bundle holds in memory, with ``degraded: true`` (``reason="memory_hot"``); never an
    error. While Redis answers but names no active version (restarted empty), answers
-   come from 2. and 3. and say ``degraded: true`` too.
+   come from 3. and 4. and say ``degraded: true`` too.
 
 Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
-items the user already interacted with, and is padded from the memory hot list up to
+items the user already interacted with (in the bundle or since, as recent items), and is padded from the memory hot list up to
 the count asked for (:func:`shared.recall.merge`; a published list is already clean, so
 only its seen items are checked, and only if the worker did not leave them out). Scores
 come from one pass of the ranker's head over the candidates
@@ -24,11 +29,10 @@ shape, rendered by orjson.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,10 +46,10 @@ from services.gateway.metrics import Metrics
 from services.gateway.schemas import RerankRequest
 from services.gateway.scorer import Scorer
 from shared.keys import Keys
-from shared.recall import merge
+from shared.recall import blend, merge
 from shared.settings import Settings
 
-__all__ = ["Candidates", "Clock", "Recommender", "utc_now"]
+__all__ = ["Candidates", "Clock", "Recommender", "request_id", "utc_now"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,9 @@ class Candidates:
 
     user_row: int  # 0: unknown to the bundle (cold features)
     rows: np.ndarray  # (n,) item rows, best first
-    source: str  # redis | online_tower | global_hot | memory_hot
+    source: str  # fresh_history | redis | online_tower | global_hot | memory_hot
     degraded: bool
+    history: np.ndarray | None = None  # (H,) item id slots of a fresh history, for the ranker
 
     @property
     def is_cold_start(self) -> bool:
@@ -77,8 +82,7 @@ class Recommender:
     Args:
         settings (Settings): candidate counts, ``exclude_seen``.
         redis (redis.asyncio.Redis): the online store (short timeouts, no backoff).
-        scorer (Scorer): the ranker.
-        executor (Executor): the model thread (online user tower + FAISS).
+        scorer (Scorer): the ranker, and the online user tower + FAISS.
         metrics (Metrics): where stage latencies, cold starts and fallbacks go.
         clock (Clock): the current time, for the hour/day-of-week context features.
     """
@@ -88,7 +92,6 @@ class Recommender:
         settings: Settings,
         redis: aredis.Redis,
         scorer: Scorer,
-        executor: Executor,
         metrics: Metrics,
         clock: Clock = utc_now,
     ) -> None:
@@ -96,7 +99,8 @@ class Recommender:
         self.keys = Keys(settings.key_prefix)
         self.redis = redis
         self.scorer = scorer
-        self.executor = executor
+        self.trending: tuple[str, ...] = ()  # item ids trending now (Runtime.sync)
+        self._trending_rows: tuple[str, tuple[str, ...], np.ndarray] | None = None
         self.metrics = metrics
         self.clock = clock
         self._redis_down = False  # log outages once, not once per request
@@ -111,16 +115,15 @@ class Recommender:
         started = time.perf_counter()
         user_row = bundle.user_row(uid)
         seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
-        source, degraded, primary = "redis", False, _NONE
+        source, degraded, primary, history = "redis", False, _NONE, None
+        recent = _NONE
         try:
-            if user_row:
-                listed = await self.redis.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
-                hot = []
-            else:  # a cold user may still have a list; fetch the hot list in the same trip
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrevrange(self.keys.recall(bundle.version, uid), 0, n - 1)
+            pipe.zrevrange(self.keys.recent(uid), 0, -1, withscores=True)
+            if not user_row:  # a cold user may still have a list; the hot list in the same trip
                 pipe.zrevrange(self.keys.global_hot(bundle.version), 0, n - 1)
-                listed, hot = await pipe.execute()
+            listed, events, *hot = await pipe.execute()
         except (RedisError, OSError) as e:
             if not self._redis_down:
                 log.warning("redis unreachable (%s): answering from the memory hot list", e)
@@ -132,35 +135,61 @@ class Recommender:
                 log.warning("redis answers again: recall lists are back")
                 self._redis_down = False
             degraded = self.store_empty
-            if listed:  # a ZSET: distinct, and already merged by the published policy
+            if events:  # newest first
+                recent = bundle.item_rows([item for item, _ in events])
+                recent = recent[recent > 0]
+                if self.settings.exclude_seen:
+                    seen = np.union1d(seen, recent)
+                if events[0][1] > bundle.created_at and len(recent):
+                    history = bundle.fresh_history(user_row, recent)
+            if history is not None:
+                source = "fresh_history"
+                primary = await self.scorer.search(bundle, user_row, n + len(seen), history)
+            elif listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
-                if bundle.lists_exclude_seen:
+                if bundle.lists_exclude_seen and not len(recent):
                     primary = primary[primary > 0]
                 else:
                     primary = primary[(primary > 0) & ~_member(primary, seen)]
             elif user_row:
                 source = "online_tower"
-                loop = asyncio.get_running_loop()
-                primary = await loop.run_in_executor(
-                    self.executor, bundle.search, user_row, n + len(seen)
-                )
+                primary = await self.scorer.search(bundle, user_row, n + len(seen))
             else:
-                source, primary = "global_hot", bundle.item_rows(hot)
+                source = "global_hot"
+                primary = blend(
+                    self._trending(bundle), bundle.item_rows(hot[0]), self.settings.trending_weight
+                )
         if source == "redis" and len(primary) >= n:  # the common case: nothing to merge
             rows = primary[:n]
         else:
-            every = bundle.hot_every if source == "online_tower" else 0
+            every = bundle.hot_every if source in ("online_tower", "fresh_history") else 0
             rows = _merge(primary, bundle.hot, seen, n, every)
-        if source != "redis":
+        if source == "fresh_history":
+            self.metrics.fresh_recalls.inc()
+        elif source != "redis":
             self.metrics.fallbacks.labels(source).inc()
         if not user_row:
             self.metrics.cold_starts.inc()
         self._recall_seconds.observe(time.perf_counter() - started)
-        return Candidates(user_row, rows, source, degraded)
+        return Candidates(user_row, rows, source, degraded, history)
 
-    async def _score(self, bundle: ServingBundle, user_row: int, rows: np.ndarray) -> ScoredBatch:
+    def _trending(self, bundle: ServingBundle) -> np.ndarray:
+        """The trending item rows of ``bundle`` (mapped once per list and version)."""
+        cached, trending = self._trending_rows, self.trending
+        if cached is None or cached[0] != bundle.version or cached[1] is not trending:
+            rows = bundle.item_rows(list(trending))
+            cached = self._trending_rows = (bundle.version, trending, rows[rows > 0])
+        return cached[2]
+
+    async def _score(
+        self,
+        bundle: ServingBundle,
+        user_row: int,
+        rows: np.ndarray,
+        history: np.ndarray | None = None,
+    ) -> ScoredBatch:
         now = self.clock().astimezone(UTC)
-        scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday())
+        scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday(), history)
         self._features_seconds.observe(scores.features_s)
         self._scoring_seconds.observe(scores.scoring_s)
         return scores
@@ -182,7 +211,7 @@ class Recommender:
         found = await self.candidates(bundle, uid, max(self.settings.rank_candidates, top_k))
         items: list[dict[str, Any]] = []
         if len(found.rows):
-            scores = await self._score(bundle, found.user_row, found.rows)
+            scores = await self._score(bundle, found.user_row, found.rows, found.history)
             items = _ranked(bundle, found.rows, scores, top_k)
         return {
             "uid": uid,
@@ -191,6 +220,7 @@ class Recommender:
             "version": bundle.version,
             "degraded": found.degraded,
             "items": items,
+            "request_id": request_id(),
         }
 
     async def rerank(self, bundle: ServingBundle, request: RerankRequest) -> dict[str, Any]:
@@ -213,7 +243,13 @@ class Recommender:
             "version": bundle.version,
             "items": items,
             "unknown_items": given[~known].tolist(),
+            "request_id": request_id(),
         }
+
+
+def request_id() -> str:
+    """A new answer's id (64 random bits, hex): events about what it showed may carry it."""
+    return secrets.token_hex(8)
 
 
 def _member(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ swap never mixes versions inside a request. A version must prove itself first (e
 file's hash, finite weights, its probe set reproduced: :mod:`shared.probes`); one that
 fails leaves the old one serving, shows as ``bundle: "stale: …"`` in ``/health``,
 counts in ``recsys_bundle_load_failures_total{reason}`` and is retried with
-exponential backoff.
+exponential backoff. The same poller refreshes the trending items cold users' recall
+blends in (:meth:`~services.gateway.events.EventLog.trending`).
 
 At start-up with Redis unreachable, empty, or naming a version that fails, the latest
 version on disk that was once published is served, flagged, until Redis names one that
@@ -34,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError  # noqa: A004  (redis', not the builtin)
 
 from services.gateway.bundle import ServingBundle
+from services.gateway.events import EventLog
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, Recommender, utc_now
 from services.gateway.schemas import HealthResponse, ReadyResponse
@@ -75,10 +77,9 @@ class Runtime:
             if settings.scorer == "process"
             else None
         )
-        self.scorer = Scorer(self.process, metrics)
-        self.recommender = Recommender(
-            settings, self.redis, self.scorer, self.executor, metrics, clock
-        )
+        self.scorer = Scorer(self.process, metrics, self.executor)
+        self.recommender = Recommender(settings, self.redis, self.scorer, metrics, clock)
+        self.events = EventLog(self.redis, settings)
         self.bundle_error: str | None = None  # public: no paths, no addresses
         self.redis_answered = False  # at the last sync
         self.draining = False
@@ -164,6 +165,7 @@ class Runtime:
                     self.bundle_error = f"redis unreachable ({type(e).__name__})"
                 return False
             self.redis_answered = True
+            await self._refresh_trending()
             current = self._bundle
             self.recommender.store_empty = active is None  # answers say degraded
             if active is None:
@@ -179,6 +181,17 @@ class Runtime:
             if time.monotonic() >= retry_at:
                 await self._load(active, attempts)
             return True
+
+    async def _refresh_trending(self) -> None:
+        """What cold users' recall blends in: trending now (a failure keeps the last list)."""
+        if self.settings.trending_weight <= 0:
+            return
+        try:
+            trending = await self.events.trending(self.settings.rank_candidates)
+        except (RedisError, OSError) as e:
+            log.debug("trending not refreshed: %s", e)
+            return
+        self.recommender.trending = tuple(trending)
 
     async def _load(self, version: str, attempts: int = 0) -> bool:
         # the scoring process loads the same version meanwhile; it must hold it before the

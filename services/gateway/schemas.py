@@ -22,9 +22,13 @@ __all__ = [
     "PROTECTED",
     "UNAVAILABLE",
     "ErrorResponse",
+    "Event",
+    "EventsRequest",
+    "EventsResponse",
     "HealthResponse",
     "JSONBytes",
     "ItemId",
+    "MAX_EVENTS",
     "RecallResponse",
     "ReadyResponse",
     "RecommendResponse",
@@ -38,6 +42,7 @@ __all__ = [
 MAX_TOP_K = 200
 MAX_UID_LENGTH = 128
 MAX_RERANK_ITEMS = 1000
+MAX_EVENTS = 1000
 
 
 # printable: no Unicode "Other" (control, format, private, unassigned) or separator
@@ -110,6 +115,7 @@ class RecommendResponse(_Body):
         "(memory hot list) or named no active version"
     )
     items: list[ScoredItem] = Field(description="best first")
+    request_id: str = Field(description="names this answer: events about it may carry it")
 
 
 class RerankRequest(_Body):
@@ -130,6 +136,44 @@ class RerankResponse(_Body):
     version: str
     items: list[ScoredItem] = Field(description="the known given items, best first")
     unknown_items: list[str] = Field(description="given ids the served bundle does not know")
+    request_id: str = Field(description="names this answer: events about it may carry it")
+
+
+class EventContext(_Body):
+    page: str | None = Field(None, min_length=1, max_length=64, description="page or surface")
+    position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in the list")
+    device: str | None = Field(None, min_length=1, max_length=32)
+
+
+class Event(_Body):
+    event_id: str = Field(
+        min_length=1, max_length=128, pattern=UID_PATTERN,
+        description="the client's id of this event: a repeat of it is counted once",
+    )  # fmt: skip
+    uid: Uid
+    item_id: ItemId
+    type: str = Field(
+        min_length=1, max_length=64,
+        description="impression, or one of the served dataset's tasks (click, purchase, …)",
+    )  # fmt: skip
+    ts: float | None = Field(
+        None, ge=0, le=1e11, description="when it happened, Unix seconds (default: on arrival)"
+    )
+    request_id: str | None = Field(
+        None, max_length=64, description="the request_id of the answer that showed the item"
+    )
+    context: EventContext | None = None
+
+
+class EventsRequest(_Body):
+    events: list[Event] = Field(
+        min_length=1, max_length=MAX_EVENTS, description=f"1 to {MAX_EVENTS} events"
+    )
+
+
+class EventsResponse(_Body):
+    accepted: int = Field(description="events written")
+    duplicates: int = Field(description="events whose event_id was already written")
 
 
 class ErrorResponse(_Body):

@@ -30,6 +30,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +115,25 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
                 threading.Thread(target=load, args=(key, *args), daemon=True).start()
                 continue
             try:
-                version, user_row, items, hour, dow = args
+                if kind == "search":
+                    version, user_row, k, history = args
+                    found = bundles[version].search(user_row, k, _array(history))
+                    send((key, "ok", found.tobytes()))
+                    continue
+                version, user_row, items, hour, dow, history = args
                 rows = np.frombuffer(items, dtype=np.int64)
-                s = bundles[version].score(user_row, rows, hour, dow)
+                s = bundles[version].score(user_row, rows, hour, dow, _array(history))
                 send((key, "ok", (s.score.tobytes(), s.probs.tobytes(), s.features_s)))
             except Exception as e:  # one bad request must not end the process
                 send((key, "error", f"{type(e).__name__}: {e}"))
+
+
+def _bytes(array: np.ndarray | None) -> bytes | None:
+    return None if array is None else np.ascontiguousarray(array, dtype=np.int64).tobytes()
+
+
+def _array(data: bytes | None) -> np.ndarray | None:
+    return None if data is None else np.frombuffer(data, dtype=np.int64).copy()
 
 
 # --- the parent's side -----------------------------------------------------------------------
@@ -238,15 +252,28 @@ class ScoringProcess:
         return self._link is not None and version in self._loaded
 
     async def score(
-        self, version: str, user_row: int, items: np.ndarray, hour: int, dow: int
+        self,
+        version: str,
+        user_row: int,
+        items: np.ndarray,
+        hour: int,
+        dow: int,
+        history: np.ndarray | None = None,
     ) -> ScoredBatch:
         started = time.perf_counter()
-        rows = np.ascontiguousarray(items, dtype=np.int64).tobytes()
-        score, probs, features_s = await self._request("score", version, user_row, rows, hour, dow)
+        score, probs, features_s = await self._request(
+            "score", version, user_row, _bytes(items), hour, dow, _bytes(history)
+        )
         score = np.frombuffer(score, dtype=np.float32)
         probs = np.frombuffer(probs, dtype=np.float32).reshape(len(score), -1)
         # the head's share: the whole round trip less the input gathering
         return ScoredBatch(score, probs, features_s, time.perf_counter() - started - features_s)
+
+    async def search(
+        self, version: str, user_row: int, k: int, history: np.ndarray | None = None
+    ) -> np.ndarray:
+        found = await self._request("search", version, user_row, k, _bytes(history))
+        return np.frombuffer(found, dtype=np.int64)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -261,26 +288,58 @@ class ScoringProcess:
 
 
 class Scorer:
-    """Scores a user's items: in the scoring process when it holds the version, else inline.
+    """Scores a user's items and searches the index for a user, in the scoring process when
+    it holds the version, else inline (a search on the model thread).
 
     Args:
         process (ScoringProcess | None): the scoring process, or None to always score inline.
         metrics (Metrics): counts inline fallbacks.
+        executor (Executor): the model thread, for inline searches.
     """
 
-    def __init__(self, process: ScoringProcess | None, metrics: Metrics) -> None:
+    def __init__(
+        self, process: ScoringProcess | None, metrics: Metrics, executor: Executor
+    ) -> None:
         self.process = process
+        self.executor = executor
         self._fallbacks = metrics.fallbacks.labels("inline_scoring")
 
-    async def score(
-        self, bundle: ServingBundle, user_row: int, items: np.ndarray, hour: int, dow: int
-    ) -> ScoredBatch:
+    def _process(self, bundle: ServingBundle) -> ScoringProcess | None:
+        """The scoring process if it can answer for ``bundle``; counts the fallback if not."""
         process = self.process
-        if process is not None:
-            if process.holds(bundle.version):
-                try:
-                    return await process.score(bundle.version, user_row, items, hour, dow)
-                except ScoringUnavailable as e:
-                    log.debug("scoring inline: %s", e)
-            self._fallbacks.inc()
-        return bundle.score(user_row, items, hour, dow)
+        if process is None:
+            return None
+        if process.holds(bundle.version):
+            return process
+        self._fallbacks.inc()
+        return None
+
+    async def score(
+        self,
+        bundle: ServingBundle,
+        user_row: int,
+        items: np.ndarray,
+        hour: int,
+        dow: int,
+        history: np.ndarray | None = None,
+    ) -> ScoredBatch:
+        if (process := self._process(bundle)) is not None:
+            try:
+                return await process.score(bundle.version, user_row, items, hour, dow, history)
+            except ScoringUnavailable as e:
+                log.debug("scoring inline: %s", e)
+                self._fallbacks.inc()
+        return bundle.score(user_row, items, hour, dow, history)
+
+    async def search(
+        self, bundle: ServingBundle, user_row: int, k: int, history: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`ServingBundle.search`, off the event loop."""
+        if (process := self._process(bundle)) is not None:
+            try:
+                return await process.search(bundle.version, user_row, k, history)
+            except ScoringUnavailable as e:
+                log.debug("searching inline: %s", e)
+                self._fallbacks.inc()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, bundle.search, user_row, k, history)

@@ -127,6 +127,7 @@ class SplitTables:
     context_fields: np.ndarray  # (C, Fc, W)
     context_first: np.ndarray  # (C, P)
     first_weight: np.ndarray  # (P, F·W)
+    user_weight: np.ndarray  # (P, (Fu + 1)·W): its columns of the user side, in user_fields' order
     # (destination field, source field, length) of each run of one side's consecutive fields
     user_runs: tuple[tuple[int, int, int], ...]
     item_runs: tuple[tuple[int, int, int], ...]
@@ -140,6 +141,7 @@ class SplitTables:
         user_row: int,
         item_rows: np.ndarray,
         context: int,
+        history: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(fields (B, F, W), first (B, P))`` of one user's items, equal to the unsplit path's.
 
@@ -152,18 +154,25 @@ class SplitTables:
             user_row (int): the user's row.
             item_rows (np.ndarray): ``(B,)`` item rows.
             context (int): the context row (:func:`context_rows`).
+            history (np.ndarray | None): ``(H,)`` item id slots, most recent first, in place
+                of the served history (a user's fresh events); its field and first-layer
+                terms are computed here, once.
         """
         b, width = len(item_rows), self.item_fields.shape[2]
         fields = np.empty((b, self.first_weight.shape[1] // width, width), dtype=np.float32)
         items = self.item_fields[item_rows]  # (B, Fi, W)
-        user, ctx = self.user_fields[user_row], self.context_fields[context]
+        ctx = self.context_fields[context]
+        if history is None:
+            user, user_first = self.user_fields[user_row], self.user_first[user_row]
+            history = tables.history[user_row]  # (H,)
+        else:
+            user, user_first = self.user_side(ranker, user_row, history)
         for runs, part in ((self.item_runs, items), (self.user_runs, user[None]),
                            (self.context_runs, ctx[None])):  # fmt: skip
             for dst, src, n in runs:
                 fields[:, dst : dst + n] = part[:, src : src + n]
         first = self.item_first[item_rows]  # (B, P)
-        first += self.user_first[user_row] + self.context_first[context]
-        history = tables.history[user_row]  # (H,)
+        first += user_first + self.context_first[context]
         own = tables.items.id_slot[item_rows, None] == history  # (B, H): the item in its history
         if own.any():
             hit = np.flatnonzero(own.any(axis=1))
@@ -175,6 +184,20 @@ class SplitTables:
             fields[hit, self.history_position] = pooled.numpy()
             first[hit] = fields[hit].reshape(len(hit), -1) @ self.first_weight.T
         return fields, first
+
+
+    def user_side(
+        self, ranker: Ranker, user_row: int, history: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The user's fields ``(Fu + 1, W)`` and first-layer terms ``(P,)`` over ``history``."""
+        fields = np.array(self.user_fields[user_row])
+        with torch.inference_mode():
+            pooled = ranker.sparse_arch.pool(
+                torch.from_numpy(np.ascontiguousarray(history, dtype=np.int64)[None]),
+                float(ranker.config.history_decay),
+            )
+        fields[-1] = pooled[0].numpy()
+        return fields, fields.reshape(-1) @ self.user_weight.T
 
 
 def _runs(positions: np.ndarray) -> tuple[tuple[int, int, int], ...]:
@@ -256,10 +279,16 @@ def build_split(
 ) -> SplitTables:
     """A :class:`SplitTables` from the arrays of :func:`split_tables` (or their saved files)."""
     layout = tables.ranker_layout
+    weight = ranker.first_weight().detach().numpy()
+    width = weight.shape[1] // layout.n_fields
+    user = np.append(layout.user, layout.history)
     return SplitTables(
         **{k: arrays[k] for k in arrays},
-        first_weight=ranker.first_weight().detach().numpy(),
-        user_runs=_runs(np.append(layout.user, layout.history)),
+        first_weight=weight,
+        user_weight=np.ascontiguousarray(
+            weight[:, (user[:, None] * width + np.arange(width)).reshape(-1)]
+        ),
+        user_runs=_runs(user),
         item_runs=_runs(layout.item),
         context_runs=_runs(layout.context),
         history_position=layout.history,

@@ -124,16 +124,22 @@ class OfflineScorer:
         self.retrieval_weight = built.serving()["retrieval_weights"][kind]
 
     def score(
-        self, users: np.ndarray, items: np.ndarray, hour: np.ndarray, dow: np.ndarray
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        hour: np.ndarray,
+        dow: np.ndarray,
+        history: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``history`` (B, H) item id slots: in place of the users' served histories."""
         n = len(users)
         with torch.no_grad():
             score = self.ranker.score(
-                self.tables.ranker_inputs(users, items, hour, dow), self.weights
+                self.tables.ranker_inputs(users, items, hour, dow, history), self.weights
             )
             # u·v/τ + β·log q_i, from the towers' unit vectors and the item's share
             towers = self.two_tower
-            u = towers.user_embed(self.tables.user_inputs(users))
+            u = towers.user_embed(self.tables.user_inputs(users, history))
             item_inputs = self.tables.item_inputs(items)
             v = towers.item_embed(item_inputs)
             prior = towers.item_tower.log_popularity[item_inputs.id]
@@ -150,6 +156,7 @@ class OfflineScorer:
                 dow=dow,
                 labels={},
             ),
+            history,
         )
         return final_score(score, logits, self.retrieval_weight).numpy(), probs
 
