@@ -2,7 +2,8 @@
 
 Steps: etl, train-retrieval, train-ranking, index, export, evaluate, publish, and run
 (all of them in order); ``config`` prints the effective config (defaults, the file,
-the flags) as YAML. Errors end with one line on stderr and a non-zero exit code.
+the flags) as YAML; ``ingest`` writes the gateway's event stream into the event log
+(:mod:`offline.ingest`). Errors end with one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -27,7 +30,7 @@ EXIT_CODES: dict[type[RecsysError], int] = {DataError: 2, ConfigError: 2, StoreE
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m offline", description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=[*pipeline.STEPS, "config"], help="what to run")
+    parser.add_argument("step", choices=[*pipeline.STEPS, "config", "ingest"], help="what to run")
     parser.add_argument("--dataset", help="source name (default: synthetic)")
     parser.add_argument("--data-dir", type=Path, help="folder holding the source's files")
     parser.add_argument(
@@ -48,8 +51,41 @@ def _parser() -> argparse.ArgumentParser:
         help="run: publish a version trained one epoch first (the two-tower and the "
         "$RECSYS_RANKER ranker), then the full run replaces it",
     )
+    parser.add_argument(
+        "--events-dir", type=Path, help="ingest: the event log (default: $RECSYS_EVENTS_DIR)"
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="ingest: keep reading new events (else drain and stop)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
+    import redis  # noqa: PLC0415
+
+    from offline.ingest import Ingestor  # noqa: PLC0415
+
+    folder = args.events_dir or settings.events_dir
+    client = redis.Redis.from_url(args.redis_url or settings.redis_url)
+    try:
+        ingestor = Ingestor(client, folder, key_prefix=settings.key_prefix)
+        read = written = 0
+        started = time.perf_counter()
+        for n, w, seconds in ingestor.run(follow=args.follow):
+            read, written = read + n, written + w
+            yield f"ingest: {n} read, {w} written in {seconds:.2f} s"
+        total = time.perf_counter() - started
+        yield (
+            f"ingest: {read} events read, {written} written to {folder} in {total:.1f} s "
+            f"({read / max(total, 1e-9):,.0f} events/s)"
+        )
+    except redis.RedisError as e:
+        raise StoreError(f"redis: {type(e).__name__}: {e}") from None
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, dataset=args.dataset, data_dir=args.data_dir)
         if args.step == "config":
             print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+            return 0
+        if args.step == "ingest":
+            for line in _ingest(args, settings):
+                print(line, flush=True)
             return 0
         context = pipeline.Context(
             config=config,

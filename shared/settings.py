@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         description="after SIGTERM: /readyz answers 503 while every request is still "
         "served this long, then the worker stops (0: stop at once)",
     )
+    events_dir: Path = Field(
+        Path("events"), description="where `python -m offline ingest` writes the event log"
+    )
     events_stream_max: int = Field(
         1_000_000, ge=1000, description="events the Redis stream keeps (approximately) for ingest"
     )

@@ -185,7 +185,6 @@ class SplitTables:
             first[hit] = fields[hit].reshape(len(hit), -1) @ self.first_weight.T
         return fields, first
 
-
     def user_side(
         self, ranker: Ranker, user_row: int, history: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,158 @@
+"""``python -m offline ingest``: the gateway's event stream into day-partitioned Parquet.
+
+Reads ``{prefix}events`` (written by ``POST /events``) as one consumer of the group
+``ingest`` (created at the stream's start when missing): first the entries this consumer
+read before and never acknowledged (it stopped between read and ack), then new ones.
+Each batch becomes ``{dir}/date=YYYY-MM-DD/part-{first id}-{last id}.parquet``, one file
+per arrival day (the stream id's time), each renamed into place whole
+(:func:`shared.bundle.atomic_path`), and is acknowledged after its files are in place.
+
+Exactly once across any stop: an entry at or below the highest stream id already in a
+file name is acknowledged without being written again (ids grow, batches are written in
+the order they are read, and a batch's days
+are written in id order), so an entry is in the files once whether the stop came
+before the write, between two days' files or before the ack.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import redis
+
+from shared.bundle import atomic_path
+from shared.keys import Keys
+
+__all__ = ["EVENT_SCHEMA", "GROUP", "Ingestor", "read_events"]
+
+GROUP = "ingest"
+EVENT_SCHEMA = {
+    "event_id": pl.String, "uid": pl.String, "item_id": pl.String, "type": pl.String,
+    "ts": pl.Float64, "request_id": pl.String,
+    "context": pl.Struct({"page": pl.String, "position": pl.Int64, "device": pl.String}),
+}  # fmt: skip
+_PART = re.compile(r"^part-(\d+)-(\d+)-(\d+)-(\d+)\.parquet$")
+
+StreamId = tuple[int, int]
+
+
+def _id(raw: bytes | str) -> StreamId:
+    ms, seq = (raw.decode() if isinstance(raw, bytes) else raw).split("-")
+    return int(ms), int(seq)
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: list[bytes]  # every stream id read, ascending (all acknowledged)
+    entries: list[tuple[bytes, bytes]]  # (stream id, JSON event) of those still in the stream
+
+
+class Ingestor:
+    """One consumer of the ``ingest`` group writing Parquet parts under ``folder``.
+
+    Args:
+        client (redis.Redis): the gateway's Redis (bytes replies).
+        folder (Path): the event log's root.
+        consumer (str): this consumer's name; a restarted ingest takes over its entries.
+        key_prefix (str): the Redis key prefix.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        folder: Path,
+        consumer: str = "ingest-1",
+        key_prefix: str = "recsys:",
+    ) -> None:
+        self.client = client
+        self.folder = Path(folder)
+        self.consumer = consumer
+        self.stream = Keys(key_prefix).events
+        self.written = max((p[1] for p in _parts(self.folder)), default=(0, 0))
+        self._pending_done = False
+        try:
+            client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def read(self, count: int, block_ms: int | None = None) -> Batch:
+        """The next entries: this consumer's unacknowledged ones first, then new ones."""
+        if not self._pending_done:
+            got = self.client.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=count)
+            entries = got[0][1] if got else []
+            if entries:
+                return _batch(entries)
+            self._pending_done = True
+        got = self.client.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        return _batch(got[0][1] if got else [])
+
+    def write(self, batch: Batch) -> int:
+        """Write the entries of ``batch`` not already in a file; how many were written."""
+        fresh = [(i, p) for i, p in batch.entries if _id(i) > self.written]
+        by_day: dict[str, list[tuple[bytes, bytes]]] = {}
+        for entry in fresh:
+            day = datetime.fromtimestamp(_id(entry[0])[0] / 1000, UTC).strftime("%Y-%m-%d")
+            by_day.setdefault(day, []).append(entry)
+        for day, entries in sorted(by_day.items()):
+            first, last = _id(entries[0][0]), _id(entries[-1][0])
+            frame = pl.read_ndjson(b"\n".join(p for _, p in entries), schema=EVENT_SCHEMA)
+            frame = frame.with_columns(
+                stream_id=pl.Series([i.decode() for i, _ in entries], dtype=pl.String)
+            )
+            folder = self.folder / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"part-{first[0]}-{first[1]}-{last[0]}-{last[1]}.parquet"
+            with atomic_path(path) as tmp:
+                frame.write_parquet(tmp)
+            self.written = last
+        return len(fresh)
+
+    def ack(self, batch: Batch) -> None:
+        if batch.ids:
+            self.client.xack(self.stream, GROUP, *batch.ids)
+
+    def run(self, count: int = 10_000, follow: bool = False) -> Iterator[tuple[int, int, float]]:
+        """Read, write and acknowledge until the stream is drained (``follow``: forever);
+        yields ``(read, written, seconds)`` per batch."""
+        while True:
+            started = time.perf_counter()
+            batch = self.read(count, block_ms=1000 if follow else None)
+            if not batch.ids:
+                if follow:
+                    continue
+                return
+            written = self.write(batch)
+            self.ack(batch)
+            yield len(batch.ids), written, time.perf_counter() - started
+
+
+def _batch(read: list) -> Batch:
+    # an entry trimmed by MAXLEN while pending comes back without fields: acknowledged only
+    return Batch([i for i, _ in read], [(i, f[b"e"]) for i, f in read if f])
+
+
+def _parts(folder: Path) -> Iterator[tuple[StreamId, StreamId]]:
+    for path in folder.glob("date=*/part-*.parquet"):
+        if match := _PART.match(path.name):
+            a, b, c, d = map(int, match.groups())
+            yield (a, b), (c, d)
+
+
+def read_events(folder: Path) -> pl.DataFrame:
+    """Every event written under ``folder`` (``EVENT_SCHEMA`` plus ``stream_id``), in
+    stream order."""
+    paths = sorted(Path(folder).glob("date=*/part-*.parquet"))
+    if not paths:
+        return pl.DataFrame(schema=EVENT_SCHEMA | {"stream_id": pl.String})
+    parts = pl.concat([pl.read_parquet(p) for p in paths])
+    order = parts["stream_id"].str.split_exact("-", 1).struct.unnest().cast(pl.Int64)
+    return parts.with_columns(order).sort("field_0", "field_1").drop("field_0", "field_1")
