@@ -3,7 +3,8 @@
 Steps: etl, train-retrieval, train-ranking, index, export, evaluate, publish, and run
 (all of them in order); ``config`` prints the effective config (defaults, the file,
 the flags) as YAML; ``ingest`` writes the gateway's event stream into the event log
-(:mod:`offline.ingest`). Errors end with one line on stderr and a non-zero exit code.
+(:mod:`offline.ingest`); ``simulate`` replays the synthetic world's users against a
+running gateway (:mod:`offline.simulate`). Errors end with one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,7 +32,9 @@ EXIT_CODES: dict[type[RecsysError], int] = {DataError: 2, ConfigError: 2, StoreE
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m offline", description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=[*pipeline.STEPS, "config", "ingest"], help="what to run")
+    parser.add_argument(
+        "step", choices=[*pipeline.STEPS, "config", "ingest", "simulate"], help="what to run"
+    )
     parser.add_argument("--dataset", help="source name (default: synthetic)")
     parser.add_argument("--data-dir", type=Path, help="folder holding the source's files")
     parser.add_argument(
@@ -59,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ingest: keep reading new events (else drain and stop)",
     )
+    parser.add_argument(
+        "--gateway",
+        help="simulate: the gateway's base URL (default: http://127.0.0.1:$RECSYS_API_PORT)",
+    )
+    parser.add_argument("--visits", type=int, default=1000, help="simulate: how many visits")
+    parser.add_argument("--seed", type=int, default=1, help="simulate: the visits' random seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -88,6 +98,32 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
         client.close()
 
 
+def _simulate(args: argparse.Namespace, settings: Settings, config: Any) -> Iterator[str]:
+    import polars as pl  # noqa: PLC0415
+
+    from offline.datasets.synthetic import SyntheticConfig  # noqa: PLC0415
+    from offline.simulate import simulate  # noqa: PLC0415
+    from shared.bundle import Bundle, Files  # noqa: PLC0415
+    from shared.config import build  # noqa: PLC0415
+
+    if config.dataset != "synthetic":
+        raise ConfigError("simulate needs the synthetic world (--dataset synthetic)")
+    options = build(SyntheticConfig, config.dataset_options, "dataset options for synthetic")
+    published = Bundle.published(args.artifacts or settings.artifacts_dir)
+    seen = (
+        pl.read_parquet(published[0].path(Files.INTERACTIONS), columns=["user_id", "item_id"])
+        if published
+        else None
+    )
+    gateway = args.gateway or f"http://127.0.0.1:{settings.api_port}"
+    keys = sorted(settings.api_key_set)
+    report = simulate(
+        gateway, options, visits=args.visits, seed=args.seed, seen=seen,
+        api_key=keys[0] if keys else None,
+    )  # fmt: skip
+    yield from report.lines()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -95,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # simulate: not a line per request
     try:
         settings = Settings()
         config = load_config(args.config, dataset=args.dataset, data_dir=args.data_dir)
@@ -103,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.step == "ingest":
             for line in _ingest(args, settings):
+                print(line, flush=True)
+            return 0
+        if args.step == "simulate":
+            for line in _simulate(args, settings, config):
                 print(line, flush=True)
             return 0
         context = pipeline.Context(

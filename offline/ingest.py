@@ -9,9 +9,8 @@ per arrival day (the stream id's time), each renamed into place whole
 
 Exactly once across any stop: an entry at or below the highest stream id already in a
 file name is acknowledged without being written again (ids grow, batches are written in
-the order they are read, and a batch's days
-are written in id order), so an entry is in the files once whether the stop came
-before the write, between two days' files or before the ack.
+the order they are read, and a batch's days in id order), so an entry is in the files
+once whether the stop came before the write, between two days' files or before the ack.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offline.datasets import homepage, movielens, synthetic, tabular
+from offline.datasets import events, homepage, movielens, synthetic, tabular
 from shared.config import StrictConfig, build
 from shared.errors import ConfigError, DataError
 from shared.schema import Dataset
@@ -33,6 +33,7 @@ SOURCES: dict[str, Source] = {
     "movielens-latest": Source(movielens.load_latest, movielens.MovieLensLatestConfig),
     "homepage": Source(homepage.load, homepage.HomepageConfig),
     "tabular": Source(tabular.load, tabular.TabularConfig),
+    "events": Source(events.load, events.EventsConfig),
 }
 
 

@@ -19,6 +19,7 @@ Generative story (all vectorised, reproducible from ``seed``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from pydantic import Field
 from shared.config import StrictConfig
 from shared.schema import Dataset, DatasetSpec, Feature, FeatureKind, Task
 
-__all__ = ["SyntheticConfig", "load"]
+__all__ = ["SyntheticConfig", "World", "load"]
 
 _DAY = 86_400
 _START = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -94,33 +95,82 @@ def _power_law(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     return rng.permutation(weights / weights.sum())
 
 
+@dataclass(frozen=True)
+class World:
+    """The hidden side of the generator: every user's and item's taste, quality and
+    visible attributes, and the true probabilities of an impression's outcomes."""
+
+    config: SyntheticConfig
+    age: np.ndarray  # (U,) band index
+    gender: np.ndarray
+    region: np.ndarray
+    device: np.ndarray  # (U,) 0 mobile, 1 desktop, 2 tablet
+    taste: np.ndarray  # (U, k)
+    category: np.ndarray  # (I,)
+    item_taste: np.ndarray  # (I, k)
+    quality: np.ndarray  # (I,) logit
+    brand: np.ndarray
+    price_band: np.ndarray
+    price: np.ndarray
+    tags: list[list[str]]
+
+    @classmethod
+    def draw(cls, config: SyntheticConfig, rng: np.random.Generator) -> World:
+        """The users and items of ``config`` (the first draws of ``rng``)."""
+        c, k = config, config.taste_dim
+        # users: taste from visible features plus a small personal part
+        age = rng.integers(0, 6, c.n_users)
+        gender = rng.integers(0, 2, c.n_users)
+        region = rng.integers(0, 10, c.n_users)
+        device = rng.choice(3, c.n_users, p=[0.5, 0.35, 0.15])
+        A, G, R = rng.normal(0, 1, (6, k)), rng.normal(0, 0.8, (2, k)), rng.normal(0, 0.6, (10, k))
+        personal = c.personal_taste * rng.normal(0, 1, (c.n_users, k))
+        u = (A[age] + G[gender] + R[region] + personal) / 1.5
+        # items: taste around their category's centroid, a hidden quality, tags and price
+        cat = rng.integers(0, c.n_categories, c.n_items)
+        v = rng.normal(0, 1, (c.n_categories, k))[cat] + c.item_taste_noise * rng.normal(
+            0, 1, (c.n_items, k)
+        )
+        quality = rng.normal(0, c.item_quality, c.n_items)
+        brand = cat * 4 + rng.integers(0, 4, c.n_items)
+        price_band = np.clip(np.round(rng.normal(2 + (cat % 3) - 1, 1.0)), 0, 4).astype(np.int64)
+        price = np.round(np.exp(2.5 + 0.6 * price_band + 0.2 * rng.normal(0, 1, c.n_items)), 2)
+        tag_pref = rng.dirichlet(np.full(c.n_tags, 0.3), c.n_categories)  # (C, T)
+        n_tags = rng.integers(1, 4, c.n_items)
+        tag_draw = np.argsort(-np.log(rng.random((c.n_items, c.n_tags))) / tag_pref[cat], axis=1)
+        tags = [[f"t{t}" for t in row[:n]] for row, n in zip(tag_draw, n_tags, strict=True)]
+        return cls(config, age, gender, region, device, u, cat, v, quality, brand, price_band,
+                   price, tags)  # fmt: skip
+
+    def probabilities(
+        self, users: np.ndarray, items: np.ndarray, hour: np.ndarray, dow: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``p(click)``, ``p(add_to_cart | click)``, ``p(purchase | add_to_cart)`` of each
+        (user row, item row, hour, day of week)."""
+        c = self.config
+        dv, pb = self.device[users], self.price_band[items]
+        affinity = np.einsum("nk,nk->n", self.taste[users], self.item_taste[items]) / np.sqrt(
+            c.taste_dim
+        )
+        context = (
+            0.5 * ((dv == 0) & (hour >= 18))
+            + 0.3 * ((dv == 1) & (hour >= 9) & (hour < 18))
+            + 0.3 * ((dow >= 5) & (self.category[items] % 4 == 0))
+            - 0.25 * pb * (self.age[users] < 2)
+        )
+        logit = c.click_bias + c.taste_strength * affinity + self.quality[items] + context
+        p_atc = _sigmoid(-0.8 + 0.6 * affinity - 0.35 * (pb - 2))
+        p_buy = _sigmoid(-0.4 - 0.5 * (pb - 2) + 0.4 * (dv == 1))
+        return _sigmoid(logit), p_atc, p_buy
+
+
 def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
     """Generate the tables; ``data_dir`` is unused (no files needed)."""
     c = config
     rng = np.random.default_rng(c.seed)
-    k = c.taste_dim
-
-    # users: taste from visible features plus a small personal part
-    age = rng.integers(0, 6, c.n_users)
-    gender = rng.integers(0, 2, c.n_users)
-    region = rng.integers(0, 10, c.n_users)
-    device = rng.choice(3, c.n_users, p=[0.5, 0.35, 0.15])
-    A, G, R = rng.normal(0, 1, (6, k)), rng.normal(0, 0.8, (2, k)), rng.normal(0, 0.6, (10, k))
-    u = (A[age] + G[gender] + R[region] + c.personal_taste * rng.normal(0, 1, (c.n_users, k))) / 1.5
-
-    # items: taste around their category's centroid, a hidden quality, tags and price
-    cat = rng.integers(0, c.n_categories, c.n_items)
-    v = rng.normal(0, 1, (c.n_categories, k))[cat] + c.item_taste_noise * rng.normal(
-        0, 1, (c.n_items, k)
-    )
-    quality = rng.normal(0, c.item_quality, c.n_items)
-    brand = cat * 4 + rng.integers(0, 4, c.n_items)
-    price_band = np.clip(np.round(rng.normal(2 + (cat % 3) - 1, 1.0)), 0, 4).astype(np.int64)
-    price = np.round(np.exp(2.5 + 0.6 * price_band + 0.2 * rng.normal(0, 1, c.n_items)), 2)
-    tag_pref = rng.dirichlet(np.full(c.n_tags, 0.3), c.n_categories)  # (C, T)
-    n_tags = rng.integers(1, 4, c.n_items)
-    tag_draw = np.argsort(-np.log(rng.random((c.n_items, c.n_tags))) / tag_pref[cat], axis=1)
-    tags = [[f"t{t}" for t in row[:n]] for row, n in zip(tag_draw, n_tags, strict=True)]
+    w = World.draw(c, rng)
+    cat, age, gender, region, device = w.category, w.age, w.gender, w.region, w.device
+    brand, price_band, price, tags = w.brand, w.price_band, w.price, w.tags
 
     # impressions: who sees what, when
     n = c.n_impressions
@@ -138,21 +188,10 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
     click = np.empty(n)
     for lo in range(0, n, 1_000_000):  # chunks bound memory at 10M+ impressions
         s = slice(lo, min(n, lo + 1_000_000))
-        us, it, hr, dv = uid[s], iid[s], hour[s], device[uid[s]]
-        affinity = np.einsum("nk,nk->n", u[us], v[it]) / np.sqrt(k)
-        context = (
-            0.5 * ((dv == 0) & (hr >= 18))
-            + 0.3 * ((dv == 1) & (hr >= 9) & (hr < 18))
-            + 0.3 * ((dow[s] >= 5) & (cat[it] % 4 == 0))
-            - 0.25 * price_band[it] * (age[us] < 2)
-        )
-        logit = c.click_bias + c.taste_strength * affinity + quality[it] + context
-        p_click[s] = _sigmoid(logit)
-        click[s] = rng.random(len(us)) < p_click[s]
-        p_atc = _sigmoid(-0.8 + 0.6 * affinity - 0.35 * (price_band[it] - 2))
-        atc[s] = click[s] * (rng.random(len(us)) < p_atc)
-        p_buy = _sigmoid(-0.4 - 0.5 * (price_band[it] - 2) + 0.4 * (dv == 1))
-        purchase[s] = atc[s] * (rng.random(len(us)) < p_buy)
+        p_click[s], p_atc, p_buy = w.probabilities(uid[s], iid[s], hour[s], dow[s])
+        click[s] = rng.random(len(p_atc)) < p_click[s]
+        atc[s] = click[s] * (rng.random(len(p_atc)) < p_atc)
+        purchase[s] = atc[s] * (rng.random(len(p_atc)) < p_buy)
 
     interactions = pl.DataFrame(
         {

@@ -1,0 +1,107 @@
+"""The ``events`` source: what the gateway logged (``offline ingest``), as impressions.
+
+``--dataset events --data-dir events/`` reads the event log and the served bundle (the
+latest published under ``artifacts``, or ``version``): its spec, and its user and item
+tables with their raw features. Events of one user on one item in one answer
+(``request_id``; events without one group by user and item) make one impression row:
+its time is the first event's, each task's label is 1 when an event of that task or of
+a task below it in the funnel was logged (a purchase is also a click), so impressions
+without an outcome are the negatives. ``page`` and ``position`` are kept as columns.
+With ``with_bundle_interactions`` (the default) the bundle's own interactions come
+first, so a retrain learns from what was logged on top of what the version knew.
+Users and items only the events name get null features.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+from offline.datasets.tables import with_all_ids
+from offline.ingest import read_events
+from shared.bundle import Bundle, Files
+from shared.config import StrictConfig
+from shared.errors import DataError
+from shared.schema import Dataset, DatasetSpec
+from shared.settings import Settings
+
+__all__ = ["EventsConfig", "load"]
+
+
+class EventsConfig(StrictConfig):
+    artifacts: Path | None = None  # the bundles folder (default: $RECSYS_ARTIFACTS_DIR)
+    version: str | None = None  # the bundle whose tables to join (default: latest published)
+    with_bundle_interactions: bool = True
+
+
+def _bundle(config: EventsConfig) -> Bundle:
+    artifacts = config.artifacts or Settings().artifacts_dir
+    if config.version is not None:
+        return Bundle.open(artifacts, config.version)
+    published = Bundle.published(artifacts)
+    if not published:
+        raise DataError(artifacts, "no published bundle to take the user and item tables from")
+    return published[0]
+
+
+def impressions(events: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """One row per (user, item, answer) with a 0/1 label per task (see the module doc)."""
+    below: dict[str, set[str]] = {t.name: {t.name} for t in spec.tasks}
+    for task in reversed(spec.tasks):  # children come after their parents
+        if task.parent in below:
+            below[task.parent] |= below[task.name]
+    context = events["context"].struct
+    rows = events.with_columns(
+        page=context.field("page"), position=context.field("position"),
+        answer=pl.col("request_id").fill_null(""),
+    )  # fmt: skip
+    return (
+        rows.group_by("uid", "item_id", "answer", maintain_order=True)
+        .agg(
+            ts=pl.col("ts").min().floor().cast(pl.Int64),
+            page=pl.col("page").drop_nulls().first(),
+            position=pl.col("position").drop_nulls().first(),
+            **{
+                name: pl.col("type").is_in(sorted(types)).any().cast(pl.Float64)
+                for name, types in below.items()
+            },
+        )
+        .rename({"uid": "user_id"})
+        .drop("answer")
+        .sort("ts", maintain_order=True)
+    )
+
+
+def load(data_dir: Path | None, config: EventsConfig) -> Dataset:
+    """The logged impressions joined with the served bundle's tables."""
+    assert data_dir is not None  # needs_dir
+    events = read_events(data_dir)
+    if not events.height:
+        raise DataError(data_dir, "no events (run `python -m offline ingest` first)")
+    bundle = _bundle(config)
+    spec = DatasetSpec.from_dict(json.loads(bundle.path(Files.SPEC).read_text()))
+    spec = replace(spec, name="events", implicit=False, oracle_column=None)
+    logged = impressions(events, spec)
+    tasks = spec.label_columns
+    interactions = logged
+    if config.with_bundle_interactions:
+        known = pl.read_parquet(bundle.path(Files.INTERACTIONS))
+        known = known.select(
+            "user_id", "item_id", "ts", *(pl.col(t).cast(pl.Float64) for t in tasks)
+        )
+        interactions = pl.concat([known, logged], how="diagonal_relaxed")
+    tables = {}
+    for owner, name in (("user", Files.USERS), ("item", Files.ITEMS)):
+        columns = [f"{owner}_id", *(f.name for f in spec.features_of(owner))]
+        table = pl.read_parquet(bundle.path(name), columns=columns)
+        tables[owner] = with_all_ids(table, interactions[f"{owner}_id"], f"{owner}_id")
+    return Dataset(
+        interactions=interactions,
+        users=tables["user"],
+        items=tables["item"],
+        spec=spec,
+        source=str(data_dir),
+    )
