@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +48,7 @@ from shared.models.scoring import (
 )
 from shared.models.towers import TwoTower, UserTower
 from shared.probes import Probe, mismatch, read_probes
-from shared.recall import SeenItems, nearest
+from shared.recall import SeenItems, merge, nearest
 from shared.schema import DatasetSpec
 
 __all__ = ["ModelRuntime", "ScoredBatch", "ServingBundle"]
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 ModelRuntime = Literal["onnx", "torch"]
 _SPLIT_PARTS = ("user_fields", "user_first", "item_fields", "item_first")
+_FRESH_KEPT = 256  # fresh user vectors kept per process
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class ServingBundle:
     item_vectors: np.ndarray  # (I, O + 1) two-tower serving vectors (the prior's coordinate last)
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
+    _fresh: dict[tuple[int, bytes], np.ndarray] = field(default_factory=dict, repr=False)
 
     # --- loading -----------------------------------------------------------------
     @classmethod
@@ -362,14 +364,54 @@ class ServingBundle:
         rows = nearest(self.index, self.user_vector(user_row, history)[None], k)[0]
         return rows[rows > 0]
 
+    def padded(self, primary: np.ndarray, seen: np.ndarray, n: int, every: int) -> np.ndarray:
+        """:func:`shared.recall.merge` for one user: ``primary`` with the memory hot list
+        merged in by the published lists' policy (``every``) and padding it to ``n``,
+        without repeats or ``seen`` (ascending) rows."""
+        if every == 0:  # the hot list only pads: most often, nothing to pad
+            kept = primary[~np.isin(primary, seen)] if len(seen) else primary
+            if len(kept) >= n and len(np.unique(kept[:n])) == n:
+                return kept[:n]
+        # enough of the hot list for n survivors even if every seen and primary row is in it
+        hot = self.hot[: n + len(seen) + len(primary)]
+        candidates = np.concatenate([primary, hot])
+        banned = np.isin(candidates, seen)[None] if len(seen) else None
+        rows = merge(primary[None], hot, n, every, banned)[0]
+        return rows[rows > 0]
+
+    def fresh(
+        self,
+        user_row: int,
+        history: np.ndarray,
+        seen: np.ndarray,
+        n: int,
+        hour: int,
+        dow: int,
+        score: bool,
+    ) -> tuple[np.ndarray, ScoredBatch | None]:
+        """A fresh history's ``n`` candidates (:meth:`search`, :meth:`padded`) and, with
+        ``score``, their scores over the same history: one call for the scoring process."""
+        primary = self.search(user_row, n + len(seen), history)
+        rows = self.padded(primary, seen, n, self.hot_every)
+        scored = self.score(user_row, rows, hour, dow, history) if score and len(rows) else None
+        return rows, scored
+
     def user_vector(self, user_row: int, history: np.ndarray | None = None) -> np.ndarray:
         """The user's two-tower serving vector ``(O + 1,)``: precomputed over the served
-        history, or from the user tower over ``history`` (item id slots)."""
+        history, or from the user tower (torch) over ``history`` (item id slots). The last
+        few fresh vectors are kept (a request's search and its scoring ask for the same)."""
         if history is None:
             return self.user_vectors[user_row]
+        key = (user_row, history.tobytes())
+        if (vector := self._fresh.get(key)) is not None:
+            return vector
         inputs = self.tables.user_inputs(np.array([user_row]), history[None])
         with torch.inference_mode():
-            return self.user_tower.vector(inputs).numpy()[0]
+            vector = self.user_tower.vector(inputs).numpy()[0]
+        if len(self._fresh) >= _FRESH_KEPT:
+            self._fresh.pop(next(iter(self._fresh)))
+        self._fresh[key] = vector
+        return vector
 
     # --- scoring -------------------------------------------------------------------
     def inputs(

@@ -46,7 +46,7 @@ from services.gateway.metrics import Metrics
 from services.gateway.schemas import RerankRequest
 from services.gateway.scorer import Scorer
 from shared.keys import Keys
-from shared.recall import blend, merge
+from shared.recall import blend
 from shared.settings import Settings
 
 __all__ = ["Candidates", "Clock", "Recommender", "request_id", "utc_now"]
@@ -70,6 +70,7 @@ class Candidates:
     source: str  # fresh_history | redis | online_tower | global_hot | memory_hot
     degraded: bool
     history: np.ndarray | None = None  # (H,) item id slots of a fresh history, for the ranker
+    scores: ScoredBatch | None = None  # scored along with a fresh recall
 
     @property
     def is_cold_start(self) -> bool:
@@ -110,12 +111,15 @@ class Recommender:
         self._scoring_seconds = metrics.stage_latency.labels("scoring")
 
     # --- stages --------------------------------------------------------------------
-    async def candidates(self, bundle: ServingBundle, uid: str, n: int) -> Candidates:
-        """Up to ``n`` item rows for ``uid`` (fewer only when the catalogue runs out)."""
+    async def candidates(
+        self, bundle: ServingBundle, uid: str, n: int, score: bool = False
+    ) -> Candidates:
+        """Up to ``n`` item rows for ``uid`` (fewer only when the catalogue runs out);
+        ``score``: the caller will score them (a fresh recall then scores in the same trip)."""
         started = time.perf_counter()
         user_row = bundle.user_row(uid)
         seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
-        source, degraded, primary, history = "redis", False, _NONE, None
+        source, degraded, primary, history, scores = "redis", False, _NONE, None, None
         recent = _NONE
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -142,9 +146,12 @@ class Recommender:
                     seen = np.union1d(seen, recent)
                 if events[0][1] > bundle.created_at and len(recent):
                     history = bundle.fresh_history(user_row, recent)
-            if history is not None:
+            if history is not None:  # recall and, if asked, scores in one trip
                 source = "fresh_history"
-                primary = await self.scorer.search(bundle, user_row, n + len(seen), history)
+                now = self.clock().astimezone(UTC)
+                primary, scores = await self.scorer.fresh(
+                    bundle, user_row, history, seen, n, now.hour, now.weekday(), score
+                )
             elif listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
                 if bundle.lists_exclude_seen and not len(recent):
@@ -159,11 +166,11 @@ class Recommender:
                 primary = blend(
                     self._trending(bundle), bundle.item_rows(hot[0]), self.settings.trending_weight
                 )
-        if source == "redis" and len(primary) >= n:  # the common case: nothing to merge
-            rows = primary[:n]
+        if source == "fresh_history" or (source == "redis" and len(primary) >= n):
+            rows = primary[:n]  # nothing (more) to merge
         else:
-            every = bundle.hot_every if source in ("online_tower", "fresh_history") else 0
-            rows = _merge(primary, bundle.hot, seen, n, every)
+            every = bundle.hot_every if source == "online_tower" else 0
+            rows = bundle.padded(primary, seen, n, every)
         if source == "fresh_history":
             self.metrics.fresh_recalls.inc()
         elif source != "redis":
@@ -171,7 +178,10 @@ class Recommender:
         if not user_row:
             self.metrics.cold_starts.inc()
         self._recall_seconds.observe(time.perf_counter() - started)
-        return Candidates(user_row, rows, source, degraded, history)
+        if scores is not None:
+            self._features_seconds.observe(scores.features_s)
+            self._scoring_seconds.observe(scores.scoring_s)
+        return Candidates(user_row, rows, source, degraded, history, scores)
 
     def _trending(self, bundle: ServingBundle) -> np.ndarray:
         """The trending item rows of ``bundle`` (mapped once per list and version)."""
@@ -181,15 +191,9 @@ class Recommender:
             cached = self._trending_rows = (bundle.version, trending, rows[rows > 0])
         return cached[2]
 
-    async def _score(
-        self,
-        bundle: ServingBundle,
-        user_row: int,
-        rows: np.ndarray,
-        history: np.ndarray | None = None,
-    ) -> ScoredBatch:
+    async def _score(self, bundle: ServingBundle, user_row: int, rows: np.ndarray) -> ScoredBatch:
         now = self.clock().astimezone(UTC)
-        scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday(), history)
+        scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday())
         self._features_seconds.observe(scores.features_s)
         self._scoring_seconds.observe(scores.scoring_s)
         return scores
@@ -208,10 +212,11 @@ class Recommender:
         }
 
     async def recommend(self, bundle: ServingBundle, uid: str, top_k: int) -> dict[str, Any]:
-        found = await self.candidates(bundle, uid, max(self.settings.rank_candidates, top_k))
+        n = max(self.settings.rank_candidates, top_k)
+        found = await self.candidates(bundle, uid, n, score=True)
         items: list[dict[str, Any]] = []
         if len(found.rows):
-            scores = await self._score(bundle, found.user_row, found.rows, found.history)
+            scores = found.scores or await self._score(bundle, found.user_row, found.rows)
             items = _ranked(bundle, found.rows, scores, top_k)
         return {
             "uid": uid,
@@ -258,18 +263,6 @@ def _member(rows: np.ndarray, sorted_rows: np.ndarray) -> np.ndarray:
         return np.zeros(len(rows), dtype=bool)
     at = np.minimum(np.searchsorted(sorted_rows, rows), len(sorted_rows) - 1)
     return sorted_rows[at] == rows
-
-
-def _merge(
-    primary: np.ndarray, hot: np.ndarray, seen: np.ndarray, n: int, every: int
-) -> np.ndarray:
-    """:func:`shared.recall.merge` for one user: the published lists' policy, padded from ``hot``."""
-    # enough of the hot list for n survivors even if every seen and every primary row is in it
-    hot = hot[: n + len(seen) + len(primary)]
-    candidates = np.concatenate([primary, hot])
-    banned = np.isin(candidates, seen)[None] if len(seen) else None
-    rows = merge(primary[None], hot, n, every, banned)[0]
-    return rows[rows > 0]
 
 
 def _ranked(

@@ -116,9 +116,19 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
                 continue
             try:
                 if kind == "search":
-                    version, user_row, k, history = args
-                    found = bundles[version].search(user_row, k, _array(history))
+                    version, user_row, k = args
+                    found = bundles[version].search(user_row, k)
                     send((key, "ok", found.tobytes()))
+                    continue
+                if kind == "fresh":
+                    version, user_row, history, seen, n, hour, dow, score = args
+                    rows, s = bundles[version].fresh(
+                        user_row, _array(history), _array(seen), n, hour, dow, score
+                    )
+                    scored = (
+                        None if s is None else (s.score.tobytes(), s.probs.tobytes(), s.features_s)
+                    )
+                    send((key, "ok", (rows.tobytes(), scored)))
                     continue
                 version, user_row, items, hour, dow, history = args
                 rows = np.frombuffer(items, dtype=np.int64)
@@ -269,11 +279,27 @@ class ScoringProcess:
         # the head's share: the whole round trip less the input gathering
         return ScoredBatch(score, probs, features_s, time.perf_counter() - started - features_s)
 
-    async def search(
-        self, version: str, user_row: int, k: int, history: np.ndarray | None = None
-    ) -> np.ndarray:
-        found = await self._request("search", version, user_row, k, _bytes(history))
+    async def search(self, version: str, user_row: int, k: int) -> np.ndarray:
+        found = await self._request("search", version, user_row, k)
         return np.frombuffer(found, dtype=np.int64)
+
+    async def fresh(
+        self, version: str, user_row: int, history: np.ndarray, seen: np.ndarray, n: int,
+        hour: int, dow: int, score: bool,
+    ) -> tuple[np.ndarray, ScoredBatch | None]:  # fmt: skip
+        started = time.perf_counter()
+        rows, scored = await self._request(
+            "fresh", version, user_row, _bytes(history), _bytes(seen), n, hour, dow, score
+        )
+        rows = np.frombuffer(rows, dtype=np.int64)
+        if scored is None:
+            return rows, None
+        score_, probs, features_s = scored
+        score_ = np.frombuffer(score_, dtype=np.float32)
+        probs = np.frombuffer(probs, dtype=np.float32).reshape(len(score_), -1)
+        return rows, ScoredBatch(
+            score_, probs, features_s, time.perf_counter() - started - features_s
+        )
 
     async def aclose(self) -> None:
         self._closing = True
@@ -331,15 +357,28 @@ class Scorer:
                 self._fallbacks.inc()
         return bundle.score(user_row, items, hour, dow, history)
 
-    async def search(
-        self, bundle: ServingBundle, user_row: int, k: int, history: np.ndarray | None = None
-    ) -> np.ndarray:
+    async def fresh(
+        self, bundle: ServingBundle, user_row: int, history: np.ndarray, seen: np.ndarray,
+        n: int, hour: int, dow: int, score: bool,
+    ) -> tuple[np.ndarray, ScoredBatch | None]:  # fmt: skip
+        """:meth:`ServingBundle.fresh`, off the event loop (one trip to the scoring process)."""
+        args = (user_row, history, seen, n, hour, dow, score)
+        if (process := self._process(bundle)) is not None:
+            try:
+                return await process.fresh(bundle.version, *args)
+            except ScoringUnavailable as e:
+                log.debug("fresh recall inline: %s", e)
+                self._fallbacks.inc()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, bundle.fresh, *args)
+
+    async def search(self, bundle: ServingBundle, user_row: int, k: int) -> np.ndarray:
         """:meth:`ServingBundle.search`, off the event loop."""
         if (process := self._process(bundle)) is not None:
             try:
-                return await process.search(bundle.version, user_row, k, history)
+                return await process.search(bundle.version, user_row, k)
             except ScoringUnavailable as e:
                 log.debug("searching inline: %s", e)
                 self._fallbacks.inc()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, bundle.search, user_row, k, history)
+        return await loop.run_in_executor(self.executor, bundle.search, user_row, k)
