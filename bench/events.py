@@ -49,7 +49,7 @@ request = function()
   for i = 1, 100 do
     local kind = (i % 10 == 0) and "click" or "impression"
     parts[i] = string.format(
-      '{"event_id":"%s-%d-%d","uid":"u%d","item_id":"i%d","type":"%s","context":{"page":"home","position":%d}}',
+      '{"event_id":"%s-%d-%d","uid":"load-%d","item_id":"i%d","type":"%s","context":{"page":"home","position":%d}}',
       tag, n, i, (n * 31 + i) % users, (n * 7 + i * 13) % items, kind, i % 10)
   end
   return wrk.format("POST", "/events", {["Content-Type"] = "application/json"},

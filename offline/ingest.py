@@ -15,6 +15,8 @@ once whether the stop came before the write, between two days' files or before t
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -39,10 +41,11 @@ EVENT_SCHEMA = {
 _PART = re.compile(r"^part-(\d+)-(\d+)-(\d+)-(\d+)\.parquet$")
 
 StreamId = tuple[int, int]
+_DAY_MS = 86_400_000
 
 
-def _id(raw: bytes | str) -> StreamId:
-    ms, seq = (raw.decode() if isinstance(raw, bytes) else raw).split("-")
+def _id(raw: bytes) -> StreamId:
+    ms, seq = raw.split(b"-")
     return int(ms), int(seq)
 
 
@@ -96,24 +99,26 @@ class Ingestor:
 
     def write(self, batch: Batch) -> int:
         """Write the entries of ``batch`` not already in a file; how many were written."""
-        fresh = [(i, p) for i, p in batch.entries if _id(i) > self.written]
-        by_day: dict[str, list[tuple[bytes, bytes]]] = {}
-        for entry in fresh:
-            day = datetime.fromtimestamp(_id(entry[0])[0] / 1000, UTC).strftime("%Y-%m-%d")
-            by_day.setdefault(day, []).append(entry)
-        for day, entries in sorted(by_day.items()):
-            first, last = _id(entries[0][0]), _id(entries[-1][0])
-            frame = pl.read_ndjson(b"\n".join(p for _, p in entries), schema=EVENT_SCHEMA)
+        ids = [_id(i) for i, _ in batch.entries]  # ascending
+        start = bisect.bisect_right(ids, self.written)  # those at or below it are written
+        entries, ids = batch.entries[start:], ids[start:]
+        at = 0
+        for day, group in itertools.groupby(ids, key=lambda i: i[0] // _DAY_MS):
+            n = sum(1 for _ in group)
+            part, first, last = entries[at : at + n], ids[at], ids[at + n - 1]
+            at += n
+            frame = pl.read_ndjson(b"\n".join(p for _, p in part), schema=EVENT_SCHEMA)
             frame = frame.with_columns(
-                stream_id=pl.Series([i.decode() for i, _ in entries], dtype=pl.String)
+                stream_id=pl.Series([i.decode() for i, _ in part], dtype=pl.String)
             )
-            folder = self.folder / f"date={day}"
+            date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+            folder = self.folder / f"date={date}"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"part-{first[0]}-{first[1]}-{last[0]}-{last[1]}.parquet"
             with atomic_path(path) as tmp:
                 frame.write_parquet(tmp)
             self.written = last
-        return len(fresh)
+        return len(entries)
 
     def ack(self, batch: Batch) -> None:
         if batch.ids:
