@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 ModelRuntime = Literal["onnx", "torch"]
 _SPLIT_PARTS = ("user_fields", "user_first", "item_fields", "item_first")
-_FRESH_KEPT = 256  # fresh user vectors kept per process
+_FRESH_KEPT = 4096  # fresh users' vectors and ranker sides kept per process (~2 KB each)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class ServingBundle:
     item_vectors: np.ndarray  # (I, O + 1) two-tower serving vectors (the prior's coordinate last)
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
-    _fresh: dict[tuple[int, bytes], np.ndarray] = field(default_factory=dict, repr=False)
+    _fresh: dict[tuple[int, bytes], Any] = field(default_factory=dict, repr=False)
 
     # --- loading -----------------------------------------------------------------
     @classmethod
@@ -402,16 +402,24 @@ class ServingBundle:
         few fresh vectors are kept (a request's search and its scoring ask for the same)."""
         if history is None:
             return self.user_vectors[user_row]
+        return self._fresh_user(user_row, history)[0]
+
+    def _fresh_user(
+        self, user_row: int, history: np.ndarray
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The user tower's vector and the ranker's user side over a fresh ``history``:
+        computed once per (user, history), the latest few thousand kept (exact: a user's
+        next requests reuse them until their next event)."""
         key = (user_row, history.tobytes())
-        if (vector := self._fresh.get(key)) is not None:
-            return vector
-        inputs = self.tables.user_inputs(np.array([user_row]), history[None])
-        with torch.inference_mode():
-            vector = self.user_tower.vector(inputs).numpy()[0]
-        if len(self._fresh) >= _FRESH_KEPT:
-            self._fresh.pop(next(iter(self._fresh)))
-        self._fresh[key] = vector
-        return vector
+        if (kept := self._fresh.pop(key, None)) is None:
+            inputs = self.tables.user_inputs(np.array([user_row]), history[None])
+            with torch.inference_mode():
+                vector = self.user_tower.vector(inputs).numpy()[0]
+            kept = (vector, self.split.user_side(self.ranker, user_row, history))
+            if len(self._fresh) >= _FRESH_KEPT:
+                self._fresh.pop(next(iter(self._fresh)))
+        self._fresh[key] = kept  # the most recently used last
+        return kept
 
     # --- scoring -------------------------------------------------------------------
     def inputs(
@@ -428,9 +436,11 @@ class ServingBundle:
         precomputed serving vectors (:mod:`shared.models.towers`), or, over a fresh
         ``history``, of the user tower's vector of it.
         """
+        side = None if history is None else self._fresh_user(user_row, history)[1]
         fields, first = self.split.assemble(
-            self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow)), history
-        )
+            self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow)),
+            history, side,
+        )  # fmt: skip
         if self.retrieval_weight > 0:
             logit = self.item_vectors[item_rows] @ self.user_vector(user_row, history)
             logit /= np.float32(self.user_tower.config.temperature)

@@ -142,6 +142,7 @@ class SplitTables:
         item_rows: np.ndarray,
         context: int,
         history: np.ndarray | None = None,
+        side: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(fields (B, F, W), first (B, P))`` of one user's items, equal to the unsplit path's.
 
@@ -156,7 +157,7 @@ class SplitTables:
             context (int): the context row (:func:`context_rows`).
             history (np.ndarray | None): ``(H,)`` item id slots, most recent first, in place
                 of the served history (a user's fresh events); its field and first-layer
-                terms are computed here, once.
+                terms are computed here, once (or given as ``side``, :meth:`user_side`'s).
         """
         b, width = len(item_rows), self.item_fields.shape[2]
         fields = np.empty((b, self.first_weight.shape[1] // width, width), dtype=np.float32)
@@ -166,7 +167,7 @@ class SplitTables:
             user, user_first = self.user_fields[user_row], self.user_first[user_row]
             history = tables.history[user_row]  # (H,)
         else:
-            user, user_first = self.user_side(ranker, user_row, history)
+            user, user_first = side or self.user_side(ranker, user_row, history)
         for runs, part in ((self.item_runs, items), (self.user_runs, user[None]),
                            (self.context_runs, ctx[None])):  # fmt: skip
             for dst, src, n in runs:
