@@ -20,18 +20,27 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import polars as pl
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import ROOT, Round, build_bundle, ensure_published, start_server  # noqa: E402
+from load import (  # noqa: E402
+    ROOT,
+    WRK_DONE,
+    WRK_SCRIPT,
+    Round,
+    build_bundle,
+    ensure_published,
+    run_wrk,
+    start_server,
+)
 
 from offline.ingest import Ingestor  # noqa: E402
 from shared.bundle import Files  # noqa: E402
@@ -56,35 +65,6 @@ request = function()
     '{"events":[' .. table.concat(parts, ",") .. ']}')
 end
 """
-GET_SCRIPT = r"""
-local lines = {}
-for line in io.lines(os.getenv("BENCH_INPUT")) do lines[#lines + 1] = line end
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format("GET", lines[(n * 7919) % #lines + 1])
-end
-"""
-DONE = r"""
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %.1f %.1f\n", summary.requests, summary.duration,
-    e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-def wrk(port: int, script: Path, c: int, seconds: int, env: dict[str, str]) -> Round:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{c}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-         f"http://127.0.0.1:{port}"],
-        env=os.environ | env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    requests, micros, status, socket, p50, p99 = line.split()[1:]
-    return Round(int(requests), int(micros) / 1e6, int(status) + int(socket), float(p50) / 1e3,
-                 float(p99) / 1e3)  # fmt: skip
 
 
 def main() -> None:
@@ -111,13 +91,13 @@ def main() -> None:
         env = {"RECSYS_REDIS_URL": server.url, "RECSYS_ARTIFACTS_DIR": str(artifacts),
                "RECSYS_LOG_LEVEL": "WARNING", "RECSYS_API_PORT": str(port)}  # fmt: skip
         gateway = start_server([sys.executable, "-m", "services.gateway"], env, port)
-        (folder / "events.lua").write_text(EVENTS_SCRIPT + DONE)
-        (folder / "get.lua").write_text(GET_SCRIPT + DONE)
+        (folder / "events.lua").write_text(EVENTS_SCRIPT + WRK_DONE)
+        (folder / "get.lua").write_text(WRK_SCRIPT + WRK_DONE)
 
         # 1. events in
         wrk_env = {"BENCH_USERS": str(len(users)), "BENCH_ITEMS": "800"}
         rounds = [
-            wrk(port, folder / "events.lua", 32, args.seconds, wrk_env | {"BENCH_TAG": f"r{r}"})
+            run_wrk(port, folder / "events.lua", 32, args.seconds, wrk_env | {"BENCH_TAG": f"r{r}"})
             for r in range(args.rounds)
         ]
         rates = [100 * r.rps for r in rounds]
@@ -149,8 +129,6 @@ def main() -> None:
         fresh, stale = users[:1000], users[1000:2000]
         post = [{"event_id": f"fresh-{u}-{k}", "uid": u, "item_id": f"i{(7 * k + j) % 800}",
                  "type": "click"} for j, u in enumerate(fresh) for k in range(2)]  # fmt: skip
-        import httpx  # noqa: PLC0415
-
         for lo in range(0, len(post), 1000):
             httpx.post(f"http://127.0.0.1:{port}/events", json={"events": post[lo : lo + 1000]})
         inputs = {}
@@ -161,15 +139,8 @@ def main() -> None:
             got: dict[str, list[Round]] = {"fresh": [], "without": []}
             for _ in range(args.rounds):
                 for name in got:
-                    got[name].append(
-                        wrk(
-                            port,
-                            folder / "get.lua",
-                            c,
-                            args.seconds,
-                            {"BENCH_INPUT": str(inputs[name])},
-                        )
-                    )
+                    env = {"BENCH_ROUTE": "recommend", "BENCH_INPUT": str(inputs[name])}
+                    got[name].append(run_wrk(port, folder / "get.lua", c, args.seconds, env))
             f, w = got["fresh"], got["without"]
             med = statistics.median
             print(f"/recommend c={c}: fresh events {med(r.rps for r in f):,.0f} req/s p50 "

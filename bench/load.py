@@ -76,6 +76,8 @@ request = function()
   if route == "rerank" then return wrk.format("POST", "/rerank", headers, line) end
   return wrk.format("GET", line)
 end
+"""
+WRK_DONE = r"""
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT %d %d %d %d %.1f %.1f\n", summary.requests, summary.duration,
@@ -190,11 +192,15 @@ def servers(
 
 # --- load ---------------------------------------------------------------------------------
 def wrk_round(port: int, route: str, inputs: Path, script: Path, c: int, seconds: float) -> Round:
-    env = os.environ | {"BENCH_ROUTE": route, "BENCH_INPUT": str(inputs)}
+    return run_wrk(port, script, c, seconds, {"BENCH_ROUTE": route, "BENCH_INPUT": str(inputs)})
+
+
+def run_wrk(port: int, script: Path, c: int, seconds: float, env: dict[str, str]) -> Round:
+    """One ``wrk -t1`` round of ``script`` (a request function followed by :data:`WRK_DONE`)."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{c}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script),
          f"http://127.0.0.1:{port}"],
-        env=env, capture_output=True, text=True, check=True,
+        env=os.environ | env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     requests, micros, status, socket, p50, p99 = line.split()[1:]
@@ -305,7 +311,7 @@ def main() -> None:
         version = ensure_published(artifacts, redis_url)
         inputs = write_inputs(folder, artifacts, version)
         script = folder / "bench.lua"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(WRK_SCRIPT + WRK_DONE)
 
         def one(port: int, route: str, c: int, seconds: float) -> Round:
             if wrk:

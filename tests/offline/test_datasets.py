@@ -47,6 +47,7 @@ def test_every_documented_source_is_registered() -> None:
         "movielens-latest",
         "homepage",
         "tabular",
+        "events",
     }
 
 
