@@ -11,8 +11,9 @@ Starts its own redis-server and gateway (1 worker) on a synthetic bundle (built 
 - ``python -m offline ingest``'s reader on the stream so filled (topped up to
   ``--ingest`` events): events written to Parquet per second;
 - ``/recommend/{uid}?top_k=10`` at 1 and 32 connections for users with fresh events
-  (clicks newer than the bundle: the user tower and the ranker read their fresh
-  history) against the same number of users without, in alternating rounds.
+  (two clicks each, newer than the bundle, posted a second before: the user tower and
+  the ranker read their fresh history) against as many users without, in alternating
+  rounds.
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def main() -> None:
         fresh, stale = users[:1000], users[1000:2000]
         post = [{"event_id": f"fresh-{u}-{k}", "uid": u, "item_id": f"i{(7 * k + j) % 800}",
                  "type": "click"} for j, u in enumerate(fresh) for k in range(2)]  # fmt: skip
-        for lo in range(0, len(post), 1000):
-            httpx.post(f"http://127.0.0.1:{port}/events", json={"events": post[lo : lo + 1000]})
+        for lo in range(0, len(post), 100):  # as clients send them; then a pause, as users take
+            httpx.post(f"http://127.0.0.1:{port}/events", json={"events": post[lo : lo + 100]})
+        time.sleep(1)
         inputs = {}
         for name, who in (("fresh", fresh), ("without", stale)):
             inputs[name] = folder / f"{name}.txt"

@@ -70,6 +70,12 @@ class Metrics:
         self.fresh_recalls = Counter(
             "recsys_fresh_recalls", "Recall from a user's events newer than the bundle", registry=r
         )
+        self.fresh_warmed = Counter(
+            "recsys_fresh_warmed",
+            "Users whose fresh side the scoring process computed on their events, ahead of "
+            "their next request",
+            registry=r,
+        )
         self.events = Counter("recsys_events", "Events posted, by outcome", ["outcome"], registry=r)
         self.served_version = Gauge(
             "recsys_served_version_info", "1 for the bundle version being served",

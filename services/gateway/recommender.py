@@ -7,6 +7,9 @@ the user's recent positive items (``recent:{uid}``, kept by ``POST /events``):
    history (the recent items, then the served history) and FAISS, online, in the
    scoring process; a cold user with events is personalized so too
    (``recsys_fresh_recalls_total``). The ranker then reads the same fresh history;
+   the user tower's vector and the ranker's user side over it are computed once per
+   (user, history) — on ``POST /events`` already, when the scoring process is free
+   (``recsys_fresh_warmed_total``) — and kept for the next requests;
 2. the served version's ``recall:{uid}`` ZSET in Redis;
 3. a user the bundle knows but Redis has no list for: the user's two-tower vector and
    FAISS, online, merged with the hot list by the published lists' policy
@@ -19,9 +22,11 @@ the user's recent positive items (``recent:{uid}``, kept by ``POST /events``):
    come from 3. and 4. and say ``degraded: true`` too.
 
 Every list then drops unknown items, FAISS padding, repeats and (``exclude_seen``) the
-items the user already interacted with (in the bundle or since, as recent items), and is padded from the memory hot list up to
-the count asked for (:func:`shared.recall.merge`; a published list is already clean, so
-only its seen items are checked, and only if the worker did not leave them out). Scores
+items the user already interacted with (in the bundle or since, as recent items), and
+is padded from the memory hot list up to the count asked for
+(:meth:`~services.gateway.bundle.ServingBundle.padded`; a published list is already
+clean, so only its seen items are checked, and only if the worker did not leave them
+out). Scores
 come from one pass of the ranker's head over the candidates
 (:class:`~services.gateway.scorer.Scorer`); responses are plain dicts in the schemas'
 shape, rendered by orjson.
@@ -32,7 +37,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 _NONE = np.empty(0, dtype=np.int64)
+_WARM_MAX = 100  # users warmed per batch of events
 
 
 def utc_now() -> datetime:
@@ -139,13 +145,10 @@ class Recommender:
                 log.warning("redis answers again: recall lists are back")
                 self._redis_down = False
             degraded = self.store_empty
-            if events:  # newest first
-                recent = bundle.item_rows([item for item, _ in events])
-                recent = recent[recent > 0]
+            if events:
+                recent, history = _recent(bundle, user_row, events)
                 if self.settings.exclude_seen:
                     seen = np.union1d(seen, recent)
-                if events[0][1] > bundle.created_at and len(recent):
-                    history = bundle.fresh_history(user_row, recent)
             if history is not None:  # recall and, if asked, scores in one trip
                 source = "fresh_history"
                 now = self.clock().astimezone(UTC)
@@ -182,6 +185,25 @@ class Recommender:
             self._features_seconds.observe(scores.features_s)
             self._scoring_seconds.observe(scores.scoring_s)
         return Candidates(user_row, rows, source, degraded, history, scores)
+
+    async def warm(self, bundle: ServingBundle, uids: Sequence[str]) -> int:
+        """Have the scoring process compute, ahead of their next request, the fresh
+        user side of users who just sent positive events (at most :data:`_WARM_MAX` per
+        call, none while the scoring process is busy); how many were sent."""
+        uids = list(dict.fromkeys(uids))[:_WARM_MAX]
+        if not uids or not self.scorer.can_warm(bundle):
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for uid in uids:
+            pipe.zrevrange(self.keys.recent(uid), 0, -1, withscores=True)
+        sent = 0
+        for uid, events in zip(uids, await pipe.execute(), strict=True):
+            user_row = bundle.user_row(uid)
+            _, history = _recent(bundle, user_row, events) if events else (None, None)
+            if history is not None and self.scorer.warm(bundle, user_row, history):
+                sent += 1
+        self.metrics.fresh_warmed.inc(sent)
+        return sent
 
     def _trending(self, bundle: ServingBundle) -> np.ndarray:
         """The trending item rows of ``bundle`` (mapped once per list and version)."""
@@ -250,6 +272,17 @@ class Recommender:
             "unknown_items": given[~known].tolist(),
             "request_id": request_id(),
         }
+
+
+def _recent(
+    bundle: ServingBundle, user_row: int, events: list[tuple[str, float]]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A user's recent items (newest first) as rows, and their fresh history when the
+    newest is newer than the bundle (else None)."""
+    recent = bundle.item_rows([item for item, _ in events])
+    recent = recent[recent > 0]
+    fresh = events[0][1] > bundle.created_at and len(recent)
+    return recent, bundle.fresh_history(user_row, recent) if fresh else None
 
 
 def request_id() -> str:

@@ -48,6 +48,7 @@ _HEADER = struct.Struct("!I")
 _LOAD_TIMEOUT_S = 300.0
 _RESTART_DELAY_S = 1.0
 _KEEP_VERSIONS = 2  # the served one and the one being swapped in
+_BUSY = 64  # unanswered requests past which the scoring process is not asked to warm
 
 
 class ScoringUnavailable(RecsysError):
@@ -119,6 +120,11 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
                     version, user_row, k = args
                     found = bundles[version].search(user_row, k)
                     send((key, "ok", found.tobytes()))
+                    continue
+                if kind == "warm":
+                    version, user_row, history = args
+                    bundles[version].user_vector(user_row, _array(history))
+                    send((key, "ok", None))
                     continue
                 if kind == "fresh":
                     version, user_row, history, seen, n, hour, dow, score = args
@@ -301,6 +307,16 @@ class ScoringProcess:
             score_, probs, features_s, time.perf_counter() - started - features_s
         )
 
+    def warm(self, version: str, user_row: int, history: np.ndarray) -> None:
+        """Have the child compute a fresh user's side now (nothing waits for it)."""
+        future = self._request("warm", version, user_row, _bytes(history))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    @property
+    def backlog(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._pending)
+
     async def aclose(self) -> None:
         self._closing = True
         if self._watcher is not None:
@@ -371,6 +387,22 @@ class Scorer:
                 self._fallbacks.inc()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, bundle.fresh, *args)
+
+    def can_warm(self, bundle: ServingBundle) -> bool:
+        """The scoring process holds ``bundle`` and is not busy (warming is a courtesy)."""
+        process = self.process
+        return process is not None and process.holds(bundle.version) and process.backlog < _BUSY
+
+    def warm(self, bundle: ServingBundle, user_row: int, history: np.ndarray) -> bool:
+        """:meth:`ServingBundle.user_vector` of a fresh history in the scoring process, so
+        that the user's next request finds it computed; dropped (False) if it cannot."""
+        if not self.can_warm(bundle):
+            return False
+        try:
+            self.process.warm(bundle.version, user_row, history)  # type: ignore[union-attr]
+        except ScoringUnavailable:
+            return False
+        return True
 
     async def search(self, bundle: ServingBundle, user_row: int, k: int) -> np.ndarray:
         """:meth:`ServingBundle.search`, off the event loop."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
@@ -58,4 +60,8 @@ async def events(body: EventsRequest, request: Request) -> JSONBytes:
         raise StoreError(f"redis unreachable ({type(e).__name__}): no event written") from None
     runtime.metrics.events.labels("accepted").inc(accepted)
     runtime.metrics.events.labels("duplicate").inc(duplicates)
+    if accepted:  # their next request finds their fresh side computed
+        positive = [e.uid for e in body.events if e.type != IMPRESSION]
+        with contextlib.suppress(RedisError, OSError):  # a courtesy: written is what counts
+            await runtime.recommender.warm(bundle, positive)
     return JSONBytes({"accepted": accepted, "duplicates": duplicates}, status_code=202)

@@ -139,6 +139,23 @@ def test_a_click_changes_the_next_recommendation(
     assert "recsys_fresh_recalls_total 2.0" in gateway.get("/metrics").text
 
 
+def test_clicks_warm_the_users_fresh_side_before_their_next_request(
+    gateway: LiveGateway, built: BuiltBundle, offline: OfflineScorer
+) -> None:
+    uid, items = built.users()["user_id"][2], built.items()["item_id"].to_list()
+    impressions = [_event(i, uid, items[i], "impression") for i in range(3)]
+    gateway.post("/events", json={"events": impressions})
+    assert "recsys_fresh_warmed_total 0.0" in gateway.get("/metrics").text  # no positive
+    gateway.post(
+        "/events", json={"events": [_event(9, uid, items[5]), _event(8, "newbie", items[6])]}
+    )
+    assert "recsys_fresh_warmed_total 2.0" in gateway.get("/metrics").text
+    body = gateway.get(f"/recommend/{uid}", params={"top_k": 10}).json()  # served from it
+    _assert_offline_scores(
+        offline, uid, body["items"], _fresh_history(built, offline, uid, [items[5]])
+    )
+
+
 def test_a_cold_user_is_personalized_by_their_clicks(
     gateway: LiveGateway, built: BuiltBundle, offline: OfflineScorer
 ) -> None:
