@@ -121,7 +121,8 @@ def main() -> None:
             pipe.execute()
         total = client.xlen(stream)
         started = time.perf_counter()
-        written = sum(w for _, w, _ in Ingestor(client, folder / "log").run())
+        with Ingestor(client, folder / "log") as ingestor:
+            written = sum(w for _, w, _ in ingestor.run())
         seconds = time.perf_counter() - started
         print(f"ingest: {written:,} of {total:,} events to Parquet in {seconds:.2f} s: "
               f"{written / seconds:,.0f} events/s", flush=True)  # fmt: skip

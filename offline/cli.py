@@ -81,12 +81,12 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
     folder = args.events_dir or settings.events_dir
     client = redis.Redis.from_url(args.redis_url or settings.redis_url)
     try:
-        ingestor = Ingestor(client, folder, key_prefix=settings.key_prefix)
         read = written = 0
         started = time.perf_counter()
-        for n, w, seconds in ingestor.run(follow=args.follow):
-            read, written = read + n, written + w
-            yield f"ingest: {n} read, {w} written in {seconds:.2f} s"
+        with Ingestor(client, folder, key_prefix=settings.key_prefix) as ingestor:
+            for n, w, seconds in ingestor.run(follow=args.follow):
+                read, written = read + n, written + w
+                yield f"ingest: {n} read, {w} written in {seconds:.2f} s"
         total = time.perf_counter() - started
         yield (
             f"ingest: {read} events read, {written} written to {folder} in {total:.1f} s "

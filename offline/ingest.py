@@ -7,7 +7,8 @@ Each batch becomes ``{dir}/date=YYYY-MM-DD/part-{first id}-{last id}.parquet``, 
 per arrival day (the stream id's time), each renamed into place whole
 (:func:`shared.bundle.atomic_path`), and is acknowledged after its files are in place.
 
-Exactly once across any stop: an entry at or below the highest stream id already in a
+Exactly once across any stop (one ingest per folder, held by a lock; events the stream
+trimmed at ``RECSYS_EVENTS_STREAM_MAX`` before ingest read them are gone): an entry at or below the highest stream id already in a
 file name is acknowledged without being written again (ids grow, batches are written in
 the order they are read, and a batch's days in id order), so an entry is in the files
 once whether the stop came before the write, between two days' files or before the ack.
@@ -16,7 +17,9 @@ once whether the stop came before the write, between two days' files or before t
 from __future__ import annotations
 
 import bisect
+import fcntl
 import itertools
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ import polars as pl
 import redis
 
 from shared.bundle import atomic_path
+from shared.errors import StoreError
 from shared.keys import Keys
 
 __all__ = ["EVENT_SCHEMA", "GROUP", "Ingestor", "read_events"]
@@ -76,6 +80,14 @@ class Ingestor:
         self.folder = Path(folder)
         self.consumer = consumer
         self.stream = Keys(key_prefix).events
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # one ingest per folder: the exactly-once rule reads what the others wrote
+        self._lock = (self.folder / ".ingest.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreError(f"{self.folder}: another ingest is writing here") from None
         self.written = max((p[1] for p in _parts(self.folder)), default=(0, 0))
         self._pending_done = False
         try:
@@ -117,8 +129,20 @@ class Ingestor:
             path = folder / f"part-{first[0]}-{first[1]}-{last[0]}-{last[1]}.parquet"
             with atomic_path(path) as tmp:
                 frame.write_parquet(tmp)
+                with tmp.open("rb") as f:  # on disk before the ack, not only in the page cache
+                    os.fsync(f.fileno())
             self.written = last
         return len(entries)
+
+    def close(self) -> None:
+        """Let go of the folder (a stopped process does so by itself)."""
+        self._lock.close()
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def ack(self, batch: Batch) -> None:
         if batch.ids:

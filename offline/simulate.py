@@ -26,11 +26,12 @@ import numpy as np
 import polars as pl
 
 from offline.datasets.synthetic import SyntheticConfig, World
+from offline.datasets.synthetic import spec as synthetic_spec
 from shared.errors import ConfigError
 
 __all__ = ["Report", "simulate"]
 
-_TASKS = ("click", "add_to_cart", "purchase")
+_TASKS = tuple(t.name for t in synthetic_spec().tasks)  # the funnel, as the world draws it
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ def simulate(
                         "context": {"page": "home", "position": position},
                     })  # fmt: skip
                 totals[:3] += (1, click, buy)
-            _call(client.post, "/events", json={"events": events})
+            if events:  # an empty answer shows nothing
+                _call(client.post, "/events", json={"events": events})
             shown_rows = np.array(shown, dtype=np.int64)
             purchase = p_click * p_atc * p_buy
             totals[3] += p_click[shown_rows].sum()

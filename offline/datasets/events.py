@@ -8,7 +8,9 @@ its time is the first event's, each task's label is 1 when an event of that task
 a task below it in the funnel was logged (a purchase is also a click), so impressions
 without an outcome are the negatives. ``page`` and ``position`` are kept as columns.
 With ``with_bundle_interactions`` (the default) the bundle's own interactions come
-first, so a retrain learns from what was logged on top of what the version knew.
+first, so a retrain learns from what was logged on top of what the version knew (rows
+of a bundle trained on the log before count once). Events of one display should all
+carry its ``request_id`` (or none of them): a click without it is a row of its own.
 Users and items only the events name get null features.
 """
 
@@ -92,6 +94,8 @@ def load(data_dir: Path | None, config: EventsConfig) -> Dataset:
         known = known.select(
             "user_id", "item_id", "ts", *(pl.col(t).cast(pl.Float64) for t in tasks)
         )
+        # a bundle trained on the log holds its rows already: the log's version counts once
+        known = known.join(logged, on=["user_id", "item_id", "ts"], how="anti")
         interactions = pl.concat([known, logged], how="diagonal_relaxed")
     tables = {}
     for owner, name in (("user", Files.USERS), ("item", Files.ITEMS)):

@@ -7,18 +7,22 @@ so a retried batch adds nothing. For each event, in order:
   repeat (of an earlier batch or of this one) is counted as a duplicate and skipped;
 - ``XADD {prefix}events MAXLEN ~ events_stream_max * e <json>``: the log the worker
   ingests (``python -m offline ingest``);
-- a positive event (any type but ``impression``) also updates the user's recent items
-  ``{prefix}recent:{uid}`` (ZSET item → event time, the newest ``recent_items`` kept,
-  expiring ``recent_ttl_s`` after the last) and adds one to the item in the trending
-  bucket of its arrival ``{prefix}trending:{now // trending_bucket_s}``.
+- a positive event (any type but ``impression``) on an item the served bundle knows
+  also updates the user's recent items ``{prefix}recent:{uid}`` (ZSET item → arrival
+  time: a client's clock decides nothing, the newest ``recent_items`` kept, expiring
+  ``recent_ttl_s`` after the last) and adds one to the item in the trending bucket of its
+  arrival ``{prefix}trending:{now // trending_bucket_s}``.
 
 Trending is read as the buckets of the last ``trending_window_s``, each weighted
-``0.5 ** (age / trending_half_life_s)`` (``ZUNION … WEIGHTS``), by :meth:`EventLog.trending`.
+``0.5 ** (age / trending_half_life_s)``, summed and cut to the top ``n`` inside Redis
+(``ZUNIONSTORE … WEIGHTS`` into a scratch key, ``ZREVRANGE``), by :meth:`EventLog.trending`.
+An ``event_id`` is global: clients make them unique (UUIDs), not per user or session.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Sequence
 
@@ -55,6 +59,17 @@ for i = 1, n do
 end
 return {accepted, duplicates}
 """
+_TRENDING = """
+local scratch = KEYS[#KEYS]
+local call = {'ZUNIONSTORE', scratch, #KEYS - 1}
+for i = 1, #KEYS - 1 do call[#call + 1] = KEYS[i] end
+call[#call + 1] = 'WEIGHTS'
+for i = 2, #ARGV do call[#call + 1] = ARGV[i] end
+redis.call(unpack(call))
+local top = redis.call('ZREVRANGE', scratch, 0, tonumber(ARGV[1]) - 1)
+redis.call('DEL', scratch)
+return top
+"""
 
 
 class EventLog:
@@ -70,12 +85,17 @@ class EventLog:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._record = redis.register_script(_RECORD)
+        self._trending = redis.register_script(_TRENDING)
 
-    async def record(self, events: Sequence[Event], now: float | None = None) -> tuple[int, int]:
-        """Write ``events`` (validated); ``(accepted, duplicates)``.
+    async def record(
+        self, events: Sequence[Event], known: Sequence[bool], now: float | None = None
+    ) -> tuple[int, int]:
+        """Write ``events`` (validated; ``known``: whether the bundle knows each one's
+        item); ``(accepted, duplicates)``.
 
         Raises:
-            redis.exceptions.RedisError, OSError: Redis is unreachable; nothing was written.
+            redis.exceptions.RedisError, OSError: Redis is unreachable or did not answer
+                in time: the batch was written whole or not at all (a retry is safe).
         """
         s, k = self.settings, self.keys
         now = time.time() if now is None else now
@@ -84,11 +104,10 @@ class EventLog:
             len(events), s.events_dedupe_ttl_s, s.events_stream_max, s.recent_items,
             s.recent_ttl_s,
         ]  # fmt: skip
-        for e in events:
-            ts = now if e.ts is None else e.ts
+        for e, item_known in zip(events, known, strict=True):
             keys += [k.event(e.event_id), k.recent(e.uid)]
-            payload = orjson.dumps(e.model_dump(exclude_none=True) | {"ts": ts})
-            args += [payload, e.item_id, repr(ts), int(e.type != IMPRESSION)]
+            payload = orjson.dumps(e.model_dump(exclude_none=True) | {"ts": e.ts or now})
+            args += [payload, e.item_id, repr(now), int(item_known and e.type != IMPRESSION)]
         args.append(s.trending_window_s + s.trending_bucket_s)
         accepted, duplicates = await self._record(keys=keys, args=args)
         return int(accepted), int(duplicates)
@@ -104,5 +123,5 @@ class EventLog:
             ** ((newest - b) * s.trending_bucket_s / s.trending_half_life_s)
             for b in buckets
         }
-        ranked = await self.redis.zunion(weights, withscores=True)  # ascending by score
-        return [item for item, _ in sorted(ranked, key=lambda p: -p[1])[:n]]
+        scratch = self.keys.trending(-secrets.randbelow(1 << 62))  # no bucket has this number
+        return await self._trending(keys=[*weights, scratch], args=[n, *weights.values()])

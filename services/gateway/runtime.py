@@ -121,6 +121,8 @@ class Runtime:
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
+        if not self.settings.api_key_set:
+            log.warning("RECSYS_API_KEYS is empty: /rerank and /events take requests from anyone")
         if self.process is not None:
             await self.process.start()
         await self.sync()
@@ -189,7 +191,7 @@ class Runtime:
         try:
             trending = await self.events.trending(self.settings.rank_candidates)
         except (RedisError, OSError) as e:
-            log.debug("trending not refreshed: %s", e)
+            log.warning("trending not refreshed (the last list stays): %s", e)
             return
         self.recommender.trending = tuple(trending)
 

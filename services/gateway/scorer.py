@@ -20,11 +20,13 @@ and the process is restarted.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import itertools
 import logging
 import multiprocessing
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -107,13 +109,29 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
             send((key, "error", f"{type(e).__name__}: {e}"))
 
     buffer = bytearray()
-    # 64 KiB: a larger buffer is mmap-ed and unmapped by malloc at every recv (measured:
-    # 15 % of the scoring path's CPU at 1 MiB)
-    while chunk := sock.recv(1 << 16):
+    warms: collections.deque[tuple[int, str, int, bytes]] = collections.deque()
+    while True:
+        # a warm-up runs only while no request waits: it never delays one by more than
+        # the one warm-up already running
+        if warms and not select.select([sock], [], [], 0)[0]:
+            key, version, user_row, history = warms.popleft()
+            try:
+                bundles[version].user_vector(user_row, _array(history))
+                send((key, "ok", None))
+            except Exception as e:
+                send((key, "error", f"{type(e).__name__}: {e}"))
+            continue
+        # 64 KiB: a larger buffer is mmap-ed and unmapped by malloc at every recv
+        # (measured: 15 % of the scoring path's CPU at 1 MiB)
+        if not (chunk := sock.recv(1 << 16)):
+            break
         buffer += chunk
         for key, kind, *args in _unframe(buffer):
             if kind == "load":
                 threading.Thread(target=load, args=(key, *args), daemon=True).start()
+                continue
+            if kind == "warm":
+                warms.append((key, *args))
                 continue
             try:
                 if kind == "search":
@@ -121,27 +139,30 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
                     found = bundles[version].search(user_row, k)
                     send((key, "ok", found.tobytes()))
                     continue
-                if kind == "warm":
-                    version, user_row, history = args
-                    bundles[version].user_vector(user_row, _array(history))
-                    send((key, "ok", None))
-                    continue
                 if kind == "fresh":
                     version, user_row, history, seen, n, hour, dow, score = args
                     rows, s = bundles[version].fresh(
                         user_row, _array(history), _array(seen), n, hour, dow, score
                     )
-                    scored = (
-                        None if s is None else (s.score.tobytes(), s.probs.tobytes(), s.features_s)
-                    )
-                    send((key, "ok", (rows.tobytes(), scored)))
+                    send((key, "ok", (rows.tobytes(), None if s is None else _packed(s))))
                     continue
-                version, user_row, items, hour, dow, history = args
+                version, user_row, items, hour, dow = args
                 rows = np.frombuffer(items, dtype=np.int64)
-                s = bundles[version].score(user_row, rows, hour, dow, _array(history))
-                send((key, "ok", (s.score.tobytes(), s.probs.tobytes(), s.features_s)))
+                send((key, "ok", _packed(bundles[version].score(user_row, rows, hour, dow))))
             except Exception as e:  # one bad request must not end the process
                 send((key, "error", f"{type(e).__name__}: {e}"))
+
+
+def _packed(s: ScoredBatch) -> tuple[bytes, bytes, float]:
+    return s.score.tobytes(), s.probs.tobytes(), s.features_s
+
+
+def _unpacked(packed: tuple[bytes, bytes, float], started: float) -> ScoredBatch:
+    """A :func:`_packed` reply; the head's share is the round trip less the gathering."""
+    score, probs, features_s = packed
+    score_ = np.frombuffer(score, dtype=np.float32)
+    probs_ = np.frombuffer(probs, dtype=np.float32).reshape(len(score_), -1)
+    return ScoredBatch(score_, probs_, features_s, time.perf_counter() - started - features_s)
 
 
 def _bytes(array: np.ndarray | None) -> bytes | None:
@@ -268,22 +289,11 @@ class ScoringProcess:
         return self._link is not None and version in self._loaded
 
     async def score(
-        self,
-        version: str,
-        user_row: int,
-        items: np.ndarray,
-        hour: int,
-        dow: int,
-        history: np.ndarray | None = None,
+        self, version: str, user_row: int, items: np.ndarray, hour: int, dow: int
     ) -> ScoredBatch:
         started = time.perf_counter()
-        score, probs, features_s = await self._request(
-            "score", version, user_row, _bytes(items), hour, dow, _bytes(history)
-        )
-        score = np.frombuffer(score, dtype=np.float32)
-        probs = np.frombuffer(probs, dtype=np.float32).reshape(len(score), -1)
-        # the head's share: the whole round trip less the input gathering
-        return ScoredBatch(score, probs, features_s, time.perf_counter() - started - features_s)
+        packed = await self._request("score", version, user_row, _bytes(items), hour, dow)
+        return _unpacked(packed, started)
 
     async def search(self, version: str, user_row: int, k: int) -> np.ndarray:
         found = await self._request("search", version, user_row, k)
@@ -298,14 +308,7 @@ class ScoringProcess:
             "fresh", version, user_row, _bytes(history), _bytes(seen), n, hour, dow, score
         )
         rows = np.frombuffer(rows, dtype=np.int64)
-        if scored is None:
-            return rows, None
-        score_, probs, features_s = scored
-        score_ = np.frombuffer(score_, dtype=np.float32)
-        probs = np.frombuffer(probs, dtype=np.float32).reshape(len(score_), -1)
-        return rows, ScoredBatch(
-            score_, probs, features_s, time.perf_counter() - started - features_s
-        )
+        return rows, None if scored is None else _unpacked(scored, started)
 
     def warm(self, version: str, user_row: int, history: np.ndarray) -> None:
         """Have the child compute a fresh user's side now (nothing waits for it)."""
@@ -357,21 +360,15 @@ class Scorer:
         return None
 
     async def score(
-        self,
-        bundle: ServingBundle,
-        user_row: int,
-        items: np.ndarray,
-        hour: int,
-        dow: int,
-        history: np.ndarray | None = None,
+        self, bundle: ServingBundle, user_row: int, items: np.ndarray, hour: int, dow: int
     ) -> ScoredBatch:
         if (process := self._process(bundle)) is not None:
             try:
-                return await process.score(bundle.version, user_row, items, hour, dow, history)
+                return await process.score(bundle.version, user_row, items, hour, dow)
             except ScoringUnavailable as e:
                 log.debug("scoring inline: %s", e)
                 self._fallbacks.inc()
-        return bundle.score(user_row, items, hour, dow, history)
+        return bundle.score(user_row, items, hour, dow)
 
     async def fresh(
         self, bundle: ServingBundle, user_row: int, history: np.ndarray, seen: np.ndarray,

@@ -81,6 +81,9 @@ class BoundedProtocol(CorkedProtocol):
         return since is not None and now - since > self.read_timeout
 
 
+_HELD_MAX = 1 << 16
+
+
 class _Corked:
     """A transport whose writes of one event-loop pass leave together, in one send.
 
@@ -100,6 +103,8 @@ class _Corked:
         if not self._held:
             self._loop.call_soon(self._flush)
         self._held.append(data)
+        if len(self._held) > 2 and sum(map(len, self._held)) > _HELD_MAX:  # a stream: let
+            self._flush()  # the transport see it, and its flow control act
 
     def _flush(self) -> None:
         if self._held and not self._transport.is_closing():

@@ -11,6 +11,7 @@ import redis
 
 from offline.cli import main
 from offline.ingest import GROUP, Ingestor, read_events
+from shared.errors import StoreError
 from shared.keys import Keys
 
 STREAM = Keys().events
@@ -46,8 +47,12 @@ def test_every_event_lands_once_in_a_day_partition(client: redis.Redis, tmp_path
     assert events["context"].struct.field("position").to_list()[:3] == [0, 1, 2]
     assert [p.parent.name[:5] for p in tmp_path.glob("*/*.parquet")] == ["date="] * 3
     assert client.xpending(STREAM, GROUP)["pending"] == 0
+    with pytest.raises(StoreError, match="another ingest is writing here"):
+        Ingestor(client, tmp_path)  # one at a time: the rule reads what the other wrote
+    ingestor.close()
     _post(client, 250, 10)  # the next run takes only what is new
-    assert sum(w for _, w, _ in Ingestor(client, tmp_path).run()) == 10
+    with Ingestor(client, tmp_path) as again:
+        assert sum(w for _, w, _ in again.run()) == 10
     assert _ids(tmp_path) == [f"e{i}" for i in range(260)]
 
 
@@ -60,14 +65,16 @@ def test_a_stop_between_read_and_ack_loses_and_repeats_nothing(
     first.write(done)
     first.ack(done)
     first.write(first.read(100))  # stops after writing, before the ack
+    first.close()  # (a process that stops lets go of the folder's lock)
     assert client.xpending(STREAM, GROUP)["pending"] == 100
     second = Ingestor(client, tmp_path)  # the restarted consumer: its pending entries first
     pending = second.read(100)
     assert second.write(pending) == 0  # already in a file: acknowledged, not written again
     second.ack(pending)
     assert len(second.read(100).ids) == 100  # stops after reading: nothing written
-    third = Ingestor(client, tmp_path)
-    assert sum(w for _, w, _ in third.run(count=64)) == 100
+    second.close()
+    with Ingestor(client, tmp_path) as third:
+        assert sum(w for _, w, _ in third.run(count=64)) == 100
     assert _ids(tmp_path) == [f"e{i}" for i in range(300)]
     assert client.xpending(STREAM, GROUP)["pending"] == 0
 

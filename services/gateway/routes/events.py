@@ -38,7 +38,8 @@ async def events(body: EventsRequest, request: Request) -> JSONBytes:
 
     A batch is written whole or not at all: an invalid event refuses the batch (422
     naming it), Redis unreachable answers 503 (retry: a repeated ``event_id`` counts
-    once). Positive events are used by the next request of their user.
+    once; ids are global, so make them unique). Positive events on items the served
+    bundle knows are used by the next request of their user.
     """
     runtime: Runtime = request.app.state.runtime
     bundle = runtime.require_bundle()  # the served dataset's tasks name the event types
@@ -54,10 +55,14 @@ async def events(body: EventsRequest, request: Request) -> JSONBytes:
         if e.type not in types
     ]:
         raise RequestValidationError(bad)
+    known = bundle.item_rows([e.item_id for e in body.events]) > 0  # others: logged only
     try:
-        accepted, duplicates = await runtime.events.record(body.events)
+        accepted, duplicates = await runtime.events.record(body.events, known.tolist())
     except (RedisError, OSError) as e:
-        raise StoreError(f"redis unreachable ({type(e).__name__}): no event written") from None
+        raise StoreError(
+            f"redis unreachable ({type(e).__name__}): the batch was written whole or not at "
+            "all; retry it (events already written count as duplicates)"
+        ) from None
     runtime.metrics.events.labels("accepted").inc(accepted)
     runtime.metrics.events.labels("duplicate").inc(duplicates)
     if accepted:  # their next request finds their fresh side computed

@@ -55,6 +55,22 @@ def test_a_repeated_batch_adds_nothing(
     assert 'recsys_events_total{outcome="duplicate"} 7.0' in metrics
 
 
+def test_unknown_items_are_logged_but_change_no_answer(
+    gateway: LiveGateway, scratch_url: str, built: BuiltBundle
+) -> None:
+    uid = built.users()["user_id"][4]
+    body = {"events": [_event(0, uid, "not-in-the-bundle", ts=9e10)]}  # nor a far future
+    assert gateway.post("/events", json=body).json()["accepted"] == 1
+    client = redis.Redis.from_url(scratch_url)
+    try:
+        assert client.xlen(KEYS.events) == 1 and not client.exists(KEYS.recent(uid))
+        assert not client.keys(KEYS.trending(0).rsplit(":", 1)[0] + ":*")
+    finally:
+        client.close()
+    gateway.get(f"/recommend/{uid}")
+    assert "recsys_fresh_recalls_total 0.0" in gateway.get("/metrics").text
+
+
 @pytest.mark.parametrize(
     ("bad", "loc"),
     [
@@ -198,7 +214,9 @@ def test_events_need_redis_and_say_so(
     uid, item = built.users()["user_id"][0], built.items()["item_id"][0]
     own_redis.stop()
     response = gateway.post("/events", json={"events": [_event(0, uid, item)]})
-    assert response.status_code == 503 and "no event written" in response.json()["detail"]
+    assert (
+        response.status_code == 503 and "written whole or not at all" in response.json()["detail"]
+    )
     assert gateway.get(f"/recommend/{uid}").json()["degraded"] is True
     own_redis.start()
     built.publish(own_redis.url)

@@ -33,7 +33,8 @@ def test_simulated_feedback_is_logged_ingested_and_learned_from(
 
     client = redis.Redis.from_url(scratch_url)
     try:
-        read = sum(n for n, _, _ in Ingestor(client, tmp_path / "events").run())
+        with Ingestor(client, tmp_path / "events") as ingestor:
+            read = sum(n for n, _, _ in ingestor.run())
     finally:
         client.close()
     assert (
