@@ -8,8 +8,8 @@ the user's recent positive items (``recent:{uid}``, kept by ``POST /events``):
    scoring process; a cold user with events is personalized so too
    (``recsys_fresh_recalls_total``). The ranker then reads the same fresh history;
    the user tower's vector and the ranker's user side over it are computed once per
-   (user, history) — on ``POST /events`` already, when the scoring process is free
-   (``recsys_fresh_warmed_total``) — and kept for the next requests;
+   (user, history) — on ``POST /events`` already, by the scoring process while no
+   request waits (``recsys_fresh_warmed_total``) — and kept for the next requests;
 2. the served version's ``recall:{uid}`` ZSET in Redis;
 3. a user the bundle knows but Redis has no list for: the user's two-tower vector and
    FAISS, online, merged with the hot list by the published lists' policy
@@ -189,7 +189,7 @@ class Recommender:
     async def warm(self, bundle: ServingBundle, uids: Sequence[str]) -> int:
         """Have the scoring process compute, ahead of their next request, the fresh
         user side of users who just sent positive events (at most :data:`_WARM_MAX` per
-        call, none while the scoring process is busy); how many were sent."""
+        call; it runs them while no request waits); how many were sent."""
         uids = list(dict.fromkeys(uids))[:_WARM_MAX]
         if not uids or not self.scorer.can_warm(bundle):
             return 0

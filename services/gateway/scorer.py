@@ -50,7 +50,7 @@ _HEADER = struct.Struct("!I")
 _LOAD_TIMEOUT_S = 300.0
 _RESTART_DELAY_S = 1.0
 _KEEP_VERSIONS = 2  # the served one and the one being swapped in
-_BUSY = 64  # unanswered requests past which the scoring process is not asked to warm
+_WARMING_MAX = 1024  # warm-ups queued in the scoring process (it runs them when idle)
 
 
 class ScoringUnavailable(RecsysError):
@@ -225,6 +225,7 @@ class ScoringProcess:
         self._closing = False
         self._watcher: asyncio.Task[None] | None = None
         self.restarts = 0
+        self.warming = 0  # warm-ups sent, not done
 
     async def start(self) -> None:
         parent, child = socket.socketpair()
@@ -311,14 +312,16 @@ class ScoringProcess:
         return rows, None if scored is None else _unpacked(scored, started)
 
     def warm(self, version: str, user_row: int, history: np.ndarray) -> None:
-        """Have the child compute a fresh user's side now (nothing waits for it)."""
+        """Have the child compute a fresh user's side when idle (nothing waits for it)."""
         future = self._request("warm", version, user_row, _bytes(history))
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.warming += 1
 
-    @property
-    def backlog(self) -> int:
-        """Requests sent and not answered yet."""
-        return len(self._pending)
+        def done(f: asyncio.Future[Any]) -> None:
+            self.warming -= 1
+            if not f.cancelled():
+                f.exception()  # retrieved: a failed warm-up is no one's error
+
+        future.add_done_callback(done)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -386,9 +389,11 @@ class Scorer:
         return await loop.run_in_executor(self.executor, bundle.fresh, *args)
 
     def can_warm(self, bundle: ServingBundle) -> bool:
-        """The scoring process holds ``bundle`` and is not busy (warming is a courtesy)."""
+        """The scoring process holds ``bundle`` and has room for a warm-up (a courtesy)."""
         process = self.process
-        return process is not None and process.holds(bundle.version) and process.backlog < _BUSY
+        return (
+            process is not None and process.holds(bundle.version) and process.warming < _WARMING_MAX
+        )
 
     def warm(self, bundle: ServingBundle, user_row: int, history: np.ndarray) -> bool:
         """:meth:`ServingBundle.user_vector` of a fresh history in the scoring process, so
