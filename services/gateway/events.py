@@ -25,6 +25,7 @@ import math
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aredis
@@ -33,13 +34,24 @@ from services.gateway.schemas import Event
 from shared.keys import Keys
 from shared.settings import Settings
 
-__all__ = ["IMPRESSION", "EventLog"]
+__all__ = ["IMPRESSION", "RECENT_RETURNED", "EventLog", "Recorded"]
 
 IMPRESSION = "impression"
+RECENT_RETURNED = 100  # users of a batch whose recent items the script returns (warm-ups)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    accepted: int
+    duplicates: int
+    # the recent items (newest first, with arrival times) of up to RECENT_RETURNED users
+    # the batch gave new positive events, as the next request of theirs will read them
+    recent: dict[str, list[tuple[str, float]]]
+
 
 _RECORD = """
 local n = tonumber(ARGV[1])
-local accepted, duplicates = 0, 0
+local accepted, duplicates, touched, users = 0, 0, {}, 0
 for i = 1, n do
   local at = 6 + (i - 1) * 4
   if redis.call('SET', KEYS[1 + 2 * i], '1', 'NX', 'EX', ARGV[2]) then
@@ -51,13 +63,21 @@ for i = 1, n do
       redis.call('EXPIRE', recent, ARGV[5])
       redis.call('ZINCRBY', KEYS[2], 1, ARGV[at + 1])
       redis.call('EXPIRE', KEYS[2], ARGV[6 + n * 4])
+      if not touched[recent] and users < tonumber(ARGV[7 + n * 4]) then
+        touched[recent], users = i, users + 1
+      end
     end
     accepted = accepted + 1
   else
     duplicates = duplicates + 1
   end
 end
-return {accepted, duplicates}
+local recent = {}
+for key, i in pairs(touched) do
+  recent[#recent + 1] = i
+  recent[#recent + 1] = redis.call('ZREVRANGE', key, 0, -1, 'WITHSCORES')
+end
+return {accepted, duplicates, recent}
 """
 _TRENDING = """
 local scratch = KEYS[#KEYS]
@@ -89,9 +109,9 @@ class EventLog:
 
     async def record(
         self, events: Sequence[Event], known: Sequence[bool], now: float | None = None
-    ) -> tuple[int, int]:
+    ) -> Recorded:
         """Write ``events`` (validated; ``known``: whether the bundle knows each one's
-        item); ``(accepted, duplicates)``.
+        item).
 
         Raises:
             redis.exceptions.RedisError, OSError: Redis is unreachable or did not answer
@@ -108,9 +128,13 @@ class EventLog:
             keys += [k.event(e.event_id), k.recent(e.uid)]
             payload = orjson.dumps(e.model_dump(exclude_none=True) | {"ts": e.ts or now})
             args += [payload, e.item_id, repr(now), int(item_known and e.type != IMPRESSION)]
-        args.append(s.trending_window_s + s.trending_bucket_s)
-        accepted, duplicates = await self._record(keys=keys, args=args)
-        return int(accepted), int(duplicates)
+        args += [s.trending_window_s + s.trending_bucket_s, RECENT_RETURNED]
+        accepted, duplicates, flat = await self._record(keys=keys, args=args)
+        recent = {
+            events[int(i) - 1].uid: list(zip(pairs[::2], map(float, pairs[1::2]), strict=True))
+            for i, pairs in zip(flat[::2], flat[1::2], strict=True)
+        }
+        return Recorded(int(accepted), int(duplicates), recent)
 
     async def trending(self, n: int, now: float | None = None) -> list[str]:
         """The ``n`` items with the most decayed positives of the last window, best first."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 _NONE = np.empty(0, dtype=np.int64)
-_WARM_MAX = 100  # users warmed per batch of events
 
 
 def utc_now() -> datetime:
@@ -186,18 +185,13 @@ class Recommender:
             self._scoring_seconds.observe(scores.scoring_s)
         return Candidates(user_row, rows, source, degraded, history, scores)
 
-    async def warm(self, bundle: ServingBundle, uids: Sequence[str]) -> int:
-        """Have the scoring process compute, ahead of their next request, the fresh
-        user side of users who just sent positive events (at most :data:`_WARM_MAX` per
-        call; it runs them while no request waits); how many were sent."""
-        uids = list(dict.fromkeys(uids))[:_WARM_MAX]
-        if not uids or not self.scorer.can_warm(bundle):
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for uid in uids:
-            pipe.zrevrange(self.keys.recent(uid), 0, -1, withscores=True)
+    def warm(self, bundle: ServingBundle, recent: Mapping[str, list[tuple[str, float]]]) -> int:
+        """Have the scoring process compute, ahead of their next request, the fresh user
+        side of users who just sent positive events (``recent``: their recent items, as
+        :meth:`EventLog.record` returns them; it runs them while no request waits); how
+        many were sent."""
         sent = 0
-        for uid, events in zip(uids, await pipe.execute(), strict=True):
+        for uid, events in recent.items():
             user_row = bundle.user_row(uid)
             _, history = _recent(bundle, user_row, events) if events else (None, None)
             if history is not None and self.scorer.warm(bundle, user_row, history):

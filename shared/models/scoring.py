@@ -156,8 +156,9 @@ class SplitTables:
             item_rows (np.ndarray): ``(B,)`` item rows.
             context (int): the context row (:func:`context_rows`).
             history (np.ndarray | None): ``(H,)`` item id slots, most recent first, in place
-                of the served history (a user's fresh events); its field and first-layer
-                terms are computed here, once (or given as ``side``, :meth:`user_side`'s).
+                of the served history (a user's fresh events).
+            side (tuple | None): with ``history``, the user's fields and first-layer terms
+                over it (:meth:`user_side`, computed once per user and history by the caller).
         """
         b, width = len(item_rows), self.item_fields.shape[2]
         fields = np.empty((b, self.first_weight.shape[1] // width, width), dtype=np.float32)
@@ -167,7 +168,8 @@ class SplitTables:
             user, user_first = self.user_fields[user_row], self.user_first[user_row]
             history = tables.history[user_row]  # (H,)
         else:
-            user, user_first = side or self.user_side(ranker, user_row, history)
+            assert side is not None, "a fresh history comes with its user side"
+            user, user_first = side
         for runs, part in ((self.item_runs, items), (self.user_runs, user[None]),
                            (self.context_runs, ctx[None])):  # fmt: skip
             for dst, src, n in runs:

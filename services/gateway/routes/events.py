@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
@@ -57,16 +55,15 @@ async def events(body: EventsRequest, request: Request) -> JSONBytes:
         raise RequestValidationError(bad)
     known = bundle.item_rows([e.item_id for e in body.events]) > 0  # others: logged only
     try:
-        accepted, duplicates = await runtime.events.record(body.events, known.tolist())
+        recorded = await runtime.events.record(body.events, known.tolist())
     except (RedisError, OSError) as e:
         raise StoreError(
             f"redis unreachable ({type(e).__name__}): the batch was written whole or not at "
             "all; retry it (events already written count as duplicates)"
         ) from None
-    runtime.metrics.events.labels("accepted").inc(accepted)
-    runtime.metrics.events.labels("duplicate").inc(duplicates)
-    if accepted:  # their next request finds their fresh side computed
-        positive = [e.uid for e in body.events if e.type != IMPRESSION]
-        with contextlib.suppress(RedisError, OSError):  # a courtesy: written is what counts
-            await runtime.recommender.warm(bundle, positive)
-    return JSONBytes({"accepted": accepted, "duplicates": duplicates}, status_code=202)
+    runtime.metrics.events.labels("accepted").inc(recorded.accepted)
+    runtime.metrics.events.labels("duplicate").inc(recorded.duplicates)
+    runtime.recommender.warm(bundle, recorded.recent)  # their next request finds it done
+    return JSONBytes(
+        {"accepted": recorded.accepted, "duplicates": recorded.duplicates}, status_code=202
+    )
