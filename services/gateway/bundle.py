@@ -398,8 +398,8 @@ class ServingBundle:
 
     def user_vector(self, user_row: int, history: np.ndarray | None = None) -> np.ndarray:
         """The user's two-tower serving vector ``(O + 1,)``: precomputed over the served
-        history, or from the user tower (torch) over ``history`` (item id slots). The last
-        few fresh vectors are kept (a request's search and its scoring ask for the same)."""
+        history, or from the user tower (torch) over ``history`` (item id slots), computed
+        once per user and history (:meth:`_fresh_user`)."""
         if history is None:
             return self.user_vectors[user_row]
         return self._fresh_user(user_row, history)[0]
@@ -436,13 +436,14 @@ class ServingBundle:
         precomputed serving vectors (:mod:`shared.models.towers`), or, over a fresh
         ``history``, of the user tower's vector of it.
         """
-        side = None if history is None else self._fresh_user(user_row, history)[1]
+        fresh = None if history is None else self._fresh_user(user_row, history)
         fields, first = self.split.assemble(
             self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow)),
-            history, side,
+            history, None if fresh is None else fresh[1],
         )  # fmt: skip
         if self.retrieval_weight > 0:
-            logit = self.item_vectors[item_rows] @ self.user_vector(user_row, history)
+            user = self.user_vectors[user_row] if fresh is None else fresh[0]
+            logit = self.item_vectors[item_rows] @ user
             logit /= np.float32(self.user_tower.config.temperature)
         else:
             logit = np.zeros(len(item_rows), dtype=np.float32)

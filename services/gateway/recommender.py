@@ -26,8 +26,7 @@ items the user already interacted with (in the bundle or since, as recent items)
 is padded from the memory hot list up to the count asked for
 (:meth:`~services.gateway.bundle.ServingBundle.padded`; a published list is already
 clean, so only its seen items are checked, and only if the worker did not leave them
-out). Scores
-come from one pass of the ranker's head over the candidates
+out). Scores come from one pass of the ranker's head over the candidates
 (:class:`~services.gateway.scorer.Scorer`); responses are plain dicts in the schemas'
 shape, rendered by orjson.
 """
@@ -193,7 +192,7 @@ class Recommender:
         sent = 0
         for uid, events in recent.items():
             user_row = bundle.user_row(uid)
-            _, history = _recent(bundle, user_row, events) if events else (None, None)
+            _, history = _recent(bundle, user_row, events)
             if history is not None and self.scorer.warm(bundle, user_row, history):
                 sent += 1
         self.metrics.fresh_warmed.inc(sent)
