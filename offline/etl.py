@@ -5,7 +5,8 @@ per interaction. The outputs, written into a bundle by :func:`write`:
 
 - ``interactions.parquet``: one row per interaction with ``split`` (train / valid /
   test), ``user_idx``, ``item_idx`` (1-based rows of the tables; 0 means unknown),
-  ``hour``, ``dow`` and the labels.
+  ``hour``, ``dow``, the raw context columns and the labels, and each context feature
+  encoded as ``ctx_<name>`` (slots; standardised numerics; the anchor's item row).
 - ``users.parquet`` / ``items.parquet``: raw features, their encoded slots
   (``slot_<col>``, lists for multi-hot), standardised numerics (``num_<col>``),
   train-split aggregates, and for users the recent-item ``history`` slots (over every
@@ -28,9 +29,19 @@ from offline.datasets.tables import with_all_ids
 from shared.bundle import Bundle, Files
 from shared.config import StrictConfig
 from shared.feature_map import FeatureMap
+from shared.features import ContextLayout
 from shared.schema import CONTEXT_FEATURES, Dataset, DatasetSpec, FeatureKind, TaskKind
 
-__all__ = ["EtlConfig", "EtlResult", "hotness", "kcore", "run", "temporal_split", "write"]
+__all__ = [
+    "EtlConfig",
+    "EtlResult",
+    "encode_context",
+    "hotness",
+    "kcore",
+    "run",
+    "temporal_split",
+    "write",
+]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +243,11 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
                 numeric[f.name] = table[f.name]
         for c in agg_cols + (["hotness"] if owner == "item" else []):
             numeric[f"{owner}_{c}"] = table[c]
+    for f in spec.features_of("context"):  # what impressions were shown with, in training
+        if f.kind == FeatureKind.CATEGORICAL:
+            categorical[f.name] = train[f.name]
+        elif f.kind == FeatureKind.NUMERIC:
+            numeric[f.name] = train[f.name]
     fmap = FeatureMap.fit(categorical, numeric, min_count=config.min_count)
 
     users = _encode(users, "user", spec, fmap, agg_cols, config)
@@ -239,6 +255,7 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
     interactions = interactions.join(
         users.select("user_id", "user_idx"), on="user_id", how="left"
     ).join(items.select("item_id", "item_idx"), on="item_id", how="left")
+    interactions = encode_context(interactions, items, spec, fmap)
     users = users.join(
         _history(interactions, positive, fmap, config.history_len), on="user_id", how="left"
     )
@@ -254,7 +271,7 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         "split": dict(zip(counts["split"], counts["len"], strict=True)),
         "feature_slots": fmap.size,
         "positive_rate": prior_ctr,
-        "context_features": list(CONTEXT_FEATURES),
+        "context_features": [*CONTEXT_FEATURES, *(f.name for f in spec.features_of("context"))],
     }
     return EtlResult(interactions, users, items, fmap, spec, stats)
 
@@ -285,6 +302,23 @@ def _encode(
     for c in aggs:
         cols[f"num_{owner}_{c}"] = fmap.standardize(f"{owner}_{c}", table[c])
     return table.with_columns(pl.Series(name, values) for name, values in cols.items())
+
+
+def encode_context(
+    interactions: pl.DataFrame, items: pl.DataFrame, spec: DatasetSpec, fmap: FeatureMap
+) -> pl.DataFrame:
+    """Add ``ctx_<name>`` of every context feature: the slot, the standardised value, or
+    the anchor's item row (0: none, or an item the tables do not have)."""
+    layout, col = ContextLayout.of(spec), ContextLayout.column
+    cols = {col(n): fmap.encode(n, interactions[n]) for n in layout.categorical}
+    cols |= {col(n): fmap.standardize(n, interactions[n]) for n in layout.numeric}
+    out = interactions.with_columns(pl.Series(name, values) for name, values in cols.items())
+    if layout.anchor:
+        rows = items.select(pl.col("item_id").alias(layout.anchor), anchor_row="item_idx")
+        out = out.join(rows, on=layout.anchor, how="left", maintain_order="left")
+        out = out.with_columns(pl.col("anchor_row").fill_null(0).alias(col(layout.anchor)))
+        out = out.drop("anchor_row")
+    return out
 
 
 def _history(

@@ -30,7 +30,7 @@ from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
 from offline.training.retrieval import embed_items, embed_users, positives, seen_pairs, top_k
 from shared.config import StrictConfig
-from shared.features import FeatureTables
+from shared.features import ContextBatch, FeatureTables
 from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower
 from shared.recall import SeenItems, merge
@@ -63,8 +63,7 @@ class HeldOut:
     earlier: pl.DataFrame  # every interaction before the split
     causal: CausalHistory  # positives before the split, for any (user, time)
     history: np.ndarray  # (U, H) each user's latest items at their first held-out one
-    hour: np.ndarray  # (U,) context of that first held-out interaction
-    dow: np.ndarray  # (U,)
+    context: ContextBatch  # (U,) context of that first held-out interaction, position at default
 
 
 def held_out(
@@ -89,7 +88,7 @@ def held_out(
     )
     first = (
         rows.join(
-            interactions.select("user_idx", "item_idx", "ts", "hour", "dow"),
+            interactions.select("user_idx", "item_idx", "ts", *tables.context.columns),
             on=["user_idx", "item_idx", "ts"],
             how="left",
         )
@@ -105,8 +104,7 @@ def held_out(
         earlier=earlier,
         causal=causal,
         history=causal(users, first["ts"].to_numpy()),
-        hour=first["hour"].to_numpy().astype(np.int64),
-        dow=first["dow"].to_numpy().astype(np.int64),
+        context=tables.at_default_position(tables.context_batch(first)),
     )
 
 
@@ -297,8 +295,7 @@ def _ranker_scores(
             inputs = tables.ranker_inputs(
                 np.repeat(split.users[s], c),
                 candidates[s].reshape(-1),
-                np.repeat(split.hour[s], c),
-                np.repeat(split.dow[s], c),
+                split.context.take(s).repeat(c),
                 np.repeat(split.history[s], c, axis=0),
             )
             out[s] = ranker.score(inputs, weights).view(-1, c)

@@ -40,7 +40,9 @@ GROUP = "ingest"
 EVENT_SCHEMA = {
     "event_id": pl.String, "uid": pl.String, "item_id": pl.String, "type": pl.String,
     "ts": pl.Float64, "request_id": pl.String,
-    "context": pl.Struct({"page": pl.String, "position": pl.Int64, "device": pl.String}),
+    "context": pl.Struct(
+        {"page": pl.String, "position": pl.Int64, "device": pl.String, "anchor": pl.String}
+    ),
 }  # fmt: skip
 _PART = re.compile(r"^part-(\d+)-(\d+)-(\d+)-(\d+)\.parquet$")
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from offline.training.retrieval import embed_items, embed_users
-from shared.features import FeatureTables
+from shared.features import Context, ContextBatch, FeatureTables
 from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower
 from shared.probes import Probe
@@ -26,7 +26,7 @@ def probe_set(
     items: int = 8,
     seed: int = 0,
 ) -> list[Probe]:
-    """``users`` users (the unknown one first), ``items`` items each, at a drawn hour and day.
+    """``users`` users (the unknown one first), ``items`` items each, in a drawn context.
 
     The expected values are :meth:`Ranker.score_with_probabilities` on the full
     inputs and the two-tower's ``u·v/τ``, blended by :func:`final_score`: the
@@ -39,9 +39,9 @@ def probe_set(
     probes = []
     for user in user_rows:
         rows = rng.choice(np.arange(1, n_items), min(items, n_items - 1), replace=False)
-        hour, dow = int(rng.integers(0, 24)), int(rng.integers(0, 7))
+        context = _drawn_context(tables, rng)
         n = len(rows)
-        inputs = tables.ranker_inputs(np.full(n, user), rows, np.full(n, hour), np.full(n, dow))
+        inputs = tables.ranker_inputs(np.full(n, user), rows, ContextBatch.of(context, n))
         with torch.no_grad():
             score, probs = ranker.score_with_probabilities(inputs, weights)
             u = embed_users(two_tower, tables, np.array([user]))
@@ -51,11 +51,23 @@ def probe_set(
         probes.append(
             Probe(
                 user_row=int(user),
-                hour=hour,
-                dow=dow,
+                context_cat=list(context.cat),
+                context_dense=list(context.dense),
+                anchor_row=context.anchor,
                 item_rows=rows.tolist(),
                 score=final.tolist(),
                 probs=np.stack([probs[t].numpy() for t in tasks], axis=1).tolist(),
             )
         )
     return probes
+
+
+def _drawn_context(tables: FeatureTables, rng: np.random.Generator) -> Context:
+    """Any slot of each categorical context field (out-of-vocabulary included), a
+    standard normal numeric, any item as the anchor."""
+    fmap, c = tables.feature_map, tables.context
+    cat = tuple(
+        fmap.oov(n) + int(rng.integers(0, len(fmap.vocab[n]) + 1)) for n in c.categorical
+    )
+    dense = tuple(float(np.float32(rng.normal())) for _ in c.numeric)
+    return Context(cat, dense, int(rng.integers(0, len(tables.items))) if c.anchor else 0)

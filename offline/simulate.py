@@ -2,12 +2,14 @@
 
 Each visit: a user of the synthetic world (drawn by the generator's activity law) asks
 ``/recommend/{uid}?top_k=K``; their clicks, carts and purchases on what was shown are
-drawn from the world's true probabilities at the gateway's hour and day; the
+drawn from the world's true probabilities at the gateway's hour and day, on the home
+page in the slots they were shown in (the world's position bias included); the
 impressions (page ``home``, their position, the answer's ``request_id``) and outcomes
 are posted to ``/events``. The report gives what the served lists earned (clicks and
 purchases per 100 impressions, drawn and expected) next to what the oracle's lists
-would have earned in expectation: per visit, the K items of highest true p(click)
-among those the user had not interacted with (the gateway leaves those out too).
+would have earned in expectation: per visit, the K items of highest true p(click) in
+the top slot among those the user had not interacted with (the gateway leaves those
+out too), shown in that order.
 Simulated feedback then changes the next answers (fresh events), as it would live.
 
 The world is the one of the config's ``dataset_options`` (the synthetic default
@@ -97,17 +99,19 @@ def simulate(
     with httpx.Client(base_url=gateway, timeout=10, headers=headers) as client:
         for n, user in enumerate(visitors):
             now = datetime.now(UTC)  # the gateway's clock gives the context features
-            hour, dow = np.full(c.n_items, now.hour), np.full(c.n_items, now.weekday())
-            p_click, p_atc, p_buy = world.probabilities(
-                np.full(c.n_items, user), every_item, hour, dow
-            )
+            hour, dow = now.hour, now.weekday()
             response = _call(client.get, f"/recommend/u{user}", params={"top_k": top_k})
-            shown = [int(i["id"][1:]) for i in response["items"]]
+            shown = np.array([int(i["id"][1:]) for i in response["items"]], dtype=np.int64)
+            n_shown = len(shown)
+            p_click, p_atc, p_buy = world.probabilities(
+                np.full(n_shown, user), shown, np.full(n_shown, hour), np.full(n_shown, dow),
+                0, np.arange(n_shown),
+            )  # fmt: skip  (on the home page, in the slots shown)
             events, acted = [], []
-            for position, item in enumerate(shown):
-                click = rng.random() < p_click[item]
-                cart = click and rng.random() < p_atc[item]
-                buy = cart and rng.random() < p_buy[item]
+            for position, item in enumerate(shown.tolist()):
+                click = rng.random() < p_click[position]
+                cart = click and rng.random() < p_atc[position]
+                buy = cart and rng.random() < p_buy[position]
                 outcome = [
                     t for t, happened in zip(_TASKS, (click, cart, buy), strict=True) if happened
                 ]
@@ -122,15 +126,20 @@ def simulate(
                 totals[:3] += (1, click, buy)
             if events:  # an empty answer shows nothing
                 _call(client.post, "/events", json={"events": events})
-            shown_rows = np.array(shown, dtype=np.int64)
-            purchase = p_click * p_atc * p_buy
-            totals[3] += p_click[shown_rows].sum()
-            totals[4] += purchase[shown_rows].sum()
+            clicks, purchases = world.list_value(int(user), shown[None], hour, dow)
+            totals[3] += clicks[0]
+            totals[4] += purchases[0]
+            # the oracle's best list: every allowed item by its true p(click) in the top slot
+            top, _, _ = world.probabilities(
+                np.full(c.n_items, user), every_item, np.full(c.n_items, hour),
+                np.full(c.n_items, dow),
+            )  # fmt: skip
             allowed = np.ones(c.n_items, dtype=bool)
             allowed[list(banned.get(int(user), ()))] = False
-            best = np.argsort(-np.where(allowed, p_click, -1.0))[: len(shown)]
-            totals[5] += p_click[best].sum()
-            totals[6] += purchase[best].sum()
+            best = np.argsort(-np.where(allowed, top, -1.0))[:n_shown]
+            clicks, purchases = world.list_value(int(user), best[None], hour, dow)
+            totals[5] += clicks[0]
+            totals[6] += purchases[0]
             # what the user just acted on is left out next time, by the gateway and the oracle
             banned.setdefault(int(user), set()).update(acted)
     return Report(

@@ -5,14 +5,22 @@ Training and serving both build model inputs here, from the same ``users.parquet
 (no train/serve skew). Row 0 of each table is the unknown user / item: every slot
 is its column's OOV slot, numerics are 0 (the training mean), history is empty.
 
-Legend: B batch, Fu/Fi categorical fields, Mu/Mi multi-hot fields, L slots per
-multi-hot field, Nu/Ni numeric fields, H history length.
+The context of an impression (the hour and day of week, then the spec's context
+features) is a :class:`Context` row: its categorical slots, standardised numerics and
+the anchor item's row (0: none), encoded by :meth:`FeatureTables.context_of` at serving
+time and read from the ``ctx_*`` columns ETL writes into ``interactions`` for training.
+An anchor is read through the item's own fields (same slots, its own field positions),
+so the ranker crosses the candidate with the anchor's id, category, tags and numerics.
+
+Legend: B batch, Fu/Fi/Fc categorical fields, Mu/Mi multi-hot fields, L slots per
+multi-hot field, Nu/Ni/Nc numeric fields, H history length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -22,7 +30,95 @@ from shared.feature_map import FeatureMap
 from shared.models.inputs import ItemInputs, RankerInputs, UserInputs
 from shared.schema import CONTEXT_FEATURES, DatasetSpec, FeatureKind
 
-__all__ = ["EntityTable", "FeatureTables", "FieldLayout"]
+
+class Context(NamedTuple):
+    """One impression's context, encoded (hashable: the serving side caches by it)."""
+
+    cat: tuple[int, ...]  # (Fc,) slots: hour, dow, then the spec's categorical context
+    dense: tuple[float, ...]  # (Nc,) standardised numeric context
+    anchor: int = 0  # the anchor item's row, 0 = none
+
+
+class ContextBatch(NamedTuple):
+    """B impressions' contexts, as arrays."""
+
+    cat: np.ndarray  # (B, Fc) int64
+    dense: np.ndarray  # (B, Nc) float32
+    anchor: np.ndarray  # (B,) int64 item rows, 0 = none
+
+    def take(self, index: Any) -> ContextBatch:
+        return ContextBatch(self.cat[index], self.dense[index], self.anchor[index])
+
+    def repeat(self, n: int) -> ContextBatch:
+        return ContextBatch(*(np.repeat(a, n, axis=0) for a in self))
+
+    @classmethod
+    def of(cls, context: Context, n: int = 1) -> ContextBatch:
+        return cls(
+            np.tile(np.asarray(context.cat, dtype=np.int64), (n, 1)),
+            np.tile(np.asarray(context.dense, dtype=np.float32), (n, 1)),
+            np.full(n, context.anchor, dtype=np.int64),
+        )
+
+
+class ContextError(ValueError):
+    """A request's context that cannot be encoded: ``problems`` maps each bad key to why
+    (a key the served spec does not have, a numeric value that is not a number)."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(f"{k}: {why}" for k, why in self.problems.items()))
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """The context fields of a spec, in the ranker's order, and their serving defaults."""
+
+    categorical: tuple[str, ...]  # hour, dow, then the spec's categorical context features
+    numeric: tuple[str, ...]
+    anchor: str | None
+    defaults: Mapping[str, str | None]
+    positions: tuple[str, ...] = ()  # the slot features (scored at their default)
+
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> ContextLayout:
+        ctx = spec.features_of("context")
+        return cls(
+            categorical=(*CONTEXT_FEATURES,
+                         *(f.name for f in ctx if f.kind == FeatureKind.CATEGORICAL)),
+            numeric=tuple(f.name for f in ctx if f.kind == FeatureKind.NUMERIC),
+            anchor=spec.anchor,
+            defaults={f.name: f.default for f in ctx},
+            positions=tuple(f.name for f in ctx if f.position),
+        )  # fmt: skip
+
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The context a request may give (the hour and day come from the clock)."""
+        return (*self.categorical[len(CONTEXT_FEATURES):], *self.numeric,
+                *((self.anchor,) if self.anchor else ()))  # fmt: skip
+
+    @property
+    def columns(self) -> list[str]:
+        """The encoded context columns of ``interactions``, as :meth:`FeatureTables.context_batch`
+        reads them."""
+        names = (*self.categorical, *self.numeric, *((self.anchor,) if self.anchor else ()))
+        return [self.column(n) for n in names]
+
+    @staticmethod
+    def column(name: str) -> str:
+        """The encoded column of a context feature in ``interactions``."""
+        return f"ctx_{name}"
+
+__all__ = [
+    "Context",
+    "ContextBatch",
+    "ContextError",
+    "ContextLayout",
+    "EntityTable",
+    "FeatureTables",
+    "FieldLayout",
+]
 
 
 @dataclass
@@ -89,20 +185,19 @@ class FieldLayout:
 
     user: np.ndarray  # (Fu',) the user's id, categorical, multi-hot and numeric fields
     item: np.ndarray  # (Fi',) the item's
-    context: np.ndarray  # (Fc,) hour, day of week
+    context: np.ndarray  # (Fc',) the context's, the anchor item's fields included
     history: int  # the user's recent items (a user field, masked where it holds the item)
     n_fields: int  # F
 
 
 @dataclass
 class FeatureTables:
-    """Both sides plus the context slots, and the builders of every model input."""
+    """Both sides plus the context layout, and the builders of every model input."""
 
     users: EntityTable
     items: EntityTable
     history: np.ndarray  # (U, H) int64 item_id slots, most recent first: the served history
-    hour_slots: np.ndarray  # (24,) int64
-    dow_slots: np.ndarray  # (7,) int64
+    context: ContextLayout
     feature_map: FeatureMap
 
     @classmethod
@@ -118,45 +213,116 @@ class FeatureTables:
             users=u,
             items=EntityTable.from_frame(items, "item", spec, fmap),
             history=history,
-            hour_slots=np.array([fmap.slot("hour", str(h)) for h in range(24)], dtype=np.int64),
-            dow_slots=np.array([fmap.slot("dow", str(d)) for d in range(7)], dtype=np.int64),
+            context=ContextLayout.of(spec),
             feature_map=fmap,
         )
 
+    # --- contexts ------------------------------------------------------------------
+    def context_of(self, given: Mapping[str, Any], hour: int, dow: int) -> Context:
+        """One request's context: ``given`` raw values by name (a missing one takes its
+        feature's default; an unseen value is out-of-vocabulary, never an error).
+
+        Raises:
+            ContextError: ``given`` names a key that is not a context feature, or a
+                numeric context value that is not a finite number.
+        """
+        c = self.context
+        known = ", ".join(c.given) or "none"
+        problems = {
+            k: f"not a context feature of the served version (known: {known})"
+            for k in given
+            if k not in c.given
+        }
+        fmap = self.feature_map
+        value = {"hour": str(hour), "dow": str(dow)}
+        value |= {k: given.get(k, c.defaults.get(k)) for k in c.given}
+        dense = []
+        for name in c.numeric:
+            mean, std = fmap.numeric[name]
+            raw = value[name]
+            try:
+                number = mean if raw is None else float(raw)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not np.isfinite(number):
+                problems[name] = f"{raw!r} is not a finite number"
+            dense.append(float(np.float32((number - mean) / std)))
+        if problems:
+            raise ContextError(problems)
+        anchor = self.items.index.get(str(value[c.anchor]), 0) if c.anchor else 0
+        return Context(tuple(fmap.slot(n, value[n]) for n in c.categorical), tuple(dense), anchor)
+
+    def context_batch(self, frame: pl.DataFrame) -> ContextBatch:
+        """The contexts of ``frame``'s rows, from its encoded ``ctx_*`` columns (ETL)."""
+        c, col = self.context, ContextLayout.column
+        n = frame.height
+        cat = np.empty((n, len(c.categorical)), dtype=np.int64)
+        for j, name in enumerate(c.categorical):
+            cat[:, j] = frame[col(name)].to_numpy()
+        dense = np.empty((n, len(c.numeric)), dtype=np.float32)
+        for j, name in enumerate(c.numeric):
+            dense[:, j] = frame[col(name)].to_numpy()
+        anchor = frame[col(c.anchor)].to_numpy() if c.anchor else np.zeros(n, dtype=np.int64)
+        return ContextBatch(cat, dense, anchor.astype(np.int64, copy=False))
+
+    def at_default_position(self, context: ContextBatch) -> ContextBatch:
+        """``context`` with every position feature at its default slot."""
+        c = self.context
+        if not c.positions:
+            return context
+        cat = context.cat.copy()
+        for name in c.positions:
+            cat[:, c.categorical.index(name)] = self.feature_map.slot(name, c.defaults[name])
+        return ContextBatch(cat, context.dense, context.anchor)
+
+    def default_context(self, n: int) -> ContextBatch:
+        """``n`` contexts at the serving defaults, at hour 0 of a Monday."""
+        return ContextBatch.of(self.context_of({}, 0, 0), n)
+
     # --- shapes the model configs need ---------------------------------------------
     @property
+    def _anchor(self) -> int:
+        return 1 if self.context.anchor else 0
+
+    @property
     def ranker_widths(self) -> dict[str, int]:
-        """Field counts of :meth:`ranker_inputs`: ids, user and item features, history, context."""
-        u, i = self.users, self.items
+        """Field counts of :meth:`ranker_inputs`: ids, user and item features, history,
+        context (the anchor as a second set of item fields)."""
+        u, i, c, a = self.users, self.items, self.context, self._anchor
         return {
-            "n_cat": 2 + u.cat.shape[1] + i.cat.shape[1] + len(CONTEXT_FEATURES),
-            "n_multi": u.multi.shape[1] + i.multi.shape[1] + 1,  # + the user's recent items
-            "n_dense": u.dense.shape[1] + i.dense.shape[1],
-        }
+            "n_cat": 2 + u.cat.shape[1] + i.cat.shape[1] + len(c.categorical)
+            + a * (1 + i.cat.shape[1]),
+            "n_multi": u.multi.shape[1] + (1 + a) * i.multi.shape[1] + 1,  # + recent items
+            "n_dense": u.dense.shape[1] + (1 + a) * i.dense.shape[1] + len(c.numeric),
+        }  # fmt: skip
 
     @property
     def ranker_layout(self) -> FieldLayout:
         """Where each side's fields sit among the ranker's ``F`` embedded fields.
 
         :meth:`ranker_inputs` orders categorical fields ``[user id, user cat, item id,
-        item cat, hour, dow]``, multi-hot ``[user multi, item multi, history]`` and
-        numeric ``[user dense, item dense]``; the embedded fields are categorical, then
-        multi-hot, then numeric.
+        item cat, context cat (hour, dow, …), anchor id, anchor cat]``, multi-hot
+        ``[user multi, item multi, anchor multi, history]`` and numeric ``[user dense,
+        item dense, context dense, anchor dense]`` (no anchor fields when the spec has no
+        anchor); the embedded fields are categorical, then multi-hot, then numeric.
         """
-        u, i = self.users, self.items
-        fuc, fic, nc = u.cat.shape[1], i.cat.shape[1], len(CONTEXT_FEATURES)
+        u, i, a = self.users, self.items, self._anchor
+        fuc, fic, nc = u.cat.shape[1], i.cat.shape[1], len(self.context.categorical)
         mu, mi = u.multi.shape[1], i.multi.shape[1]
-        nu, ni = u.dense.shape[1], i.dense.shape[1]
-        n_cat, n_multi = 2 + fuc + fic + nc, mu + mi + 1
+        nu, ni, ncd = u.dense.shape[1], i.dense.shape[1], len(self.context.numeric)
+        widths = self.ranker_widths
+        n_cat, n_multi = widths["n_cat"], widths["n_multi"]
         at = np.arange
+        item_cat = 1 + fuc + at(1 + fic)
+        ctx_cat = 2 + fuc + fic + at(nc + a * (1 + fic))
+        item_dense = n_cat + n_multi + nu + at(ni)
+        ctx_dense = n_cat + n_multi + nu + ni + at(ncd + a * ni)
         return FieldLayout(
             user=np.concatenate([at(1 + fuc), n_cat + at(mu), n_cat + n_multi + at(nu)]),
-            item=np.concatenate(
-                [1 + fuc + at(1 + fic), n_cat + mu + at(mi), n_cat + n_multi + nu + at(ni)]
-            ),
-            context=n_cat - nc + at(nc),
+            item=np.concatenate([item_cat, n_cat + mu + at(mi), item_dense]),
+            context=np.concatenate([ctx_cat, n_cat + mu + mi + at(a * mi), ctx_dense]),
             history=n_cat + n_multi - 1,
-            n_fields=n_cat + n_multi + nu + ni,
+            n_fields=n_cat + n_multi + widths["n_dense"],
         )
 
     # --- model inputs ----------------------------------------------------------------
@@ -164,35 +330,31 @@ class FeatureTables:
         self,
         user_rows: np.ndarray,
         item_rows: np.ndarray,
-        hour: np.ndarray,
-        dow: np.ndarray,
+        context: ContextBatch,
         history: np.ndarray | None = None,
     ) -> RankerInputs:
-        """Rows of (user, item, context) → ranker tensors; all arguments are (B,) int arrays.
+        """Rows of (user, item, context) → ranker tensors; rows are (B,) int arrays.
 
         ``history`` (B, H) replaces the users' latest items (training uses each
         example's own past; serving the latest, as stored).
         """
         u, i = self.users, self.items
-        cat = np.concatenate(
-            [
-                u.id_slot[user_rows, None],
-                u.cat[user_rows],
-                i.id_slot[item_rows, None],
-                i.cat[item_rows],
-                self.hour_slots[hour, None],
-                self.dow_slots[dow, None],
-            ],
-            axis=1,
-        )  # (B, F)
+        cats = [u.id_slot[user_rows, None], u.cat[user_rows], i.id_slot[item_rows, None],
+                i.cat[item_rows], context.cat]  # fmt: skip
+        multis = [u.multi[user_rows], i.multi[item_rows]]
+        denses = [u.dense[user_rows], i.dense[item_rows], context.dense]
+        if self._anchor:
+            anchor = context.anchor
+            cats += [i.id_slot[anchor, None], i.cat[anchor]]
+            multis.append(i.multi[anchor])
+            denses.append(i.dense[anchor])
+        cat = np.concatenate(cats, axis=1)  # (B, F)
         # the user's recent items as one more multi-hot field; the scored item itself is
         # masked out so training positives cannot read their own label from it
         history = self.history[user_rows] if history is None else history  # (B, H)
         history = np.where(history == i.id_slot[item_rows, None], 0, history)
-        multi = _concat_multi(
-            u.multi[user_rows], i.multi[item_rows], history[:, None, :]
-        )  # (B, M, L)
-        dense = np.concatenate([u.dense[user_rows], i.dense[item_rows]], axis=1)  # (B, N)
+        multi = _concat_multi(*multis, history[:, None, :])  # (B, M, L)
+        dense = np.concatenate(denses, axis=1).astype(np.float32, copy=False)  # (B, N)
         return RankerInputs(torch.from_numpy(cat), torch.from_numpy(multi), torch.from_numpy(dense))
 
     def user_inputs(self, user_rows: np.ndarray, history: np.ndarray | None = None) -> UserInputs:

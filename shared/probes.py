@@ -1,7 +1,7 @@
 """A model proves itself before it serves: a probe set of fixed pairs and their scores.
 
 The worker's ``export`` step picks a few users (the unknown one too) and, for each, a
-few items and an hour and day of week, and writes the final score and every task's
+few items and a context (hour, day of week, the spec's context features), and writes the final score and every task's
 probability the offline model gives them (``probes.json``, one entry per ranker).
 The gateway scores the same pairs along its serving path after loading a version and
 refuses it unless every score is finite and within ``TOLERANCE`` of the offline one:
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import BundleError
+from shared.features import Context
 
-__all__ = ["TOLERANCE", "Probe", "mismatch", "read_probes", "write_probes"]
+__all__ = ["TOLERANCE", "Probe", "mismatch", "probe_context", "read_probes", "write_probes"]
 
 TOLERANCE = 1e-4  # the serving path matches the offline one within 1e-5 (tests/services)
 
@@ -28,11 +29,16 @@ class Probe:
     """One user's probe pairs and the offline model's answers for them."""
 
     user_row: int
-    hour: int
-    dow: int
+    context_cat: list[int]  # the context's slots (shared.features.Context)
+    context_dense: list[float]
+    anchor_row: int
     item_rows: list[int]
     score: list[float]  # final score of each item
     probs: list[list[float]]  # (items, tasks) chained probabilities, in the ranker's task order
+
+
+def probe_context(probe: Probe) -> Context:
+    return Context(tuple(probe.context_cat), tuple(probe.context_dense), probe.anchor_row)
 
 
 def write_probes(path: Path, probes: dict[str, list[Probe]]) -> None:

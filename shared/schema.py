@@ -7,6 +7,12 @@ Every dataset adapter returns a :class:`Dataset`:
 - ``users``: ``user_id: str`` plus the user feature columns named in ``spec.features``.
 - ``items``: ``item_id: str`` plus the item feature columns.
 
+Context features describe one impression (where and how it was shown: ``page``,
+``position``, ``device``, the ``anchor`` item of a "more like this" row): columns of
+``interactions``, nullable (null: not known), categorical, numeric, or ``item`` (an
+item id whose features the ranker reads). The hour and day of week are context too,
+derived from ``ts`` (:data:`CONTEXT_FEATURES`).
+
 Categorical features are strings, numeric features floats, multi-hot features
 ``list[str]``, pretrained vectors ``list[f32]``. The spec is what ETL, training and
 serving read to know what each column means; nothing downstream guesses from dtypes.
@@ -32,7 +38,7 @@ __all__ = [
     "TaskKind",
 ]
 
-Owner = Literal["user", "item"]
+Owner = Literal["user", "item", "context"]
 
 
 class FeatureKind(StrEnum):
@@ -40,6 +46,7 @@ class FeatureKind(StrEnum):
     NUMERIC = "numeric"
     MULTI_HOT = "multi_hot"
     VECTOR = "vector"
+    ITEM = "item"  # context only: an item id (the anchor), read through the item's features
 
 
 class TaskKind(StrEnum):
@@ -49,11 +56,21 @@ class TaskKind(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Feature:
-    """One feature column of the ``users`` or ``items`` table."""
+    """One feature column of the ``users`` or ``items`` table, or a context column of
+    ``interactions``.
+
+    Context features only: ``default`` is the value serving uses when a request does not
+    give one (None: out-of-vocabulary). ``position`` marks the slot an item was shown in:
+    the ranker learns its effect from the logs, and evaluation scores every candidate at
+    the default slot (as ``/recommend`` does), so lists are ordered by relevance, not by
+    where items happened to be shown.
+    """
 
     name: str
     kind: FeatureKind
     owner: Owner
+    default: str | None = None
+    position: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,11 +128,31 @@ class DatasetSpec:
                 raise ConfigError(
                     f"task {task.name!r}: parent {task.parent!r} is not an earlier task"
                 )
+        context = self.features_of("context")
+        for f in self.features:
+            if f.owner == "context" and f.kind in (FeatureKind.MULTI_HOT, FeatureKind.VECTOR):
+                raise ConfigError(f"context feature {f.name!r}: {f.kind} is not a context kind")
+            if f.owner != "context" and (
+                f.kind == FeatureKind.ITEM or f.default is not None or f.position
+            ):
+                raise ConfigError(f"feature {f.name!r}: only context features have "
+                                  "kind item, a default or position")  # fmt: skip
+            if f.position and (f.kind != FeatureKind.CATEGORICAL or f.default is None):
+                raise ConfigError(f"position feature {f.name!r}: categorical, with a default slot")
+            if f.name in CONTEXT_FEATURES:
+                raise ConfigError(f"feature {f.name!r}: derived from ts, not a column")
+        if sum(f.kind == FeatureKind.ITEM for f in context) > 1:
+            raise ConfigError(f"dataset {self.name!r}: at most one anchor (item) context feature")
         if not self.implicit and self.positive_label is None:
             raise ConfigError(f"dataset {self.name!r}: impressions need a positive_label")
 
     def features_of(self, owner: Owner, kind: FeatureKind | None = None) -> list[Feature]:
         return [f for f in self.features if f.owner == owner and (kind is None or f.kind == kind)]
+
+    @property
+    def anchor(self) -> str | None:
+        """The context feature naming an anchor item, if any."""
+        return next((f.name for f in self.features_of("context", FeatureKind.ITEM)), None)
 
     @property
     def label_columns(self) -> list[str]:
@@ -143,6 +180,7 @@ _FEATURE_DTYPES = {
     FeatureKind.NUMERIC: pl.Float64,
     FeatureKind.MULTI_HOT: pl.List(pl.String),
     FeatureKind.VECTOR: pl.List(pl.Float32),
+    FeatureKind.ITEM: pl.String,
 }
 
 
@@ -163,6 +201,7 @@ class Dataset:
         need |= {t.name: pl.Float64 for t in self.spec.tasks}
         if self.spec.oracle_column:
             need[self.spec.oracle_column] = pl.Float64
+        need |= {f.name: _FEATURE_DTYPES[f.kind] for f in self.spec.features_of("context")}
         _check_columns(self.interactions, need, where, "interactions")
         for owner, table in (("user", self.users), ("item", self.items)):
             cols = {f"{owner}_id": pl.String}

@@ -6,7 +6,9 @@ tables with their raw features. Events of one user on one item in one answer
 (``request_id``; events without one group by user and item) make one impression row:
 its time is the first event's, each task's label is 1 when an event of that task or of
 a task below it in the funnel was logged (a purchase is also a click), so impressions
-without an outcome are the negatives. ``page`` and ``position`` are kept as columns.
+without an outcome are the negatives. The events' context (``page``, ``position``,
+``device``, ``anchor``) fills the spec's context features of the same names (null where
+an event has none).
 With ``with_bundle_interactions`` (the default) the bundle's own interactions come
 first, so a retrain learns from what was logged on top of what the version knew (rows
 of a bundle trained on the log before count once). Events of one display should all
@@ -27,10 +29,13 @@ from offline.ingest import read_events
 from shared.bundle import Bundle, Files
 from shared.config import StrictConfig
 from shared.errors import DataError
-from shared.schema import Dataset, DatasetSpec
+from shared.schema import Dataset, DatasetSpec, FeatureKind
 from shared.settings import Settings
 
 __all__ = ["EventsConfig", "load"]
+
+_DTYPES = {FeatureKind.CATEGORICAL: pl.String, FeatureKind.NUMERIC: pl.Float64,
+           FeatureKind.ITEM: pl.String}  # fmt: skip
 
 
 class EventsConfig(StrictConfig):
@@ -55,17 +60,21 @@ def impressions(events: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     for task in reversed(spec.tasks):  # children come after their parents
         if task.parent in below:
             below[task.parent] |= below[task.name]
-    context = events["context"].struct
-    rows = events.with_columns(
-        page=context.field("page"), position=context.field("position"),
-        answer=pl.col("request_id").fill_null(""),
-    )  # fmt: skip
+    logged = {f.name for f in events.schema["context"].fields}
+    context = {
+        f.name: (
+            pl.col("context").struct.field(f.name).cast(_DTYPES[f.kind])
+            if f.name in logged
+            else pl.lit(None, dtype=_DTYPES[f.kind])
+        )
+        for f in spec.features_of("context")
+    }
+    rows = events.with_columns(**context, answer=pl.col("request_id").fill_null(""))
     return (
         rows.group_by("uid", "item_id", "answer", maintain_order=True)
         .agg(
             ts=pl.col("ts").min().floor().cast(pl.Int64),
-            page=pl.col("page").drop_nulls().first(),
-            position=pl.col("position").drop_nulls().first(),
+            **{name: pl.col(name).drop_nulls().first() for name in context},
             **{
                 name: pl.col("type").is_in(sorted(types)).any().cast(pl.Float64)
                 for name, types in below.items()
@@ -91,8 +100,9 @@ def load(data_dir: Path | None, config: EventsConfig) -> Dataset:
     interactions = logged
     if config.with_bundle_interactions:
         known = pl.read_parquet(bundle.path(Files.INTERACTIONS))
+        context = [f.name for f in spec.features_of("context")]
         known = known.select(
-            "user_id", "item_id", "ts", *(pl.col(t).cast(pl.Float64) for t in tasks)
+            "user_id", "item_id", "ts", *context, *(pl.col(t).cast(pl.Float64) for t in tasks)
         )
         # a bundle trained on the log holds its rows already: the log's version counts once
         known = known.join(logged, on=["user_id", "item_id", "ts"], how="anti")

@@ -7,10 +7,17 @@ Generative story (all vectorised, reproducible from ``seed``):
   hidden quality q. So the visible features carry most, not all, of the signal.
 - item exposure follows a power law (a few items get most impressions); user activity
   too, more gently.
-- each impression has a context (hour, day of week from its timestamp) and a true
+- each impression has a context: the hour and day of week of its timestamp, the page
+  (home, search, or an item's detail page, whose item is the impression's ``anchor``)
+  and the slot it was shown in (``position`` 0–9). A logging policy put popular and
+  good items higher, so where an item was shown says something about it too. The true
   click probability
 
-      p(click) = σ(b + α·⟨u, v⟩/√k + q + device×hour + weekend×category − young×price)
+      p(click) = σ(b + α·⟨u, v⟩/√k + q + device×hour + weekend×category − young×price
+                   − γ·log2(1 + position) + page effects)
+
+  with page effects: search +0.3 + 0.4·⟨u, v⟩/√k (intent), detail −0.2 + 0.8 when the
+  item shares the anchor's category ("more like this").
 
   then add_to_cart | click and purchase | add_to_cart are drawn from their own
   probabilities (price hurts, desktop helps). The column ``p_click`` keeps the true
@@ -29,7 +36,7 @@ from pydantic import Field
 from shared.config import StrictConfig
 from shared.schema import Dataset, DatasetSpec, Feature, FeatureKind, Task
 
-__all__ = ["SyntheticConfig", "World", "load"]
+__all__ = ["N_SLOTS", "PAGES", "SyntheticConfig", "World", "load"]
 
 _DAY = 86_400
 _START = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -56,6 +63,15 @@ class SyntheticConfig(StrictConfig):
     item_quality: float = Field(0.4, ge=0, description="spread of hidden per-item quality (logit)")
     item_popularity_exponent: float = Field(1.0, ge=0)
     user_activity_exponent: float = Field(0.5, ge=0)
+    position_bias: float = Field(0.4, ge=0, description="γ: logit lost per log2(1 + slot)")
+    logging_policy: float = Field(
+        1.8, ge=0, description="how strongly the logging policy put popular, good items on top"
+    )
+
+
+PAGES = ("home", "search", "detail")
+PAGE_SHARE = (0.6, 0.25, 0.15)
+N_SLOTS = 10
 
 
 SPEC_FEATURES = (
@@ -68,7 +84,11 @@ SPEC_FEATURES = (
     Feature(name="price_band", kind=FeatureKind.CATEGORICAL, owner="item"),
     Feature(name="price", kind=FeatureKind.NUMERIC, owner="item"),
     Feature(name="tags", kind=FeatureKind.MULTI_HOT, owner="item"),
-)
+    Feature(name="page", kind=FeatureKind.CATEGORICAL, owner="context", default="home"),
+    Feature(name="position", kind=FeatureKind.CATEGORICAL, owner="context", default="0",
+            position=True),
+    Feature(name="anchor", kind=FeatureKind.ITEM, owner="context"),
+)  # fmt: skip
 
 
 def spec() -> DatasetSpec:
@@ -143,25 +163,55 @@ class World:
                    price, tags)  # fmt: skip
 
     def probabilities(
-        self, users: np.ndarray, items: np.ndarray, hour: np.ndarray, dow: np.ndarray
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        hour: np.ndarray,
+        dow: np.ndarray,
+        page: np.ndarray | int = 0,
+        position: np.ndarray | int = 0,
+        anchor: np.ndarray | int = -1,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``p(click)``, ``p(add_to_cart | click)``, ``p(purchase | add_to_cart)`` of each
-        (user row, item row, hour, day of week)."""
+        (user row, item row, hour, day of week, page index in :data:`PAGES`, slot, anchor
+        item row or -1)."""
         c = self.config
         dv, pb = self.device[users], self.price_band[items]
         affinity = np.einsum("nk,nk->n", self.taste[users], self.item_taste[items]) / np.sqrt(
             c.taste_dim
         )
+        page, anchor = np.asarray(page), np.asarray(anchor)
+        same = (anchor >= 0) & (self.category[np.maximum(anchor, 0)] == self.category[items])
         context = (
             0.5 * ((dv == 0) & (hour >= 18))
             + 0.3 * ((dv == 1) & (hour >= 9) & (hour < 18))
             + 0.3 * ((dow >= 5) & (self.category[items] % 4 == 0))
             - 0.25 * pb * (self.age[users] < 2)
+            - c.position_bias * np.log2(1 + np.asarray(position))
+            + (page == 1) * (0.3 + 0.4 * affinity)
+            + (page == 2) * (-0.2 + 0.8 * same)
         )
         logit = c.click_bias + c.taste_strength * affinity + self.quality[items] + context
         p_atc = _sigmoid(-0.8 + 0.6 * affinity - 0.35 * (pb - 2))
         p_buy = _sigmoid(-0.4 - 0.5 * (pb - 2) + 0.4 * (dv == 1))
         return _sigmoid(logit), p_atc, p_buy
+
+    def list_value(
+        self, user: int, lists: np.ndarray, hour: int, dow: int, page: int = 0, anchor: int = -1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected clicks and purchases of each list of item rows ``(L, k)`` shown to
+        ``user``, slot 0 first (-1 pads a short list): ``(L,)`` each."""
+        n, k = lists.shape
+        slots = np.tile(np.arange(k), n)
+        items = lists.reshape(-1)
+        shown = items >= 0
+        users = np.full(len(items), user)
+        p_click, p_atc, p_buy = self.probabilities(
+            users, np.maximum(items, 0), np.full(len(items), hour), np.full(len(items), dow),
+            page, slots, anchor,
+        )  # fmt: skip
+        clicks = (p_click * shown).reshape(n, k).sum(axis=1)
+        return clicks, (p_click * p_atc * p_buy * shown).reshape(n, k).sum(axis=1)
 
 
 def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
@@ -175,12 +225,27 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
     # impressions: who sees what, when
     n = c.n_impressions
     uid = rng.choice(c.n_users, n, p=_power_law(rng, c.n_users, c.user_activity_exponent))
-    iid = rng.choice(c.n_items, n, p=_power_law(rng, c.n_items, c.item_popularity_exponent))
+    popularity = _power_law(rng, c.n_items, c.item_popularity_exponent)
+    iid = rng.choice(c.n_items, n, p=popularity)
     hour_profile = 1.0 + np.sin((np.arange(24) - 14) / 24 * 2 * np.pi) ** 2 * 3
     hour = rng.choice(24, n, p=hour_profile / hour_profile.sum())
     day = rng.integers(0, c.days, n)
     ts = _START + day * _DAY + hour * 3600 + rng.integers(0, 3600, n)
     dow = (day + 0) % 7  # 2024-01-01 is a Monday: dow 5 and 6 are the weekend
+    page = rng.choice(len(PAGES), n, p=PAGE_SHARE)
+    # a detail page's anchor: an item of the shown one's category (60 %) or any item
+    by_category = np.argsort(cat, kind="stable")
+    starts = np.searchsorted(cat[by_category], np.arange(c.n_categories))
+    sizes = np.bincount(cat, minlength=c.n_categories)
+    alike = by_category[starts[cat[iid]] + (rng.random(n) * sizes[cat[iid]]).astype(np.int64)]
+    anchor = np.where(rng.random(n) < 0.6, alike, rng.integers(0, c.n_items, n))
+    anchor = np.where(page == 2, anchor, -1)
+    # the logging policy's slot: popular, good items higher, with noise
+    score = np.log(popularity[iid]) + w.quality[iid] / max(c.item_quality, 1e-9)
+    score = (score - score.mean()) / max(score.std(), 1e-9)
+    position = np.clip(
+        np.round(4.5 - c.logging_policy * score + rng.normal(0, 1.5, n)), 0, N_SLOTS - 1
+    ).astype(np.int64)
 
     p_click = np.empty(n)
     atc = np.empty(n)
@@ -188,7 +253,9 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
     click = np.empty(n)
     for lo in range(0, n, 1_000_000):  # chunks bound memory at 10M+ impressions
         s = slice(lo, min(n, lo + 1_000_000))
-        p_click[s], p_atc, p_buy = w.probabilities(uid[s], iid[s], hour[s], dow[s])
+        p_click[s], p_atc, p_buy = w.probabilities(
+            uid[s], iid[s], hour[s], dow[s], page[s], position[s], anchor[s]
+        )
         click[s] = rng.random(len(p_atc)) < p_click[s]
         atc[s] = click[s] * (rng.random(len(p_atc)) < p_atc)
         purchase[s] = atc[s] * (rng.random(len(p_atc)) < p_buy)
@@ -198,12 +265,16 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
             "user_id": pl.Series(uid).cast(pl.String).str.replace(r"^", "u"),
             "item_id": pl.Series(iid).cast(pl.String).str.replace(r"^", "i"),
             "ts": pl.Series(ts, dtype=pl.Int64),
+            "page": np.array(PAGES)[page],
+            "position": position.astype(str),
+            "anchor": pl.Series(anchor).cast(pl.String).str.replace(r"^", "i"),
             "click": click,
             "add_to_cart": atc,
             "purchase": purchase,
             "p_click": p_click,
         }
-    ).sort("ts", "user_id", maintain_order=True)
+    ).with_columns(anchor=pl.when(pl.col("anchor") != "i-1").then("anchor"))
+    interactions = interactions.sort("ts", "user_id", maintain_order=True)
     labels = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
     users = pl.DataFrame(
         {

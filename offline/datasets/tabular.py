@@ -16,6 +16,11 @@ directory::
         click: {}                      # column defaults to the label's name
         purchase: {column: bought, parent: click, score_weight: 4}
         dwell: {kind: regression, weight: 0.2, score_weight: 0}
+      context:                         # optional: per impression, nullable
+        page: {kind: categorical, default: home}        # served when a request gives none
+        slot: {kind: categorical, column: pos, default: "0", position: true}
+        anchor: {kind: item, column: anchor_iid}        # the row's "more like this" item
+        price_shown: {kind: numeric}
     users:                             # optional, like items
       path: users.csv
       id: uid                          # defaults to interactions.user_id
@@ -55,6 +60,7 @@ from shared.schema import (
 )
 
 __all__ = [
+    "ContextSpec",
     "FeatureSpec",
     "InteractionsSpec",
     "LabelSpec",
@@ -83,6 +89,13 @@ class LabelSpec(StrictConfig):
     score_weight: float = 1.0
 
 
+class ContextSpec(StrictConfig):
+    kind: Literal[FeatureKind.CATEGORICAL, FeatureKind.NUMERIC, FeatureKind.ITEM]
+    column: str | None = None  # the source column; defaults to the feature's name
+    default: str | None = None  # served when a request does not give one
+    position: bool = False  # the slot an item was shown in (scored at its default)
+
+
 class InteractionsSpec(StrictConfig):
     path: str
     user_id: str = "user_id"
@@ -90,6 +103,7 @@ class InteractionsSpec(StrictConfig):
     ts: str = "ts"
     ts_unit: Literal["s", "ms"] = "s"
     labels: dict[str, LabelSpec] = Field(default_factory=dict)
+    context: dict[str, ContextSpec] = Field(default_factory=dict)
 
 
 class TableSpec(StrictConfig):
@@ -123,14 +137,16 @@ def load(data_dir: Path, config: TabularConfig) -> Dataset:
     path = data_dir / inter.path
     cols = {inter.user_id: "id", inter.item_id: "id", inter.ts: "ts"}
     cols |= {label.column or name: "label" for name, label in inter.labels.items()}
+    cols |= {c.column or name: c.kind.value for name, c in inter.context.items()}
     frame = _read_table(path, cols, {})
-    _require_values(frame, list(cols), path)
+    _require_values(frame, [c for c, role in cols.items() if role in ("id", "ts", "label")], path)
     ts = pl.col(inter.ts) // 1000 if inter.ts_unit == "ms" else pl.col(inter.ts)
     interactions = frame.select(
         pl.col(inter.user_id).alias("user_id"),
         pl.col(inter.item_id).alias("item_id"),
         ts.alias("ts"),
         *(pl.col(label.column or name).alias(name) for name, label in inter.labels.items()),
+        *(pl.col(c.column or name).alias(name) for name, c in inter.context.items()),
     )
     users = _entities(data_dir, schema.users, inter.user_id, "user_id", interactions["user_id"])
     items = _entities(data_dir, schema.items, inter.item_id, "item_id", interactions["item_id"])
@@ -148,6 +164,12 @@ def _spec(schema: TabularSchema, where: Path) -> DatasetSpec:
         raise ConfigError(f"{where}: interactions.labels.{clash.pop()}: name already used")
     taken |= {*CONTEXT_FEATURES, *labels}
     features: list[Feature] = []
+    for name, c in schema.interactions.context.items():
+        if name in taken:
+            raise ConfigError(f"{where}: interactions.context.{name}: name already used")
+        taken.add(name)
+        features.append(Feature(name=name, owner="context",
+                                **c.model_dump(exclude={"column"})))  # fmt: skip
     for owner, table in (("user", schema.users), ("item", schema.items)):
         for name, feature in (table.features if table else {}).items():
             if name in taken:
@@ -195,6 +217,7 @@ _CSV_TYPES: dict[str, type[pl.DataType]] = {
     "ts": pl.Int64,
     "multi_hot": pl.String,
     "vector": pl.String,
+    "item": pl.String,
 }
 _TARGET = {
     "id": pl.String,
@@ -204,6 +227,7 @@ _TARGET = {
     "ts": pl.Int64,
     "multi_hot": pl.List(pl.String),
     "vector": pl.List(pl.Float32),
+    "item": pl.String,
 }
 
 

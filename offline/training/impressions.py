@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from shared.features import ContextLayout
 from shared.schema import DatasetSpec, Task
 
 __all__ = [
@@ -123,8 +124,10 @@ def ranking_impressions(
     chosen: ChosenBy,
     popularity: np.ndarray,
 ) -> pl.DataFrame:
-    """Impressions of one split: ``user_idx, item_idx, ts, hour, dow`` and a column per task."""
-    base = ["user_idx", "item_idx", "ts", "hour", "dow"]
+    """Impressions of one split: ``user_idx, item_idx, ts``, the encoded context
+    (``ctx_*``) and a column per task."""
+    context = ContextLayout.of(spec).columns
+    base = ["user_idx", "item_idx", "ts", *context]
     labels = spec.label_columns
     if not spec.implicit:
         return interactions.select(
@@ -142,8 +145,7 @@ def ranking_impressions(
             "user_idx": neg_users,
             "item_idx": neg_items,
             "ts": pos["ts"].to_numpy()[source],
-            "hour": pos["hour"].to_numpy()[source],
-            "dow": pos["dow"].to_numpy()[source],
+            **{c: pos[c].to_numpy()[source] for c in context},
         }
     ).with_columns(
         [pl.lit(0.0).alias("interact")] + [pl.lit(None, dtype=pl.Float64).alias(c) for c in labels]

@@ -24,7 +24,7 @@ from offline.training.impressions import (
 )
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import multitask_loss
-from shared.features import FeatureTables
+from shared.features import ContextBatch, FeatureTables
 from shared.models.rankers import DCNConfig, Ranker, RankerConfig, TaskHead, build_ranker
 from shared.schema import DatasetSpec
 
@@ -73,8 +73,7 @@ class RankingData:
     user: np.ndarray
     item: np.ndarray
     ts: np.ndarray
-    hour: np.ndarray
-    dow: np.ndarray
+    context: ContextBatch
     labels: dict[str, np.ndarray]
     oracle: np.ndarray | None = None
     frame: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False)
@@ -110,8 +109,7 @@ def ranking_data(
             user=frame["user_idx"].to_numpy(),
             item=frame["item_idx"].to_numpy(),
             ts=frame["ts"].to_numpy(),
-            hour=frame["hour"].to_numpy(),
-            dow=frame["dow"].to_numpy(),
+            context=tables.context_batch(frame),
             labels={t.name: frame[t.name].cast(pl.Float32).to_numpy() for t in tasks},
             oracle=frame[spec.oracle_column].to_numpy() if spec.oracle_column else None,
             frame=frame,
@@ -149,7 +147,7 @@ def predict(
             s = slice(lo, lo + batch)
             hist = None if history is None else history[s]
             probs = model.probabilities(
-                tables.ranker_inputs(data.user[s], data.item[s], data.hour[s], data.dow[s], hist)
+                tables.ranker_inputs(data.user[s], data.item[s], data.context.take(s), hist)
             )
             for name, p in probs.items():
                 parts.setdefault(name, []).append(p.numpy())
@@ -216,7 +214,7 @@ def train_ranker(
         else:
             history = causal.latest(users)
         inputs = tables.ranker_inputs(
-            users, train.item[batch], train.hour[batch], train.dow[batch], history
+            users, train.item[batch], train.context.take(batch), history
         )
         idx = torch.from_numpy(batch)
         return net(inputs, {name: v[idx] for name, v in labels.items()})

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
@@ -36,18 +37,17 @@ from torch import nn
 from shared.bundle import Bundle, Files
 from shared.errors import BundleError, RecsysError
 from shared.feature_map import FeatureMap
-from shared.features import FeatureTables
+from shared.features import Context, FeatureTables
 from shared.models.checkpoint import checkpoint_paths, load_model
 from shared.models.rankers import Ranker
 from shared.models.scoring import (
     ServingHead,
     SplitTables,
     build_split,
-    context_rows,
     split_tables,
 )
 from shared.models.towers import TwoTower, UserTower
-from shared.probes import Probe, mismatch, read_probes
+from shared.probes import Probe, mismatch, probe_context, read_probes
 from shared.recall import SeenItems, merge, nearest
 from shared.schema import DatasetSpec
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 ModelRuntime = Literal["onnx", "torch"]
 _SPLIT_PARTS = ("user_fields", "user_first", "item_fields", "item_first")
 _FRESH_KEPT = 4096  # fresh users' vectors and ranker sides kept per process (~2 KB each)
+_CONTEXTS_KEPT = 4096  # the ranker's context parts kept per process (~1 KB each)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class ServingBundle:
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
     _fresh: dict[tuple[int, bytes], Any] = field(default_factory=dict, repr=False)
+    _contexts: dict[Context, Any] = field(default_factory=dict, repr=False)
 
     # --- loading -----------------------------------------------------------------
     @classmethod
@@ -317,7 +319,7 @@ class ServingBundle:
                 rows.min(initial=1) < 1 or rows.max(initial=1) >= len(self.item_ids)
             ):
                 raise BundleError(f"{self.root}: probe rows outside the tables", reason="probe")
-            got = self.score(probe.user_row, rows, probe.hour, probe.dow)
+            got = self.score(probe.user_row, rows, probe_context(probe))
             if why := mismatch(probe, got.score, got.probs):
                 raise BundleError(
                     f"{self.root}: the {self.ranker_kind} probe set fails on the "
@@ -337,6 +339,12 @@ class ServingBundle:
         """
         lookup = map(self.tables.items.index.get, raw_ids, repeat(0))
         return np.fromiter(lookup, dtype=np.int64, count=len(raw_ids))
+
+    def context(self, given: Mapping[str, Any], now: datetime) -> Context:
+        """A request's encoded context at ``now`` (UTC): the hour and day of week, then
+        what ``given`` names (see :meth:`FeatureTables.context_of`, which raises on
+        unknown keys and non-numeric numbers)."""
+        return self.tables.context_of(given, now.hour, now.weekday())
 
     # --- retrieval -----------------------------------------------------------------
     def fresh_history(self, user_row: int, recent: np.ndarray) -> np.ndarray:
@@ -385,15 +393,14 @@ class ServingBundle:
         history: np.ndarray,
         seen: np.ndarray,
         n: int,
-        hour: int,
-        dow: int,
+        context: Context,
         score: bool,
     ) -> tuple[np.ndarray, ScoredBatch | None]:
         """A fresh history's ``n`` candidates (:meth:`search`, :meth:`padded`) and, with
         ``score``, their scores over the same history: one call for the scoring process."""
         primary = self.search(user_row, n + len(seen), history)
         rows = self.padded(primary, seen, n, self.hot_every)
-        scored = self.score(user_row, rows, hour, dow, history) if score and len(rows) else None
+        scored = self.score(user_row, rows, context, history) if score and len(rows) else None
         return rows, scored
 
     def user_vector(self, user_row: int, history: np.ndarray | None = None) -> np.ndarray:
@@ -421,13 +428,22 @@ class ServingBundle:
         self._fresh[key] = kept  # the most recently used last
         return kept
 
+    def _context_side(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        """The ranker's context part of ``context``, computed once per distinct context
+        (a few hundred at most in practice: hours × days × pages × …; the latest kept)."""
+        if (kept := self._contexts.pop(context, None)) is None:
+            kept = self.split.context_side(self.ranker, self.tables, context)
+            if len(self._contexts) >= _CONTEXTS_KEPT:
+                self._contexts.pop(next(iter(self._contexts)))
+        self._contexts[context] = kept
+        return kept
+
     # --- scoring -------------------------------------------------------------------
     def inputs(
         self,
         user_row: int,
         item_rows: np.ndarray,
-        hour: int,
-        dow: int,
+        context: Context,
         history: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The head's inputs for one user's items: ``fields``, ``first``, ``retrieval_logit``.
@@ -438,7 +454,7 @@ class ServingBundle:
         """
         fresh = None if history is None else self._fresh_user(user_row, history)
         fields, first = self.split.assemble(
-            self.tables, self.ranker, user_row, item_rows, int(context_rows(hour, dow)),
+            self.tables, self.ranker, user_row, item_rows, self._context_side(context),
             history, None if fresh is None else fresh[1],
         )  # fmt: skip
         if self.retrieval_weight > 0:
@@ -453,13 +469,12 @@ class ServingBundle:
         self,
         user_row: int,
         item_rows: np.ndarray,
-        hour: int,
-        dow: int,
+        context: Context,
         history: np.ndarray | None = None,
     ) -> ScoredBatch:
         """The final score and every ``p_t`` of one user's items (in the caller's thread)."""
         t0 = time.perf_counter()
-        inputs = self.inputs(user_row, item_rows, hour, dow, history)
+        inputs = self.inputs(user_row, item_rows, context, history)
         t1 = time.perf_counter()
         score, probs = self.head(*inputs)
         return ScoredBatch(score, probs, t1 - t0, time.perf_counter() - t1)
@@ -496,7 +511,6 @@ def _scoring(
         except ImportError:
             log.warning("onnxruntime is not installed: scoring with torch")
         else:
-            arrays |= split_tables(ranker, tables, sides=("context",))
             return build_split(ranker, tables, arrays), head, "onnx"
     elif runtime == "onnx":
         log.warning("%s has no ONNX export of the %s ranker: scoring with torch", bundle.root, kind)

@@ -49,6 +49,7 @@ from services.gateway.bundle import ScoredBatch, ServingBundle
 from services.gateway.metrics import Metrics
 from services.gateway.schemas import RerankRequest
 from services.gateway.scorer import Scorer
+from shared.features import Context
 from shared.keys import Keys
 from shared.recall import blend
 from shared.settings import Settings
@@ -89,7 +90,7 @@ class Recommender:
         redis (redis.asyncio.Redis): the online store (short timeouts, no backoff).
         scorer (Scorer): the ranker, and the online user tower + FAISS.
         metrics (Metrics): where stage latencies, cold starts and fallbacks go.
-        clock (Clock): the current time, for the hour/day-of-week context features.
+        clock (Clock): the current time, for the hour and day-of-week context features.
     """
 
     def __init__(
@@ -115,11 +116,17 @@ class Recommender:
         self._scoring_seconds = metrics.stage_latency.labels("scoring")
 
     # --- stages --------------------------------------------------------------------
+    def context(self, bundle: ServingBundle, given: Mapping[str, Any]) -> Context:
+        """A request's context now (see :meth:`ServingBundle.context`; raises on unknown
+        keys and non-numeric numbers)."""
+        return bundle.context(given, self.clock().astimezone(UTC))
+
     async def candidates(
-        self, bundle: ServingBundle, uid: str, n: int, score: bool = False
+        self, bundle: ServingBundle, uid: str, n: int, context: Context | None = None
     ) -> Candidates:
         """Up to ``n`` item rows for ``uid`` (fewer only when the catalogue runs out);
-        ``score``: the caller will score them (a fresh recall then scores in the same trip)."""
+        ``context``: the caller will score them in it (a fresh recall then scores in the
+        same trip)."""
         started = time.perf_counter()
         user_row = bundle.user_row(uid)
         seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
@@ -149,10 +156,10 @@ class Recommender:
                     seen = np.union1d(seen, recent)
             if history is not None:  # recall and, if asked, scores in one trip
                 source = "fresh_history"
-                now = self.clock().astimezone(UTC)
                 primary, scores = await self.scorer.fresh(
-                    bundle, user_row, history, seen, n, now.hour, now.weekday(), score
-                )
+                    bundle, user_row, history, seen, n, context or self.context(bundle, {}),
+                    context is not None,
+                )  # fmt: skip
             elif listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
                 if bundle.lists_exclude_seen and not len(recent):
@@ -206,9 +213,10 @@ class Recommender:
             cached = self._trending_rows = (bundle.version, trending, rows[rows > 0])
         return cached[2]
 
-    async def _score(self, bundle: ServingBundle, user_row: int, rows: np.ndarray) -> ScoredBatch:
-        now = self.clock().astimezone(UTC)
-        scores = await self.scorer.score(bundle, user_row, rows, now.hour, now.weekday())
+    async def _score(
+        self, bundle: ServingBundle, user_row: int, rows: np.ndarray, context: Context
+    ) -> ScoredBatch:
+        scores = await self.scorer.score(bundle, user_row, rows, context)
         self._features_seconds.observe(scores.features_s)
         self._scoring_seconds.observe(scores.scoring_s)
         return scores
@@ -226,12 +234,14 @@ class Recommender:
             "items": bundle.item_ids[found.rows].tolist(),
         }
 
-    async def recommend(self, bundle: ServingBundle, uid: str, top_k: int) -> dict[str, Any]:
+    async def recommend(
+        self, bundle: ServingBundle, uid: str, top_k: int, context: Context
+    ) -> dict[str, Any]:
         n = max(self.settings.rank_candidates, top_k)
-        found = await self.candidates(bundle, uid, n, score=True)
+        found = await self.candidates(bundle, uid, n, context)
         items: list[dict[str, Any]] = []
         if len(found.rows):
-            scores = found.scores or await self._score(bundle, found.user_row, found.rows)
+            scores = found.scores or await self._score(bundle, found.user_row, found.rows, context)
             items = _ranked(bundle, found.rows, scores, top_k)
         return {
             "uid": uid,
@@ -243,7 +253,9 @@ class Recommender:
             "request_id": request_id(),
         }
 
-    async def rerank(self, bundle: ServingBundle, request: RerankRequest) -> dict[str, Any]:
+    async def rerank(
+        self, bundle: ServingBundle, request: RerankRequest, context: Context
+    ) -> dict[str, Any]:
         given = np.asarray(request.items, dtype=str)
         _, first = np.unique(given, return_index=True)  # repeats keep their first place
         given = given[np.sort(first)]
@@ -254,7 +266,7 @@ class Recommender:
             self.metrics.cold_starts.inc()
         items: list[dict[str, Any]] = []
         if known.any():
-            scores = await self._score(bundle, user_row, rows[known])
+            scores = await self._score(bundle, user_row, rows[known], context)
             items = _ranked(bundle, rows[known], scores, request.top_k or int(known.sum()))
         return {
             "uid": request.uid,

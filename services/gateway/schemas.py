@@ -63,6 +63,8 @@ Uid = Annotated[
     Field(description=_UID_DOC),
 ]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ContextValue = Annotated[str, StringConstraints(max_length=256)] | int | float | None
 
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description=f"how many items (1 to {MAX_TOP_K})")]
@@ -127,6 +129,13 @@ class RerankRequest(_Body):
     top_k: int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="keep the best top_k (default: all)"
     )
+    context: dict[ContextKey, ContextValue] | None = Field(
+        None,
+        max_length=32,
+        description="the impression's context: the served version's context features "
+        "(page, position, device, anchor…; a key it does not have is a 422, a value it has "
+        "not seen is out-of-vocabulary); the hour and day of week come from the clock",
+    )
 
 
 class RerankResponse(_Body):
@@ -143,6 +152,7 @@ class EventContext(_Body):
     page: str | None = Field(None, min_length=1, max_length=64, description="page or surface")
     position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in the list")
     device: str | None = Field(None, min_length=1, max_length=32)
+    anchor: ItemId | None = Field(None, description="the item a 'more like this' row was for")
 
 
 class Event(_Body):

@@ -9,7 +9,7 @@ from a thread next to a busy event loop waits for the lock each time (measured:
 (:class:`ScoringProcess`) that loads the same bundle versions (their large arrays
 are memory-mapped, shared through the page cache) and computes on another core,
 while the event loop handles requests. A request sends ``(user row, item rows,
-hour, day)`` and gets ``(scores, probabilities)`` back over a socket pair: about
+context)`` and gets ``(scores, probabilities)`` back over a socket pair: about
 2 KB each way, no feature arrays.
 
 A scoring process that dies, or has not loaded the served version yet, never fails
@@ -41,6 +41,7 @@ import numpy as np
 from services.gateway.bundle import ModelRuntime, ScoredBatch, ServingBundle
 from services.gateway.metrics import Metrics
 from shared.errors import RecsysError
+from shared.features import Context
 
 __all__ = ["Scorer", "ScoringProcess", "ScoringUnavailable"]
 
@@ -140,15 +141,16 @@ def _child(sock: socket.socket, artifacts: str, ranker: str, runtime: ModelRunti
                     send((key, "ok", found.tobytes()))
                     continue
                 if kind == "fresh":
-                    version, user_row, history, seen, n, hour, dow, score = args
+                    version, user_row, history, seen, n, context, score = args
                     rows, s = bundles[version].fresh(
-                        user_row, _array(history), _array(seen), n, hour, dow, score
+                        user_row, _array(history), _array(seen), n, Context(*context), score
                     )
                     send((key, "ok", (rows.tobytes(), None if s is None else _packed(s))))
                     continue
-                version, user_row, items, hour, dow = args
+                version, user_row, items, context = args
                 rows = np.frombuffer(items, dtype=np.int64)
-                send((key, "ok", _packed(bundles[version].score(user_row, rows, hour, dow))))
+                scored = bundles[version].score(user_row, rows, Context(*context))
+                send((key, "ok", _packed(scored)))
             except Exception as e:  # one bad request must not end the process
                 send((key, "error", f"{type(e).__name__}: {e}"))
 
@@ -290,10 +292,10 @@ class ScoringProcess:
         return self._link is not None and version in self._loaded
 
     async def score(
-        self, version: str, user_row: int, items: np.ndarray, hour: int, dow: int
+        self, version: str, user_row: int, items: np.ndarray, context: Context
     ) -> ScoredBatch:
         started = time.perf_counter()
-        packed = await self._request("score", version, user_row, _bytes(items), hour, dow)
+        packed = await self._request("score", version, user_row, _bytes(items), tuple(context))
         return _unpacked(packed, started)
 
     async def search(self, version: str, user_row: int, k: int) -> np.ndarray:
@@ -302,11 +304,11 @@ class ScoringProcess:
 
     async def fresh(
         self, version: str, user_row: int, history: np.ndarray, seen: np.ndarray, n: int,
-        hour: int, dow: int, score: bool,
+        context: Context, score: bool,
     ) -> tuple[np.ndarray, ScoredBatch | None]:  # fmt: skip
         started = time.perf_counter()
         rows, scored = await self._request(
-            "fresh", version, user_row, _bytes(history), _bytes(seen), n, hour, dow, score
+            "fresh", version, user_row, _bytes(history), _bytes(seen), n, tuple(context), score
         )
         rows = np.frombuffer(rows, dtype=np.int64)
         return rows, None if scored is None else _unpacked(scored, started)
@@ -363,22 +365,22 @@ class Scorer:
         return None
 
     async def score(
-        self, bundle: ServingBundle, user_row: int, items: np.ndarray, hour: int, dow: int
+        self, bundle: ServingBundle, user_row: int, items: np.ndarray, context: Context
     ) -> ScoredBatch:
         if (process := self._process(bundle)) is not None:
             try:
-                return await process.score(bundle.version, user_row, items, hour, dow)
+                return await process.score(bundle.version, user_row, items, context)
             except ScoringUnavailable as e:
                 log.debug("scoring inline: %s", e)
                 self._fallbacks.inc()
-        return bundle.score(user_row, items, hour, dow)
+        return bundle.score(user_row, items, context)
 
     async def fresh(
         self, bundle: ServingBundle, user_row: int, history: np.ndarray, seen: np.ndarray,
-        n: int, hour: int, dow: int, score: bool,
+        n: int, context: Context, score: bool,
     ) -> tuple[np.ndarray, ScoredBatch | None]:  # fmt: skip
         """:meth:`ServingBundle.fresh`, off the event loop (one trip to the scoring process)."""
-        args = (user_row, history, seen, n, hour, dow, score)
+        args = (user_row, history, seen, n, context, score)
         if (process := self._process(bundle)) is not None:
             try:
                 return await process.fresh(bundle.version, *args)

@@ -9,8 +9,10 @@ into a user part, an item part and a context part::
     side_p = flat(side_f) @ W[:, side columns]^T
 
 :func:`split_tables` computes those parts from the ranker and the feature tables
-(the same ``ranker_inputs`` and ``sparse_arch`` as training, so nothing drifts);
-:meth:`SplitTables.assemble` gathers them for one user's B items in one context;
+(the same ``ranker_inputs`` and ``sparse_arch`` as training, so nothing drifts), and
+:meth:`SplitTables.context_side` the context part of one request's context (the
+gateway keeps the contexts it has seen); :meth:`SplitTables.assemble` gathers them for
+one user's B items in one context;
 :class:`ServingHead` is the rest of the model, ``(fields, first, retrieval_logit) →
 (score, probs)``, which the worker also exports to ONNX (:func:`export_head`). The one
 field that is not a pure user field: the history masks the scored item, so a
@@ -18,7 +20,7 @@ candidate inside the user's own history gets its history field and first-layer t
 recomputed (rare: ``/recommend`` excludes seen items).
 
 Legend: B scored rows, F fields, W embedding width (``D``, or ``D + T`` for DeepFM),
-P first-layer outputs, U users, I items, C contexts (24 hours × 7 days), T tasks.
+P first-layer outputs, U users, I items, Fc context fields, T tasks.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.features import FeatureTables
+from shared.features import Context, ContextBatch, FeatureTables
 from shared.models.inputs import UserInputs
 from shared.models.rankers import (
     Ranker,
@@ -47,12 +49,10 @@ from shared.models.rankers import (
 
 __all__ = [
     "HEAD_INPUTS",
-    "N_CONTEXTS",
     "ServingHead",
     "UserVectors",
     "SplitTables",
     "build_split",
-    "context_rows",
     "export_head",
     "export_onnx",
     "onnx_difference",
@@ -61,14 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-N_CONTEXTS = 24 * 7
-
-
-def context_rows(hour: np.ndarray, dow: np.ndarray) -> np.ndarray:
-    """Row of each (hour, day of week) pair in the context tables."""
-    return np.asarray(hour, dtype=np.int64) * 7 + np.asarray(dow, dtype=np.int64)
-
 
 class ServingHead(nn.Module):
     """Everything of the final score after the field embeddings and the first linear maps.
@@ -124,10 +116,9 @@ class SplitTables:
     user_first: np.ndarray  # (U, P)
     item_fields: np.ndarray  # (I, Fi, W)
     item_first: np.ndarray  # (I, P)
-    context_fields: np.ndarray  # (C, Fc, W)
-    context_first: np.ndarray  # (C, P)
     first_weight: np.ndarray  # (P, F·W)
     user_weight: np.ndarray  # (P, (Fu + 1)·W): its columns of the user side, in user_fields' order
+    context_positions: np.ndarray  # (Fc,) the context's fields
     # (destination field, source field, length) of each run of one side's consecutive fields
     user_runs: tuple[tuple[int, int, int], ...]
     item_runs: tuple[tuple[int, int, int], ...]
@@ -140,7 +131,7 @@ class SplitTables:
         ranker: Ranker,
         user_row: int,
         item_rows: np.ndarray,
-        context: int,
+        context: tuple[np.ndarray, np.ndarray],
         history: np.ndarray | None = None,
         side: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +145,8 @@ class SplitTables:
             ranker (Ranker): its ``sparse_arch`` pools a history with the item masked.
             user_row (int): the user's row.
             item_rows (np.ndarray): ``(B,)`` item rows.
-            context (int): the context row (:func:`context_rows`).
+            context (tuple): the context's fields ``(Fc, W)`` and first-layer terms
+                ``(P,)`` (:meth:`context_side`).
             history (np.ndarray | None): ``(H,)`` item id slots, most recent first, in place
                 of the served history (a user's fresh events).
             side (tuple | None): with ``history``, the user's fields and first-layer terms
@@ -163,7 +155,7 @@ class SplitTables:
         b, width = len(item_rows), self.item_fields.shape[2]
         fields = np.empty((b, self.first_weight.shape[1] // width, width), dtype=np.float32)
         items = self.item_fields[item_rows]  # (B, Fi, W)
-        ctx = self.context_fields[context]
+        ctx, ctx_first = context
         if history is None:
             user, user_first = self.user_fields[user_row], self.user_first[user_row]
             history = tables.history[user_row]  # (H,)
@@ -175,7 +167,7 @@ class SplitTables:
             for dst, src, n in runs:
                 fields[:, dst : dst + n] = part[:, src : src + n]
         first = self.item_first[item_rows]  # (B, P)
-        first += user_first + self.context_first[context]
+        first += user_first + ctx_first
         own = tables.items.id_slot[item_rows, None] == history  # (B, H): the item in its history
         if own.any():
             hit = np.flatnonzero(own.any(axis=1))
@@ -187,6 +179,20 @@ class SplitTables:
             fields[hit, self.history_position] = pooled.numpy()
             first[hit] = fields[hit].reshape(len(hit), -1) @ self.first_weight.T
         return fields, first
+
+    def context_side(
+        self, ranker: Ranker, tables: FeatureTables, context: Context
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The context's fields ``(Fc, W)`` and first-layer terms ``(P,)``: its own
+        ``ranker_inputs`` row (user and item row 0) embedded and cut to the context fields."""
+        zero = np.zeros(1, dtype=np.int64)
+        x = tables.ranker_inputs(zero, zero, ContextBatch.of(context))
+        with torch.inference_mode():
+            fields = ranker.sparse_arch(x.cat, x.multi, x.dense)[0].numpy()
+        fields = np.ascontiguousarray(fields[self.context_positions])
+        width = fields.shape[1]
+        columns = (self.context_positions[:, None] * width + np.arange(width)).reshape(-1)
+        return fields, fields.reshape(-1) @ self.first_weight[:, columns].T
 
     def user_side(
         self, ranker: Ranker, user_row: int, history: np.ndarray
@@ -236,14 +242,15 @@ def _side_parts(
 def split_tables(
     ranker: Ranker,
     tables: FeatureTables,
-    sides: tuple[str, ...] = ("user", "item", "context"),
+    sides: tuple[str, ...] = ("user", "item"),
     chunk: int = 8192,
 ) -> dict[str, np.ndarray]:
     """The per-side parts of :class:`SplitTables` (``{side}_fields``, ``{side}_first``).
 
     Each side is embedded by the ranker's own ``sparse_arch`` over ``ranker_inputs`` rows
-    that hold the side's rows and row 0 (or context 0) elsewhere, then cut to the side's
-    fields; the user side's history is the served one, unmasked (item row 0 is never in it).
+    that hold the side's rows and row 0 (and a default context) elsewhere, then cut to
+    the side's fields; the user side's history is the served one, unmasked (item row 0
+    is never in it).
     """
     layout = tables.ranker_layout
     zeros = np.zeros
@@ -251,20 +258,14 @@ def split_tables(
         "user": (
             len(tables.users),
             np.append(layout.user, layout.history),
-            lambda r: tables.ranker_inputs(r, zeros(len(r), np.int64), zeros(len(r), np.int64),
-                                           zeros(len(r), np.int64)),
+            lambda r: tables.ranker_inputs(r, zeros(len(r), np.int64),
+                                           tables.default_context(len(r))),
         ),
         "item": (
             len(tables.items),
             layout.item,
-            lambda r: tables.ranker_inputs(zeros(len(r), np.int64), r, zeros(len(r), np.int64),
-                                           zeros(len(r), np.int64)),
-        ),
-        "context": (
-            N_CONTEXTS,
-            layout.context,
-            lambda r: tables.ranker_inputs(zeros(len(r), np.int64), zeros(len(r), np.int64),
-                                           r // 7, r % 7),
+            lambda r: tables.ranker_inputs(zeros(len(r), np.int64), r,
+                                           tables.default_context(len(r))),
         ),
     }  # fmt: skip
     out = {}
@@ -290,6 +291,7 @@ def build_split(
         user_weight=np.ascontiguousarray(
             weight[:, (user[:, None] * width + np.arange(width)).reshape(-1)]
         ),
+        context_positions=layout.context,
         user_runs=_runs(user),
         item_runs=_runs(layout.item),
         context_runs=_runs(layout.context),

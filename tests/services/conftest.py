@@ -24,14 +24,15 @@ import torch
 
 from offline import pipeline
 from offline.config import PipelineConfig, load_config
+from offline.etl import encode_context
 from offline.training.ranking import RankingData, predict
 from shared.bundle import Bundle, Files
 from shared.feature_map import FeatureMap
-from shared.features import FeatureTables
+from shared.features import ContextBatch, FeatureTables
 from shared.models.checkpoint import load_model
 from shared.models.rankers import final_score
 from shared.redis_server import RedisServer
-from shared.schema import DatasetSpec
+from shared.schema import DatasetSpec, FeatureKind
 
 STORE_DB = 5
 SCRATCH_DB = 6
@@ -122,20 +123,36 @@ class OfflineScorer:
         self.two_tower = load_model(root / Files.TWO_TOWER)
         self.weights = built.score_weights()
         self.retrieval_weight = built.serving()["retrieval_weights"][kind]
+        self.spec = DatasetSpec.from_dict(json.loads((root / Files.SPEC).read_text()))
+        self.items = pl.read_parquet(root / Files.ITEMS)
+
+    def context(self, hour: int, dow: int, given: dict | None = None, n: int = 1) -> ContextBatch:
+        """``n`` impressions' contexts encoded the way ETL encodes the logged ones (raw
+        columns → ``ctx_*``), a missing feature at its default."""
+        row = {"hour": [hour], "dow": [dow]}
+        for f in self.spec.features_of("context"):
+            value = (given or {}).get(f.name, f.default)
+            dtype = pl.Float64 if f.kind == FeatureKind.NUMERIC else pl.String
+            row[f.name] = pl.Series([None if value is None else value], dtype=dtype)
+        frame = encode_context(pl.DataFrame(row), self.items, self.spec, self.tables.feature_map)
+        return self.tables.context_batch(frame).repeat(n)
 
     def score(
         self,
         users: np.ndarray,
         items: np.ndarray,
-        hour: np.ndarray,
-        dow: np.ndarray,
+        hour: int,
+        dow: int,
         history: np.ndarray | None = None,
+        context: dict | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``history`` (B, H) item id slots: in place of the users' served histories."""
+        """``history`` (B, H) item id slots: in place of the users' served histories;
+        ``context``: raw context values (the rest at their defaults)."""
         n = len(users)
+        ctx = self.context(hour, dow, context, n)
         with torch.no_grad():
             score = self.ranker.score(
-                self.tables.ranker_inputs(users, items, hour, dow, history), self.weights
+                self.tables.ranker_inputs(users, items, ctx, history), self.weights
             )
             # u·v/τ + β·log q_i, from the towers' unit vectors and the item's share
             towers = self.two_tower
@@ -152,8 +169,7 @@ class OfflineScorer:
                 user=users,
                 item=items,
                 ts=np.zeros(n, dtype=np.int64),
-                hour=hour,
-                dow=dow,
+                context=ctx,
                 labels={},
             ),
             history,

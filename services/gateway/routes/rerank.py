@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from services.gateway.deps import require_api_key, serving
+from services.gateway.routes.context import encoded_context
 from services.gateway.schemas import (
     PROTECTED,
     UNAVAILABLE,
@@ -28,4 +29,5 @@ router = APIRouter(tags=["recommendations"])
 async def rerank(body: RerankRequest, request: Request) -> JSONBytes:
     """The given items ranked for the user; ids the bundle does not know are listed apart."""
     recommender, bundle = serving(request)
-    return JSONBytes(await recommender.rerank(bundle, body))
+    context = encoded_context(recommender, bundle, body.context or {}, ("body", "context"))
+    return JSONBytes(await recommender.rerank(bundle, body, context))

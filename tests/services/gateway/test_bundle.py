@@ -67,10 +67,8 @@ def test_scores_are_the_offline_models(built: BuiltBundle, runtime: str) -> None
     for user in [0, *rng.integers(1, len(served.tables.users), 6).tolist()]:
         items = np.arange(1, len(served.item_ids))
         hour, dow = int(rng.integers(0, 24)), int(rng.integers(0, 7))
-        expected, probs = offline.score(
-            np.full(len(items), user), items, np.full(len(items), hour), np.full(len(items), dow)
-        )
-        got = served.score(user, items, hour, dow)
+        expected, probs = offline.score(np.full(len(items), user), items, hour, dow)
+        got = served.score(user, items, served.tables.context_of({}, hour, dow))
         np.testing.assert_allclose(got.score, expected, atol=1e-5, rtol=0)
         for j, task in enumerate(served.tasks):
             np.testing.assert_allclose(got.probs[:, j], probs[task], atol=1e-5, rtol=0)

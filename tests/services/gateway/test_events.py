@@ -121,7 +121,7 @@ def _assert_offline_scores(
     user = np.full(n, offline.tables.users.index.get(uid, 0))
     rows = offline.tables.items.rows([i["id"] for i in items])
     score, probs = offline.score(
-        user, rows, np.full(n, PINNED.hour), np.full(n, PINNED.weekday()), np.tile(history, (n, 1))
+        user, rows, PINNED.hour, PINNED.weekday(), np.tile(history, (n, 1))
     )
     np.testing.assert_allclose([i["score"] for i in items], score, atol=1e-5, rtol=0)
     for task, p in probs.items():

@@ -60,7 +60,7 @@ def test_simulated_feedback_is_logged_ingested_and_learned_from(
     assert (rows["purchase"] <= rows["add_to_cart"]).all() and (
         rows["add_to_cart"] <= rows["click"]
     ).all()
-    assert rows["page"].unique().to_list() == ["home"] and rows["position"].max() == 9
+    assert rows["page"].unique().to_list() == ["home"] and rows["position"].max() == "9"
 
     config_path = tmp_path / "config.json"
     events = {"dataset": "events", "data_dir": str(tmp_path / "events"), "dataset_options": options}

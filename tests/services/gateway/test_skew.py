@@ -19,7 +19,7 @@ class Offline(OfflineScorer):
         n = len(item_ids)
         user = np.full(n, self.tables.users.index.get(uid, 0))
         items = self.tables.items.rows(item_ids)
-        return self.score(user, items, np.full(n, PINNED.hour), np.full(n, PINNED.weekday()))
+        return self.score(user, items, PINNED.hour, PINNED.weekday())
 
 
 @pytest.fixture(scope="module")

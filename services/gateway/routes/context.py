@@ -1,0 +1,45 @@
+"""A request's context (``?page=…&device=…&anchor=…``, or the rerank body's ``context``),
+encoded against the served spec; what it cannot encode is a 422 naming each key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+
+from services.gateway.bundle import ServingBundle
+from services.gateway.recommender import Recommender
+from shared.features import Context, ContextError
+
+__all__ = ["encoded_context", "query_context"]
+
+
+def query_context(request: Request, declared: tuple[str, ...] = ("top_k",)) -> dict[str, str]:
+    """The query parameters a route does not declare: the request's context."""
+    return {k: v for k, v in request.query_params.items() if k not in declared}
+
+
+def encoded_context(
+    recommender: Recommender,
+    bundle: ServingBundle,
+    given: Mapping[str, Any],
+    loc: tuple[str, ...],
+) -> Context:
+    """``given`` encoded for ``bundle`` now (unseen values are out-of-vocabulary).
+
+    Raises:
+        RequestValidationError: a key the served spec does not have, or a numeric value
+            that is not a number; ``loc`` (``("query",)``, ``("body", "context")``) and
+            the key name each.
+    """
+    try:
+        return recommender.context(bundle, given)
+    except ContextError as e:
+        raise RequestValidationError(
+            [
+                {"type": "context", "loc": (*loc, key), "msg": why, "input": given.get(key)}
+                for key, why in e.problems.items()
+            ]
+        ) from None
