@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -64,6 +64,7 @@ class HeldOut:
     causal: CausalHistory  # positives before the split, for any (user, time)
     history: np.ndarray  # (U, H) each user's latest items at their first held-out one
     context: ContextBatch  # (U,) context of that first held-out interaction, position at default
+    first: pl.DataFrame  # (U rows) that interaction's raw hour, dow and context columns
 
 
 def held_out(
@@ -88,7 +89,15 @@ def held_out(
     )
     first = (
         rows.join(
-            interactions.select("user_idx", "item_idx", "ts", *tables.context.columns),
+            interactions.select(
+                "user_idx",
+                "item_idx",
+                "ts",
+                "hour",
+                "dow",
+                *tables.context.columns,
+                *(f.name for f in spec.features_of("context")),
+            ),  # fmt: skip
             on=["user_idx", "item_idx", "ts"],
             how="left",
         )
@@ -105,6 +114,7 @@ def held_out(
         causal=causal,
         history=causal(users, first["ts"].to_numpy()),
         context=tables.at_default_position(tables.context_batch(first)),
+        first=first,
     )
 
 
@@ -129,18 +139,25 @@ def tune_retrieval_weight(
     logits: torch.Tensor,
     score_weights: dict[str, float],
     grid: tuple[float, ...],
+    value: ListValue | None = None,
 ) -> tuple[float, dict[float, float]]:
-    """The ``retrieval_weight`` of ``grid`` whose re-ranked order has the best NDCG@10 on
-    ``split`` (the validation split, with its :func:`retrieve` candidates and logits), and
-    the NDCG@10 of each (ties go to the smaller weight)."""
+    """The ``retrieval_weight`` of ``grid`` whose re-ranked order is best on ``split``
+    (the validation split, with its :func:`retrieve` candidates and logits), and the
+    criterion of each (ties go to the smaller weight): NDCG@10 of the held-out positives,
+    or, where ``value`` knows the truth (synthetic data), the top 10's expected clicks —
+    held-out positives there mostly say what the logging policy happened to show."""
     if len(split.users) == 0 or not grid:
         return 0.0, {}
     scores = _ranker_scores(ranker, tables, split, candidates, score_weights)
-    ndcg = {
-        w: M.ranking_report(_order(candidates, scores, logits, w), split.relevant, (10,))["ndcg@10"]
-        for w in sorted(grid)
-    }
-    return max(ndcg, key=lambda w: (ndcg[w], -w)), ndcg
+
+    def criterion(order: np.ndarray) -> float:
+        if value is None:
+            return M.ranking_report(order, split.relevant, (10,))["ndcg@10"]
+        users, ids = tables.users.ids[split.users], tables.items.ids
+        return float(value.lists(users, ids[order[:, :10]], split.first)["clicks"].mean())
+
+    got = {w: criterion(_order(candidates, scores, logits, w)) for w in sorted(grid)}
+    return max(got, key=lambda w: (got[w], -w)), got
 
 
 def evaluate(
@@ -153,11 +170,15 @@ def evaluate(
     retrieval_weights: dict[str, float],
     test_impressions: RankingData,
     config: EvaluateConfig,
+    value: ListValue | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """Returns (metrics, diagnostics, samples).
 
     ``retrieval_weights`` (ranker kind -> weight, 0 when absent) blend the retrieval
-    logit into each ranker's final score, as served (see :func:`final_score`).
+    logit into each ranker's final score, as served (see :func:`final_score`). ``value``
+    (synthetic data: the generator's true probabilities) prices each user's top 10 for
+    ``list_value``: ranked, retrieval alone, the ranker alone, and the oracle's best 10
+    from the same candidates.
     """
     test = held_out(tables, interactions, spec, "test")
     users, relevant, exclude = test.users, test.relevant, test.exclude
@@ -181,18 +202,21 @@ def evaluate(
     # the rankers re-score the retrieval candidates, in each user's first test context
     out["ranked"], out["ranker_only"], out["ranking"] = {}, {}, {}
     tasks = effective_tasks(spec)
+    orders: dict[str, np.ndarray] = {"retrieval": candidates}
     for kind, ranker in rankers.items():
         scores = _ranker_scores(ranker, tables, test, candidates, score_weights)
         weight = retrieval_weights.get(kind, 0.0)
+        orders[f"ranked {kind}"] = _order(candidates, scores, logits, weight)
+        orders[f"ranker alone {kind}"] = _order(candidates, scores, logits, 0.0)
         out["ranked"][kind] = _ranking_block(
-            _order(candidates, scores, logits, weight)[:, :k_max],
+            orders[f"ranked {kind}"][:, :k_max],
             relevant,
             config.ks,
             n_items,
             item_vectors,
         ) | {"retrieval_weight": weight}
         out["ranker_only"][kind] = M.ranking_report(
-            _order(candidates, scores, logits, 0.0)[:, :k_max], relevant, config.ks
+            orders[f"ranker alone {kind}"][:, :k_max], relevant, config.ks
         )
         probs = predict(
             ranker,
@@ -206,10 +230,47 @@ def evaluate(
         out["oracle"] = {
             f"{first_task}_auc": M.auc(test_impressions.labels[first_task], test_impressions.oracle)
         }
+    if value is not None:
+        out["list_value"] = _list_value(value, tables, test, orders, candidates)
     out["failures"] = below_chance(out["ranking"])
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples)
     return out, diagnostics, samples
+
+
+class ListValue(Protocol):
+    """The true worth of lists (:class:`offline.datasets.synthetic.TrueValue`)."""
+
+    def lists(
+        self, users: np.ndarray, items: np.ndarray, context: pl.DataFrame
+    ) -> dict[str, np.ndarray]: ...
+
+    def best(
+        self, users: np.ndarray, items: np.ndarray, context: pl.DataFrame, k: int
+    ) -> dict[str, np.ndarray]: ...
+
+
+def _list_value(
+    value: ListValue,
+    tables: FeatureTables,
+    test: HeldOut,
+    orders: dict[str, np.ndarray],
+    candidates: np.ndarray,
+    k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Mean expected clicks and purchases of each user's top ``k`` in their first test
+    context, per list order, and each as a share of the oracle's best ``k`` of the same
+    candidates."""
+    users, ids = tables.users.ids[test.users], tables.items.ids
+    best = value.best(users, ids[candidates], test.first, k)
+    oracle = {m: float(value.lists(users, lst, test.first)[m].mean()) for m, lst in best.items()}
+    out = {"oracle": oracle}
+    for name, order in orders.items():
+        got = {
+            m: float(v.mean()) for m, v in value.lists(users, ids[order[:, :k]], test.first).items()
+        }
+        out[name] = got | {f"{m}_of_oracle": got[m] / max(oracle[m], 1e-12) for m in oracle}
+    return out
 
 
 def _baselines(test: HeldOut, n_items: int, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:

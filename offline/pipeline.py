@@ -22,6 +22,7 @@ import redis
 from offline import etl
 from offline.config import STEP_SECTIONS, PipelineConfig
 from offline.datasets import load_dataset
+from offline.datasets.synthetic import SyntheticConfig, TrueValue
 from offline.evaluate import evaluate, held_out, retrieve, tune_retrieval_weight
 from offline.index import build_index, index_quality
 from offline.probes import probe_set
@@ -30,6 +31,7 @@ from offline.training.loop import distributed
 from offline.training.ranking import ranking_data, score_weights, train_ranker
 from offline.training.retrieval import embed_items, embed_users, train_retrieval
 from shared.bundle import Bundle, Files, atomic_path
+from shared.config import build
 from shared.errors import ConfigError
 from shared.feature_map import FeatureMap
 from shared.features import FeatureTables
@@ -186,12 +188,14 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
             split = held_out(ctx.tables(), ctx.interactions(), spec, "valid")
             n = ctx.config.evaluate.candidates  # as many as evaluation re-ranks
             valid = (split, *retrieve(_model(ctx, Files.TWO_TOWER), ctx.tables(), split, n)[:2])
-        best, ndcg = tune_retrieval_weight(
-            result.model, ctx.tables(), *valid, weights, config.retrieval_weight_grid
+        value = _true_value(bundle)
+        best, tried = tune_retrieval_weight(
+            result.model, ctx.tables(), *valid, weights, config.retrieval_weight_grid, value
         )
         retrieval_weights[kind] = best
-        tried = ", ".join(f"{w:g}: {v:.4f}" for w, v in ndcg.items())
-        yield f"train-ranking: {kind} retrieval weight {best:g} (valid ndcg@10 {tried})"
+        by = "valid top-10 expected clicks" if value else "valid ndcg@10"
+        listed = ", ".join(f"{w:g}: {v:.4f}" for w, v in tried.items())
+        yield f"train-ranking: {kind} retrieval weight {best:g} ({by} {listed})"
     bundle.update_manifest(
         serving={
             "score_weights": weights,
@@ -379,6 +383,16 @@ def _merge_metrics(bundle: Bundle, new: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _true_value(bundle: Bundle) -> TrueValue | None:
+    """The synthetic world's pricing of lists, when the bundle's data came from it (the
+    options its ETL ran with)."""
+    etl_config = bundle.manifest().get("steps", {}).get("etl", {}).get("config", {})
+    if etl_config.get("dataset") != "synthetic":
+        return None
+    options = etl_config.get("dataset_options") or {}
+    return TrueValue.of(build(SyntheticConfig, options, "dataset_options"))
+
+
 def evaluate_step(ctx: Context) -> Iterator[str]:
     from offline.report import write_report  # noqa: PLC0415  (matplotlib only when reporting)
 
@@ -397,6 +411,7 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         serving.get("retrieval_weights", {}),
         ctx.ranking_data()["test"],
         ctx.config.evaluate,
+        _true_value(bundle),
     )
     data = _merge_metrics(bundle, metrics)
     history_path = bundle.path(Files.HISTORY)
@@ -424,6 +439,12 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         )
     if "oracle" in metrics:
         yield f"evaluate: oracle {metrics['oracle']}"
+    for name, v in metrics.get("list_value", {}).items():
+        share = f" ({v['clicks_of_oracle']:.1%} of the oracle's)" if name != "oracle" else ""
+        yield (
+            f"evaluate: top-10 value, {name}: {v['clicks']:.3f} clicks, "
+            f"{v['purchases']:.4f} purchases{share}"
+        )
     for failure in metrics.get("failures", []):
         log.error("evaluation failure: %s", failure)
         yield f"evaluate: FAILED: {failure}"

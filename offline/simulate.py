@@ -104,8 +104,12 @@ def simulate(
             shown = np.array([int(i["id"][1:]) for i in response["items"]], dtype=np.int64)
             n_shown = len(shown)
             p_click, p_atc, p_buy = world.probabilities(
-                np.full(n_shown, user), shown, np.full(n_shown, hour), np.full(n_shown, dow),
-                0, np.arange(n_shown),
+                np.full(n_shown, user),
+                shown,
+                np.full(n_shown, hour),
+                np.full(n_shown, dow),
+                0,
+                np.arange(n_shown),
             )  # fmt: skip  (on the home page, in the slots shown)
             events, acted = [], []
             for position, item in enumerate(shown.tolist()):
@@ -126,7 +130,7 @@ def simulate(
                 totals[:3] += (1, click, buy)
             if events:  # an empty answer shows nothing
                 _call(client.post, "/events", json={"events": events})
-            clicks, purchases = world.list_value(int(user), shown[None], hour, dow)
+            clicks, purchases = world.list_value(np.array([user]), shown[None], hour, dow)
             totals[3] += clicks[0]
             totals[4] += purchases[0]
             # the oracle's best list: every allowed item by its true p(click) in the top slot
@@ -137,7 +141,7 @@ def simulate(
             allowed = np.ones(c.n_items, dtype=bool)
             allowed[list(banned.get(int(user), ()))] = False
             best = np.argsort(-np.where(allowed, top, -1.0))[:n_shown]
-            clicks, purchases = world.list_value(int(user), best[None], hour, dow)
+            clicks, purchases = world.list_value(np.array([user]), best[None], hour, dow)
             totals[5] += clicks[0]
             totals[6] += purchases[0]
             # what the user just acted on is left out next time, by the gateway and the oracle

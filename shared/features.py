@@ -110,6 +110,7 @@ class ContextLayout:
         """The encoded column of a context feature in ``interactions``."""
         return f"ctx_{name}"
 
+
 __all__ = [
     "Context",
     "ContextBatch",

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         description="share of trending items in a cold user's recall (the "
         "rest from the published hot list)",
     )
+    anchor_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of an anchor item's nearest items in the recall of a request "
+        "with `anchor=ITEM` (the rest from the user's own recall)",
+    )
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="comma-separated keys; when set, /rerank and /events need one in the "

@@ -36,7 +36,7 @@ from pydantic import Field
 from shared.config import StrictConfig
 from shared.schema import Dataset, DatasetSpec, Feature, FeatureKind, Task
 
-__all__ = ["N_SLOTS", "PAGES", "SyntheticConfig", "World", "load"]
+__all__ = ["N_SLOTS", "PAGES", "SyntheticConfig", "TrueValue", "World", "load"]
 
 _DAY = 86_400
 _START = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -197,21 +197,77 @@ class World:
         return _sigmoid(logit), p_atc, p_buy
 
     def list_value(
-        self, user: int, lists: np.ndarray, hour: int, dow: int, page: int = 0, anchor: int = -1
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, users: np.ndarray, lists: np.ndarray, hour: np.ndarray, dow: np.ndarray,
+        page: np.ndarray | int = 0, anchor: np.ndarray | int = -1,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Expected clicks and purchases of each list of item rows ``(L, k)`` shown to
-        ``user``, slot 0 first (-1 pads a short list): ``(L,)`` each."""
+        ``users (L,)`` in each row's context (``(L,)`` arrays or scalars), slot 0 first
+        (-1 pads a short list): ``(L,)`` each."""
         n, k = lists.shape
-        slots = np.tile(np.arange(k), n)
+        each = lambda a: np.repeat(np.broadcast_to(np.asarray(a), (n,)), k)  # noqa: E731
         items = lists.reshape(-1)
         shown = items >= 0
-        users = np.full(len(items), user)
         p_click, p_atc, p_buy = self.probabilities(
-            users, np.maximum(items, 0), np.full(len(items), hour), np.full(len(items), dow),
-            page, slots, anchor,
+            each(users), np.maximum(items, 0), each(hour), each(dow), each(page),
+            np.tile(np.arange(k), n), each(anchor),
         )  # fmt: skip
         clicks = (p_click * shown).reshape(n, k).sum(axis=1)
         return clicks, (p_click * p_atc * p_buy * shown).reshape(n, k).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class TrueValue:
+    """What lists of the data's own users and items are worth in the world that made
+    them: expected clicks and purchases under its true probabilities, slot by slot (the
+    position bias included). Evaluation on synthetic data measures ranking with it."""
+
+    world: World
+
+    @classmethod
+    def of(cls, config: SyntheticConfig) -> TrueValue:
+        return cls(World.draw(config, np.random.default_rng(config.seed)))
+
+    @staticmethod
+    def _rows(ids: np.ndarray) -> np.ndarray:
+        """World rows of ids like ``u12`` / ``i7``; -1 for anything else ('' pads)."""
+        flat = pl.Series(np.asarray(ids, dtype=object).reshape(-1).astype(str))
+        rows = flat.str.slice(1).cast(pl.Int64, strict=False).fill_null(-1).to_numpy()
+        return rows.reshape(np.shape(ids))
+
+    def _context(self, context: pl.DataFrame) -> tuple[np.ndarray, ...]:
+        page = context["page"].replace_strict(
+            {p: i for i, p in enumerate(PAGES)}, default=0, return_dtype=pl.Int64
+        )
+        return (context["hour"].to_numpy(), context["dow"].to_numpy(), page.to_numpy(),
+                self._rows(context["anchor"].fill_null("").to_numpy()))  # fmt: skip
+
+    def lists(
+        self, users: np.ndarray, items: np.ndarray, context: pl.DataFrame
+    ) -> dict[str, np.ndarray]:
+        """``{"clicks", "purchases"}``: ``(U,)`` expected values of the lists ``items (U, k)``
+        (ids) shown to ``users (U,)`` (ids) in the contexts of ``context``'s rows (``hour``,
+        ``dow``, ``page``, ``anchor``)."""
+        clicks, purchases = self.world.list_value(
+            self._rows(users), self._rows(items), *self._context(context)
+        )
+        return {"clicks": clicks, "purchases": purchases}
+
+    def best(
+        self, users: np.ndarray, items: np.ndarray, context: pl.DataFrame, k: int
+    ) -> dict[str, np.ndarray]:
+        """The oracle's lists: per measure, the ``k`` of ``items (U, C)`` worth most in the
+        top slot, best first, as ``(U, k)`` ids."""
+        u, c = items.shape
+        hour, dow, page, anchor = (np.repeat(a, c) for a in self._context(context))
+        p_click, p_atc, p_buy = self.world.probabilities(
+            np.repeat(self._rows(users), c), self._rows(items).reshape(-1), hour, dow, page,
+            0, anchor,
+        )  # fmt: skip
+        out = {}
+        for name, value in (("clicks", p_click), ("purchases", p_click * p_atc * p_buy)):
+            order = np.argsort(-value.reshape(u, c), axis=1, kind="stable")[:, :k]
+            out[name] = np.take_along_axis(items, order, axis=1)
+        return out
 
 
 def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:

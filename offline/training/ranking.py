@@ -213,9 +213,7 @@ def train_ranker(
             history = causal.sample(users, ts, config.two_sided, rng)
         else:
             history = causal.latest(users)
-        inputs = tables.ranker_inputs(
-            users, train.item[batch], train.context.take(batch), history
-        )
+        inputs = tables.ranker_inputs(users, train.item[batch], train.context.take(batch), history)
         idx = torch.from_numpy(batch)
         return net(inputs, {name: v[idx] for name, v in labels.items()})
 

@@ -12,6 +12,7 @@ or an address.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.metrics import Metrics
 from services.gateway.recommender import Clock, utc_now
 from services.gateway.routes import lean_routers, routers
+from services.gateway.routes.context import context_parameters
 from services.gateway.routes.lean import lean
 from services.gateway.runtime import Runtime
 from services.gateway.server import drain_on_sigterm
@@ -103,6 +105,23 @@ def create_app(
     for router in with_bodies:
         app.include_router(router, max_body_size=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with the served version's context features as query parameters."""
+        schema = base_openapi()
+        runtime = getattr(app.state, "runtime", None)
+        bundle = runtime.bundle if runtime is not None else None
+        if bundle is None:
+            return schema
+        schema = copy.deepcopy(schema)
+        for path in ("/recall/{uid}", "/recommend/{uid}"):
+            route = schema["paths"][path]["get"]
+            route["parameters"] = [*route.get("parameters", []), *context_parameters(bundle)]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def invalid_input(request: Request, exc: RequestValidationError) -> JSONResponse:

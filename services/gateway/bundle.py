@@ -147,6 +147,7 @@ class ServingBundle:
     item_ids: np.ndarray  # (I,) object: raw id of each item row
     _fresh: dict[tuple[int, bytes], Any] = field(default_factory=dict, repr=False)
     _contexts: dict[Context, Any] = field(default_factory=dict, repr=False)
+    _similar: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     # --- loading -----------------------------------------------------------------
     @classmethod
@@ -371,6 +372,20 @@ class ServingBundle:
         """
         rows = nearest(self.index, self.user_vector(user_row, history)[None], k)[0]
         return rows[rows > 0]
+
+    def similar(self, item_row: int, k: int) -> np.ndarray:
+        """``(≤k,)`` item rows nearest ``item_row`` by the towers' cosine (the prior's
+        coordinate left out), the item itself excluded; kept per item (anchors repeat)."""
+        key = (item_row, k)
+        if (kept := self._similar.pop(key, None)) is None:
+            query = np.array(self.item_vectors[item_row], dtype=np.float32)
+            query[-1] = 0.0
+            rows = nearest(self.index, query[None], k + 1)[0]
+            kept = rows[(rows > 0) & (rows != item_row)][:k]
+            if len(self._similar) >= _CONTEXTS_KEPT:
+                self._similar.pop(next(iter(self._similar)))
+        self._similar[key] = kept
+        return kept
 
     def padded(self, primary: np.ndarray, seen: np.ndarray, n: int, every: int) -> np.ndarray:
         """:func:`shared.recall.merge` for one user: ``primary`` with the memory hot list

@@ -67,6 +67,11 @@ class Metrics:
             "recsys_fallbacks", "Recall answered by a fallback source", ["reason"], registry=r
         )
         self.errors = Counter("recsys_errors", "Errors by kind", ["kind"], registry=r)
+        self.anchor_recalls = Counter(
+            "recsys_anchor_recalls",
+            "Recalls blended with an anchor item's nearest items (anchor=ITEM)",
+            registry=r,
+        )
         self.fresh_recalls = Counter(
             "recsys_fresh_recalls", "Recall from a user's events newer than the bundle", registry=r
         )

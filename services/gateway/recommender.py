@@ -122,11 +122,11 @@ class Recommender:
         return bundle.context(given, self.clock().astimezone(UTC))
 
     async def candidates(
-        self, bundle: ServingBundle, uid: str, n: int, context: Context | None = None
+        self, bundle: ServingBundle, uid: str, n: int, context: Context, score: bool = False
     ) -> Candidates:
-        """Up to ``n`` item rows for ``uid`` (fewer only when the catalogue runs out);
-        ``context``: the caller will score them in it (a fresh recall then scores in the
-        same trip)."""
+        """Up to ``n`` item rows for ``uid`` in ``context`` (an anchor's nearest items join
+        them; fewer only when the catalogue runs out); ``score``: the caller will score
+        them (a fresh recall then scores in the same trip)."""
         started = time.perf_counter()
         user_row = bundle.user_row(uid)
         seen = bundle.seen.of(user_row) if self.settings.exclude_seen else _NONE
@@ -157,8 +157,8 @@ class Recommender:
             if history is not None:  # recall and, if asked, scores in one trip
                 source = "fresh_history"
                 primary, scores = await self.scorer.fresh(
-                    bundle, user_row, history, seen, n, context or self.context(bundle, {}),
-                    context is not None,
+                    bundle, user_row, history, seen, n, context,
+                    score and not context.anchor,  # an anchor changes the list
                 )  # fmt: skip
             elif listed:  # a ZSET: distinct, and already merged by the published policy
                 primary = bundle.item_rows(listed)
@@ -174,6 +174,10 @@ class Recommender:
                 primary = blend(
                     self._trending(bundle), bundle.item_rows(hot[0]), self.settings.trending_weight
                 )
+        if context.anchor:  # "more like this": its neighbours join
+            near = bundle.similar(context.anchor, n)
+            primary = blend(near[~_member(near, seen)], primary, self.settings.anchor_weight)
+            self.metrics.anchor_recalls.inc()
         if source == "fresh_history" or (source == "redis" and len(primary) >= n):
             rows = primary[:n]  # nothing (more) to merge
         else:
@@ -222,8 +226,10 @@ class Recommender:
         return scores
 
     # --- endpoints: JSON-ready dicts in the schemas' field order (services.gateway.schemas) ---
-    async def recall(self, bundle: ServingBundle, uid: str, top_k: int) -> dict[str, Any]:
-        found = await self.candidates(bundle, uid, top_k)
+    async def recall(
+        self, bundle: ServingBundle, uid: str, top_k: int, context: Context
+    ) -> dict[str, Any]:
+        found = await self.candidates(bundle, uid, top_k, context)
         return {
             "uid": uid,
             "stage": "recall",
@@ -238,7 +244,7 @@ class Recommender:
         self, bundle: ServingBundle, uid: str, top_k: int, context: Context
     ) -> dict[str, Any]:
         n = max(self.settings.rank_candidates, top_k)
-        found = await self.candidates(bundle, uid, n, context)
+        found = await self.candidates(bundle, uid, n, context, score=True)
         items: list[dict[str, Any]] = []
         if len(found.rows):
             scores = found.scores or await self._score(bundle, found.user_row, found.rows, context)

@@ -62,6 +62,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 class ServingHead(nn.Module):
     """Everything of the final score after the field embeddings and the first linear maps.
 

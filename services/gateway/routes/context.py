@@ -13,7 +13,9 @@ from services.gateway.bundle import ServingBundle
 from services.gateway.recommender import Recommender
 from shared.features import Context, ContextError
 
-__all__ = ["encoded_context", "query_context"]
+_SHOWN_VALUES = 12  # vocabulary values listed in a parameter's description
+
+__all__ = ["context_parameters", "encoded_context", "query_context"]
 
 
 def query_context(request: Request, declared: tuple[str, ...] = ("top_k",)) -> dict[str, str]:
@@ -43,3 +45,37 @@ def encoded_context(
                 for key, why in e.problems.items()
             ]
         ) from None
+
+
+def context_parameters(bundle: ServingBundle) -> list[dict[str, Any]]:
+    """The served version's context features as OpenAPI query parameters."""
+    c, fmap = bundle.tables.context, bundle.tables.feature_map
+    out = []
+    for name in c.given:
+        if name == c.anchor:
+            about, schema = (
+                "an item id: its nearest items join the recall, the ranker reads its features",
+                {"type": "string"},
+            )
+        elif name in c.numeric:
+            about, schema = "a number", {"type": "number"}
+        else:
+            values = fmap.vocab[name]
+            shown = ", ".join(values[:_SHOWN_VALUES]) + (
+                ", …" if len(values) > _SHOWN_VALUES else ""
+            )
+            about, schema = f"one of {shown} (others are out-of-vocabulary)", {"type": "string"}
+        if (default := c.defaults.get(name)) is not None:
+            about += f"; default {default}"
+        if name in c.positions:
+            about += " (the slot the ranker scores every candidate at)"
+        out.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": f"context ({bundle.version}): {about}",
+            }
+        )
+    return out
