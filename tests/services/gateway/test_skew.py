@@ -15,11 +15,13 @@ from tests.services.gateway.conftest import LiveGateway, MakeGateway
 
 
 class Offline(OfflineScorer):
-    def scores(self, uid: str, item_ids: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def scores(
+        self, uid: str, item_ids: list[str], context: dict | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         n = len(item_ids)
         user = np.full(n, self.tables.users.index.get(uid, 0))
         items = self.tables.items.rows(item_ids)
-        return self.score(user, items, PINNED.hour, PINNED.weekday())
+        return self.score(user, items, PINNED.hour, PINNED.weekday(), context=context)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,36 @@ def test_rerank_scores_equal_the_offline_scores(
     assert len(body["items"]) == len(every_item)
     ranked = [i["id"] for i in body["items"]]
     _check(body["items"], offline.scores(uid, ranked))
+
+
+def test_rerank_in_context_scores_differently_and_equals_the_offline_scores(
+    api: LiveGateway, built: BuiltBundle, offline: Offline
+) -> None:
+    # the re-ranker use case: one user's candidates on other pages, slots and anchors
+    uid = built.users()["user_id"][2]
+    every_item = built.items()["item_id"].to_list()
+    contexts = [
+        None, {"page": "search"}, {"page": "detail", "anchor": every_item[5]},
+        {"position": 7}, {"page": "search", "position": "9"}, {"page": "a-page-never-seen"},
+    ]  # fmt: skip
+    answers = []
+    for context in contexts:
+        body = api.post("/rerank", json={"uid": uid, "items": every_item, "context": context})
+        assert body.status_code == 200, body.text
+        items = body.json()["items"]
+        given = {k: str(v) for k, v in (context or {}).items()}
+        _check(items, offline.scores(uid, [i["id"] for i in items], given))
+        answers.append({i["id"]: i["score"] for i in items})
+    for other in answers[1:]:  # each context changes the scores
+        assert max(abs(other[i] - answers[0][i]) for i in every_item) > 1e-4
+
+
+def test_recommend_in_context_equals_the_offline_scores(
+    api: LiveGateway, built: BuiltBundle, offline: Offline
+) -> None:
+    uid = built.users()["user_id"][1]
+    body = api.get(f"/recommend/{uid}", params={"top_k": 20, "page": "search"}).json()
+    _check(body["items"], offline.scores(uid, [i["id"] for i in body["items"]], {"page": "search"}))
 
 
 def test_recommend_scores_equal_the_offline_scores(
