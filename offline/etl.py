@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
 from offline.datasets.tables import with_all_ids
+from offline.embeddings import AlsConfig, TextConfig, als_vectors, text_vectors
 from shared.bundle import Bundle, Files
 from shared.config import StrictConfig
 from shared.feature_map import FeatureMap
 from shared.features import ContextLayout
-from shared.schema import CONTEXT_FEATURES, Dataset, DatasetSpec, FeatureKind, TaskKind
+from shared.schema import CONTEXT_FEATURES, Dataset, DatasetSpec, Feature, FeatureKind, TaskKind
 
 __all__ = [
     "EtlConfig",
@@ -56,6 +58,8 @@ class EtlConfig(StrictConfig):
     history_len: int = Field(20, ge=1)
     hot_half_life_days: float = Field(7.0, gt=0)
     ctr_prior_strength: float = Field(20.0, ge=0)
+    text: TextConfig = TextConfig()  # item text embedded as the vector feature "text"
+    als: AlsConfig = AlsConfig()  # ALS factors as the user and item vector features "als"
 
 
 @dataclass
@@ -151,6 +155,42 @@ def _with_context(interactions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _pretrained(
+    users: pl.DataFrame,
+    items: pl.DataFrame,
+    train: pl.DataFrame,
+    positive: pl.Expr,
+    spec: DatasetSpec,
+    config: EtlConfig,
+) -> tuple[pl.DataFrame, pl.DataFrame, DatasetSpec, dict[str, Any]]:
+    """Add the vector features ETL computes (:mod:`offline.embeddings`) to the tables
+    and the spec: ``text`` on items, ``als`` on users and items."""
+    stats: dict[str, Any] = {}
+    added: list[Feature] = []
+
+    def vector(frame: pl.DataFrame, name: str, values: np.ndarray) -> pl.DataFrame:
+        column = pl.Series(name, values.astype(np.float32)).cast(pl.List(pl.Float32))
+        return frame.with_columns(column)
+
+    if config.text.columns:
+        vectors, stats["text_encoder"] = text_vectors(items, config.text)
+        items = vector(items, "text", vectors)
+        added.append(Feature(name="text", kind=FeatureKind.VECTOR, owner="item"))
+    if config.als.factors:
+        chosen = train.filter(positive > 0)
+        u = chosen.join(users.with_row_index("u").select("user_id", "u"), on="user_id")["u"]
+        i = chosen.join(items.with_row_index("i").select("item_id", "i"), on="item_id")["i"]
+        user_f, item_f = als_vectors(
+            u.to_numpy(), i.to_numpy(), users.height, items.height, config.als
+        )
+        users, items = vector(users, "als", user_f), vector(items, "als", item_f)
+        added += [Feature(name="als", kind=FeatureKind.VECTOR, owner=o) for o in ("user", "item")]
+        stats["als_factors"] = config.als.factors
+    have = {(f.name, f.owner) for f in spec.features}
+    new = tuple(f for f in added if (f.name, f.owner) not in have)  # a retrain recomputes them
+    return users, items, replace(spec, features=(*spec.features, *new)), stats
+
+
 def _aggregates(
     train: pl.DataFrame, key: str, positive: pl.Expr, spec: DatasetSpec, m: float
 ) -> pl.DataFrame:
@@ -187,6 +227,7 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
 
     users = with_all_ids(dataset.users, interactions["user_id"], "user_id").sort("user_id")
     items = with_all_ids(dataset.items, interactions["item_id"], "item_id").sort("item_id")
+    users, items, spec, vector_stats = _pretrained(users, items, train, positive, spec, config)
     hot = hotness(train, positive, config.hot_half_life_days, config.ctr_prior_strength)
     users = users.join(
         _aggregates(train, "user_id", positive, spec, config.ctr_prior_strength),
@@ -272,6 +313,7 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         "feature_slots": fmap.size,
         "positive_rate": prior_ctr,
         "context_features": [*CONTEXT_FEATURES, *(f.name for f in spec.features_of("context"))],
+        **vector_stats,
     }
     return EtlResult(interactions, users, items, fmap, spec, stats)
 
@@ -299,6 +341,8 @@ def _encode(
             ).cast(pl.List(pl.Int64))
         elif f.kind == FeatureKind.NUMERIC:
             cols[f"num_{f.name}"] = fmap.standardize(f.name, table[f.name])
+        elif f.kind == FeatureKind.VECTOR:
+            cols[f"vec_{f.name}"] = _standardized_vectors(table[f.name])
     for c in aggs:
         cols[f"num_{owner}_{c}"] = fmap.standardize(f"{owner}_{c}", table[c])
     return table.with_columns(pl.Series(name, values) for name, values in cols.items())
@@ -319,6 +363,20 @@ def encode_context(
         out = out.with_columns(pl.col("anchor_row").fill_null(0).alias(col(layout.anchor)))
         out = out.drop("anchor_row")
     return out
+
+
+def _standardized_vectors(values: pl.Series) -> pl.Series:
+    """A vector column centred and scaled to unit variance per coordinate on average
+    (one scale for all coordinates, so directions are kept); null rows become 0."""
+    known = values.drop_nulls()
+    width = len(known[0]) if len(known) else 1
+    out = np.zeros((len(values), width), dtype=np.float32)
+    present = values.is_not_null().to_numpy()
+    if len(known):
+        rows = np.asarray(known.to_list(), dtype=np.float32)
+        rows -= rows.mean(axis=0)
+        out[present] = rows / max(float(rows.std()), 1e-6)
+    return pl.Series(out).cast(pl.List(pl.Float32))
 
 
 def _history(

@@ -31,6 +31,11 @@ from shared.models.inputs import ItemInputs, RankerInputs, UserInputs
 from shared.schema import CONTEXT_FEATURES, DatasetSpec, FeatureKind
 
 
+def dense_widths(widths: Sequence[int]) -> tuple[int, ...] | None:
+    """Dense field widths as model configs record them: None when every field is a number."""
+    return tuple(widths) if max(widths, default=1) > 1 else None
+
+
 class Context(NamedTuple):
     """One impression's context, encoded (hashable: the serving side caches by it)."""
 
@@ -119,6 +124,7 @@ __all__ = [
     "EntityTable",
     "FeatureTables",
     "FieldLayout",
+    "dense_widths",
 ]
 
 
@@ -131,10 +137,16 @@ class EntityTable:
     id_slot: np.ndarray  # (R,) int64
     cat: np.ndarray  # (R, F) int64
     multi: np.ndarray  # (R, M, L) int64
-    dense: np.ndarray  # (R, N) float32
+    dense: np.ndarray  # (R, ΣW) float32: standardised numerics, then pretrained vectors
     cat_names: list[str]
     multi_names: list[str]
-    dense_names: list[str]
+    dense_names: list[str]  # the dense fields: numerics, then vectors
+    dense_widths: list[int]  # each dense field's columns: 1 for a number, a vector's length
+
+    @property
+    def n_dense(self) -> int:
+        """Dense fields (numbers and vectors)."""
+        return len(self.dense_widths)
 
     @classmethod
     def from_frame(
@@ -145,7 +157,11 @@ class EntityTable:
         n = frame.height + 1
         cat_names = [f.name for f in spec.features_of(owner, FeatureKind.CATEGORICAL)]  # type: ignore[arg-type]
         multi_names = [f.name for f in spec.features_of(owner, FeatureKind.MULTI_HOT)]  # type: ignore[arg-type]
-        dense_names = sorted(c.removeprefix("num_") for c in frame.columns if c.startswith("num_"))
+        numbers = sorted(c.removeprefix("num_") for c in frame.columns if c.startswith("num_"))
+        vectors = [f.name for f in spec.features_of(owner, FeatureKind.VECTOR)]  # type: ignore[arg-type]
+        widths = [1] * len(numbers) + [
+            len(frame[f"vec_{v}"][0]) if frame.height else 1 for v in vectors
+        ]
         width = (
             max((len(frame[f"slot_{m}"][0]) for m in multi_names), default=1) if frame.height else 1
         )
@@ -162,14 +178,20 @@ class EntityTable:
             multi[1:, j] = np.asarray(frame[f"slot_{c}"].to_list(), dtype=np.int64).reshape(
                 -1, width
             )
-        dense = np.zeros((n, len(dense_names)), dtype=np.float32)
-        for j, c in enumerate(dense_names):
+        dense = np.zeros((n, sum(widths)), dtype=np.float32)
+        for j, c in enumerate(numbers):
             dense[1:, j] = frame[f"num_{c}"].to_numpy()
+        at = len(numbers)
+        for v, w in zip(vectors, widths[len(numbers) :], strict=True):
+            if frame.height:
+                dense[1:, at : at + w] = np.asarray(frame[f"vec_{v}"].to_list(), dtype=np.float32)
+            at += w
         ids = np.empty(n, dtype=object)
         ids[0] = ""
         ids[1:] = frame[key].to_numpy()
         index = {raw: i for i, raw in enumerate(ids[1:].tolist(), start=1)}
-        return cls(ids, index, id_slot, cat, multi, dense, cat_names, multi_names, dense_names)
+        return cls(ids, index, id_slot, cat, multi, dense, cat_names, multi_names,
+                   [*numbers, *vectors], widths)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -286,15 +308,18 @@ class FeatureTables:
         return 1 if self.context.anchor else 0
 
     @property
-    def ranker_widths(self) -> dict[str, int]:
+    def ranker_widths(self) -> dict[str, Any]:
         """Field counts of :meth:`ranker_inputs`: ids, user and item features, history,
         context (the anchor as a second set of item fields)."""
         u, i, c, a = self.users, self.items, self.context, self._anchor
+        widths = [*u.dense_widths, *i.dense_widths, *[1] * len(c.numeric),
+                  *(i.dense_widths if a else [])]  # fmt: skip
         return {
             "n_cat": 2 + u.cat.shape[1] + i.cat.shape[1] + len(c.categorical)
             + a * (1 + i.cat.shape[1]),
             "n_multi": u.multi.shape[1] + (1 + a) * i.multi.shape[1] + 1,  # + recent items
-            "n_dense": u.dense.shape[1] + (1 + a) * i.dense.shape[1] + len(c.numeric),
+            "n_dense": len(widths),
+            "dense_widths": dense_widths(widths),
         }  # fmt: skip
 
     @property
@@ -310,7 +335,7 @@ class FeatureTables:
         u, i, a = self.users, self.items, self._anchor
         fuc, fic, nc = u.cat.shape[1], i.cat.shape[1], len(self.context.categorical)
         mu, mi = u.multi.shape[1], i.multi.shape[1]
-        nu, ni, ncd = u.dense.shape[1], i.dense.shape[1], len(self.context.numeric)
+        nu, ni, ncd = u.n_dense, i.n_dense, len(self.context.numeric)
         widths = self.ranker_widths
         n_cat, n_multi = widths["n_cat"], widths["n_multi"]
         at = np.arange

@@ -134,7 +134,7 @@ def load_100k(data_dir: Path, config: MovieLensConfig) -> Dataset:
             pl.col("zip").str.slice(0, 1).alias("zip_region"),
         ),
         items=items.select(
-            "item_id", genres.alias("genres"), _year(pl.col("release")).alias("decade")
+            "item_id", genres.alias("genres"), _year(pl.col("release")).alias("decade"), "title"
         ),
         spec=movielens_spec(
             "movielens-100k",
@@ -176,6 +176,7 @@ def load_1m(data_dir: Path, config: MovieLensConfig) -> Dataset:
             "item_id",
             pl.col("genres").str.split("|").alias("genres"),
             _year(pl.col("title")).alias("decade"),
+            "title",
         ),
         spec=movielens_spec(
             "movielens-1m",
@@ -218,6 +219,7 @@ def load_latest(data_dir: Path, config: MovieLensLatestConfig) -> Dataset:
         "item_id",
         genres.fill_null(pl.lit([], dtype=pl.List(pl.String))).alias("genres"),
         _year(pl.col("title")).alias("decade"),
+        "title",
     )
     item_features = {"genres": FeatureKind.MULTI_HOT, "decade": FeatureKind.CATEGORICAL}
     tags_path = data_dir / "tags.csv"

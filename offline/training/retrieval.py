@@ -22,7 +22,7 @@ from offline.metrics import recall_at_k, relevant_sets
 from offline.training.history import CausalHistory, HistoryConfig
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import bce_retrieval_loss, hard_negatives, sampled_softmax_loss
-from shared.features import FeatureTables
+from shared.features import FeatureTables, dense_widths
 from shared.models.towers import TowerConfig, TwoTower
 from shared.schema import DatasetSpec
 
@@ -180,10 +180,12 @@ def train_retrieval(
         vocab_size=tables.feature_map.size,
         n_user_cat=tables.users.cat.shape[1],
         n_user_multi=tables.users.multi.shape[1],
-        n_user_dense=tables.users.dense.shape[1],
+        n_user_dense=tables.users.n_dense,
+        user_dense_widths=dense_widths(tables.users.dense_widths),
         n_item_cat=tables.items.cat.shape[1],
         n_item_multi=tables.items.multi.shape[1],
-        n_item_dense=tables.items.dense.shape[1],
+        n_item_dense=tables.items.n_dense,
+        item_dense_widths=dense_widths(tables.items.dense_widths),
         embed_dim=config.embed_dim,
         out_dim=config.out_dim,
         hidden=config.hidden,

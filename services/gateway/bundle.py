@@ -539,7 +539,8 @@ def _check_fits(
     """Models trained on another feature map or table layout would score garbage: refuse."""
     c = ranker.config
     widths = tables.ranker_widths
-    got = {"vocab_size": c.vocab_size, "n_cat": c.n_cat, "n_multi": c.n_multi, "n_dense": c.n_dense}
+    got = {"vocab_size": c.vocab_size, "n_cat": c.n_cat, "n_multi": c.n_multi, "n_dense": c.n_dense,
+           "dense_widths": c.dense_widths}  # fmt: skip
     want = {"vocab_size": fmap.size, **widths}
     if got != want:
         raise BundleError(

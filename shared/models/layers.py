@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -93,6 +94,8 @@ class FeatureEmbedding(nn.Module):
         e_f = E[cat_f]                                  for each categorical field f
         e_m = Σ_j r_m^j·E[s_j] / Σ_j r_m^j over s_j != 0  for each multi-hot field m (0 if empty)
         e_n = x_n * w_n + b_n                           for each numeric field n, w_n, b_n in R^D
+        e_v = W_v x_v + b_v                              for each vector field v (a pretrained
+                                                         vector, ``dense_widths[v]`` wide)
 
     ``r_m`` is field m's pooling decay (``multi_decay``, 1.0 = plain mean; below 1 the
     first slots, e.g. a history's most recent items, count most). Each part is one
@@ -104,7 +107,10 @@ class FeatureEmbedding(nn.Module):
         embed_dim (int): D.
         n_cat (int): categorical fields (may be 0).
         n_multi (int): multi-hot fields (may be 0).
-        n_dense (int): numeric fields (may be 0).
+        n_dense (int): numeric and vector fields (may be 0).
+        dense_widths (Sequence[int] | None): the width of each of them in ``dense``'s
+            columns, in order: 1 for a number, the vector's length for a vector; all 1
+            when ``None``.
         embedding (nn.Embedding | None): a table to share with another module (its
             width must be ``embed_dim``); a new one when ``None``.
         multi_decay (Sequence[float] | None): pooling decay per multi-hot field; all 1.0
@@ -114,7 +120,7 @@ class FeatureEmbedding(nn.Module):
     Call:
         cat (Tensor): ``(B, n_cat)`` int64 slot ids.
         multi (Tensor): ``(B, n_multi, L)`` int64 slot ids, 0 = padding.
-        dense (Tensor): ``(B, n_dense)`` float.
+        dense (Tensor): ``(B, Σ dense_widths)`` float.
 
     Returns:
         Tensor: ``(B, F, D)`` with ``F = n_cat + n_multi + n_dense``, in that order.
@@ -130,8 +136,12 @@ class FeatureEmbedding(nn.Module):
         embedding: nn.Embedding | None = None,
         multi_decay: Sequence[float] | None = None,
         init_std: float = 0.01,
+        dense_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        widths = list(dense_widths) if dense_widths is not None else [1] * n_dense
+        if len(widths) != n_dense or min(widths, default=1) < 1:
+            raise ValueError(f"dense_widths needs {n_dense} widths ≥ 1, got {dense_widths}")
         decay = torch.tensor(multi_decay if multi_decay is not None else [1.0] * n_multi)
         if decay.shape != (n_multi,) or not bool(((decay > 0) & (decay <= 1)).all()):
             raise ValueError(f"multi_decay needs {n_multi} values in (0, 1], got {multi_decay}")
@@ -151,18 +161,33 @@ class FeatureEmbedding(nn.Module):
         self.n_cat, self.n_multi, self.n_dense = n_cat, n_multi, n_dense
         self.embed_dim = embed_dim
         self.n_fields = n_cat + n_multi + n_dense
+        starts = np.cumsum([0, *widths])
+        self.dense_width = int(starts[-1])
+        scalar = [j for j, w in enumerate(widths) if w == 1]
+        self._scalar_columns = starts[scalar].tolist()
+        # (column range, field) of each vector field; scalars first, then their places
+        self._vectors = [(int(starts[j]), int(starts[j + 1]), j) for j, w in enumerate(widths)
+                         if w > 1]  # fmt: skip
+        self._order = None
+        if self._vectors:
+            placed = scalar + [j for _, _, j in self._vectors]
+            self._order = torch.from_numpy(np.argsort(placed))
+        n_scalar = len(scalar)
         # No zero-size parameters: they would break "every parameter gets a gradient".
         self.dense_weight = (
-            nn.Parameter(torch.randn(n_dense, embed_dim) * init_std) if n_dense else None
+            nn.Parameter(torch.randn(n_scalar, embed_dim) * init_std) if n_scalar else None
         )
-        self.dense_bias = nn.Parameter(torch.zeros(n_dense, embed_dim)) if n_dense else None
+        self.dense_bias = nn.Parameter(torch.zeros(n_scalar, embed_dim)) if n_scalar else None
+        self.vector_proj = nn.ModuleList(
+            nn.Linear(hi - lo, embed_dim) for lo, hi, _ in self._vectors
+        )
 
     def forward(self, cat: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         b = cat.shape[0]
         if (
             cat.shape[1] != self.n_cat
             or multi.shape[1] != self.n_multi
-            or dense.shape[1] != self.n_dense
+            or dense.shape[1] != self.dense_width
         ):
             raise ValueError(
                 f"expected {self.n_cat} categorical, {self.n_multi} multi-hot, {self.n_dense} "
@@ -175,8 +200,16 @@ class FeatureEmbedding(nn.Module):
             parts.append(
                 self.pool(multi.reshape(b * self.n_multi, -1), decay).view(b, self.n_multi, -1)
             )
-        if self.n_dense:
+        if self.n_dense and not self._vectors:
             parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)  # (B, N, D)
+        elif self.n_dense:
+            fields = []
+            if self.dense_weight is not None:
+                x = dense[:, self._scalar_columns]  # (B, N_scalar)
+                fields.append(x.unsqueeze(-1) * self.dense_weight + self.dense_bias)
+            fields += [proj(dense[:, lo:hi])[:, None] for proj, (lo, hi, _) in
+                       zip(self.vector_proj, self._vectors, strict=True)]  # fmt: skip
+            parts.append(torch.cat(fields, dim=1)[:, self._order])  # (B, N, D) in field order
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, F, D)
 
     def pool(self, slots: torch.Tensor, decay: float | torch.Tensor = 1.0) -> torch.Tensor:

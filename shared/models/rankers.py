@@ -81,6 +81,8 @@ class RankerConfig(StrictConfig):
     n_cat: NonNegativeInt
     n_multi: NonNegativeInt
     n_dense: NonNegativeInt
+    # each dense field's width (1: a number, else a pretrained vector); None: all numbers
+    dense_widths: tuple[PositiveInt, ...] | None = None
     embed_dim: PositiveInt = 16
     hidden: tuple[PositiveInt, ...] = (256, 128)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -202,6 +204,7 @@ class Ranker(nn.Module):
             config.n_multi,
             config.n_dense,
             multi_decay=[1.0] * (config.n_multi - 1) + [config.history_decay][: config.n_multi],
+            dense_widths=config.dense_widths,
         )
         self.over_arch = TaskHeads(over_dim, [t.name for t in config.tasks])
 

@@ -52,6 +52,9 @@ class TowerConfig(StrictConfig):
     n_item_cat: NonNegativeInt
     n_item_multi: NonNegativeInt
     n_item_dense: NonNegativeInt
+    # each dense field's width (1: a number, else a pretrained vector); None: all numbers
+    user_dense_widths: tuple[PositiveInt, ...] | None = None
+    item_dense_widths: tuple[PositiveInt, ...] | None = None
     embed_dim: PositiveInt = 32
     out_dim: PositiveInt = 64
     hidden: tuple[PositiveInt, ...] = (128,)
@@ -95,12 +98,13 @@ class _Tower(nn.Module):
         n_dense: int,
         n_extra: int,
         embedding: nn.Embedding | None,
+        dense_widths: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         d = config.embed_dim
         self.config = config
         self.sparse_arch = FeatureEmbedding(
-            config.vocab_size, d, n_cat, n_multi, n_dense, embedding
+            config.vocab_size, d, n_cat, n_multi, n_dense, embedding, dense_widths=dense_widths
         )
         n_in = (n_cat + n_multi + n_dense + n_extra) * d
         self.feature_arch = mlp_head(n_in, config.hidden, d, config.dropout) if n_in else None
@@ -155,7 +159,9 @@ class UserTower(_Tower):
 
     def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
         c = config
-        super().__init__(c, c.n_user_cat, c.n_user_multi, c.n_user_dense, 1, embedding)
+        super().__init__(
+            c, c.n_user_cat, c.n_user_multi, c.n_user_dense, 1, embedding, c.user_dense_widths
+        )
         self.sequence_arch = (
             SequenceEncoder(
                 self.embedding, c.history_length, c.encoder_layers, c.encoder_heads, c.dropout
@@ -207,7 +213,9 @@ class ItemTower(_Tower):
 
     def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
         c = config
-        super().__init__(c, c.n_item_cat, c.n_item_multi, c.n_item_dense, 0, embedding)
+        super().__init__(
+            c, c.n_item_cat, c.n_item_multi, c.n_item_dense, 0, embedding, c.item_dense_widths
+        )
         # (V,) log q of each item-id slot (the training interactions' share), for the prior
         self.register_buffer("log_popularity", torch.zeros(c.vocab_size))
 

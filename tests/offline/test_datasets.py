@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
+from offline import etl
 from offline.datasets import SOURCES, load_dataset
+from offline.datasets.synthetic import N_SLOTS, PAGES, SyntheticConfig, TrueValue, World
 from shared.errors import ConfigError
 from shared.schema import Dataset, FeatureKind
 from tests.conftest import raises_data_error
@@ -108,6 +111,35 @@ def test_synthetic_sizes_and_funnel() -> None:
     assert i["ts"].is_sorted()
 
 
+def test_synthetic_context_has_position_bias_page_effects_and_a_confounding_policy() -> None:
+    options = SyntheticConfig(n_users=200, n_items=100, n_impressions=40_000)
+    d = load_dataset("synthetic", options=options.model_dump())
+    i = d.interactions
+    assert set(i["page"].unique()) == set(PAGES)
+    assert sorted(i["position"].unique().to_list()) == [str(p) for p in range(N_SLOTS)]
+    assert (i["anchor"].is_not_null() == (i["page"] == "detail")).all()
+    # the true p(click) of the same pairs falls with the slot, by exactly the bias
+    world = World.draw(options, np.random.default_rng(options.seed))
+    users, items = np.arange(50), np.arange(50)
+    top, _, _ = world.probabilities(users, items, np.full(50, 12), np.full(50, 2), 0, 0)
+    low, _, _ = world.probabilities(users, items, np.full(50, 12), np.full(50, 2), 0, 9)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    np.testing.assert_allclose(logit(top) - logit(low), options.position_bias * np.log2(10))
+    # the logging policy: items shown on top are the more popular ones
+    shown = i.group_by("item_id").agg(n=pl.len(), slot=pl.col("position").cast(pl.Int64).mean())
+    assert np.corrcoef(np.log(shown["n"].to_numpy()), shown["slot"].to_numpy())[0, 1] < -0.3
+    # the oracle's lists are worth at least any other list of the same candidates
+    value = TrueValue(world)
+    context = pl.DataFrame({"hour": [9, 20], "dow": [0, 6], "page": ["home", "detail"],
+                            "anchor": [None, "i3"]})  # fmt: skip
+    candidates = np.array([[f"i{j}" for j in range(40)]] * 2)
+    best = value.best(np.array(["u1", "u2"]), candidates, context, 10)
+    for measure in ("clicks", "purchases"):
+        oracle = value.lists(np.array(["u1", "u2"]), best[measure], context)[measure]
+        shown = value.lists(np.array(["u1", "u2"]), candidates[:, :10], context)[measure]
+        assert (oracle >= shown).all() and (oracle > shown).any()
+
+
 # ------------------------------------------------------------ movielens-100k
 
 
@@ -122,7 +154,8 @@ def test_movielens_100k_real_files(ml100k_dir: Path) -> None:
         {c: pl.String for c in ("user_id", "age_band", "gender", "occupation", "zip_region")}
     )
     assert d.items.schema == pl.Schema(
-        {"item_id": pl.String, "genres": pl.List(pl.String), "decade": pl.String}
+        {"item_id": pl.String, "genres": pl.List(pl.String), "decade": pl.String,
+         "title": pl.String}  # the title: raw text (etl.text), not a feature
     )
     assert (d.items["genres"].list.len() > 0).mean() > 0.99  # type: ignore[operator]
     assert d.items.filter(pl.col("item_id") == "1")["decade"].item() == "1990"
@@ -152,7 +185,7 @@ def test_movielens_1m(tmp_path: Path) -> None:
         "occupation": "16",
         "zip_region": "7",
     }
-    assert d.items.to_dicts() == [
+    assert d.items.drop("title").to_dicts() == [
         {"item_id": "10", "genres": ["Action", "Adventure"], "decade": "1990"},
         {"item_id": "20", "genres": ["Comedy"], "decade": "1990"},
     ]
@@ -205,7 +238,7 @@ def test_movielens_latest(tmp_path: Path) -> None:
         "decade": FeatureKind.CATEGORICAL,
         "tags": FeatureKind.MULTI_HOT,
     }
-    assert d.items.to_dicts() == [
+    assert d.items.drop("title").to_dicts() == [
         {"item_id": "1", "genres": ["Adventure", "Animation", "Children"], "decade": "1990",
          "tags": ["pixar", "fun"]},
         {"item_id": "2", "genres": ["Comedy", "Drama"], "decade": "1990", "tags": ["politics"]},
@@ -422,6 +455,63 @@ def test_tabular(tmp_path: Path, fmt: str) -> None:
     assert d.items.rows() == [("i1", "shoes", 9.5), ("i2", "hats", 20.0), ("i3", None, None)]
 
 
+CONTEXT_SCHEMA = """
+positive_label: click
+interactions:
+  path: interactions.csv
+  labels: {click: {}}
+  context:
+    page: {kind: categorical, default: home}
+    slot: {kind: categorical, column: pos, default: "0", position: true}
+    anchor: {kind: item, column: anchor_iid}
+    price_shown: {kind: numeric}
+"""
+
+
+def test_tabular_context_columns_reach_the_feature_map_and_the_encoded_impressions(
+    tmp_path: Path,
+) -> None:
+    rows = "user_id,item_id,ts,click,page,pos,anchor_iid,price_shown\n" + "".join(
+        f"u{n % 5},i{n % 7},{1000 + n},{n % 2},{('home', 'search')[n % 2]},{n % 3},"
+        f"{'i1' if n % 4 == 0 else ''},{n / 10}\n"
+        for n in range(60)
+    )
+    data_dir = _write(tmp_path, {"schema.yaml": CONTEXT_SCHEMA, "interactions.csv": rows})
+    d = load_dataset("tabular", data_dir)
+    context = {f.name: (f.kind, f.default, f.position) for f in d.spec.features_of("context")}
+    assert context == {
+        "page": (FeatureKind.CATEGORICAL, "home", False),
+        "slot": (FeatureKind.CATEGORICAL, "0", True),
+        "anchor": (FeatureKind.ITEM, None, False),
+        "price_shown": (FeatureKind.NUMERIC, None, False),
+    }
+    assert d.interactions.row(4, named=True) | {"ts": 0} == {
+        "user_id": "u4", "item_id": "i4", "ts": 0, "click": 0.0, "page": "home", "slot": "1",
+        "anchor": "i1", "price_shown": 0.4,
+    }  # fmt: skip
+    assert d.interactions["anchor"].null_count() == 45
+    result = etl.run(d, etl.EtlConfig(test_frac=0.2, valid_frac=0.1))
+    fmap, inter = result.feature_map, result.interactions
+    assert sorted(fmap.vocab["page"]) == ["home", "search"] and sorted(fmap.vocab["slot"]) == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert "price_shown" in fmap.numeric
+    row = inter.filter(pl.col("anchor").is_not_null()).row(0, named=True)
+    assert row["ctx_page"] == fmap.slot("page", row["page"])
+    assert row["ctx_slot"] == fmap.slot("slot", row["slot"])
+    assert row["ctx_hour"] == fmap.slot("hour", str(row["hour"]))
+    items = result.items
+    assert row["ctx_anchor"] == items.filter(pl.col("item_id") == "i1")["item_idx"][0]
+    assert (inter.filter(pl.col("anchor").is_null())["ctx_anchor"] == 0).all()
+    mean, std = fmap.numeric["price_shown"]
+    np.testing.assert_allclose(
+        inter["ctx_price_shown"].to_numpy(), (inter["price_shown"].to_numpy() - mean) / std,
+        rtol=1e-6,
+    )  # fmt: skip
+
+
 def test_tabular_minimal_implicit_schema_given_as_option(tmp_path: Path) -> None:
     data_dir = _write(tmp_path / "d", {"log.csv": "user_id,item_id,ts\n1,7,5\n2,7,6\n"})
     schema = _write(
@@ -506,9 +596,14 @@ def test_tabular_bad_vectors(
         ("implicit: true\ninteractions: {path: i.csv, labels: {b: {parent: a}, a: {}}}", "parent 'a'"),
         ("implicit: true\ninteractions: {path: i.json}", "unknown file type '.json'"),
         ("- a list", "expected a mapping"),
+        ("implicit: true\ninteractions: {path: i.csv, context: {tags: {kind: multi_hot}}}", "context.tags.kind"),
+        ("implicit: true\ninteractions: {path: i.csv, context: {slot: {kind: categorical, position: true}}}", "position feature 'slot'"),
+        ("implicit: true\ninteractions: {path: i.csv, context: {hour: {kind: numeric}}}", "context.hour: name already used"),
+        ("implicit: true\ninteractions: {path: i.csv, context: {a: {kind: item}, b: {kind: item}}}", "at most one anchor"),
     ],
     ids=["unknown-key", "unknown-section", "bad-kind", "bad-positive-label", "no-positive-label",
-         "parent-order", "file-type", "not-a-mapping"],
+         "parent-order", "file-type", "not-a-mapping", "context-kind", "position-default",
+         "context-name", "two-anchors"],
 )  # fmt: skip
 def test_tabular_bad_schema(tmp_path: Path, schema: str, match: str) -> None:
     data_dir = _write(tmp_path, {"schema.yaml": schema, "i.json": "{}"})
