@@ -123,19 +123,21 @@ def als_vectors(
     try:
         from implicit.cpu.als import AlternatingLeastSquares  # noqa: PLC0415  (optional)
         from scipy.sparse import csr_matrix  # noqa: PLC0415
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
     except ImportError:
         raise ConfigError("etl.als needs the implicit package (pip install implicit)") from None
     matrix = csr_matrix(
         (np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items)
     )
     matrix.sum_duplicates()
-    model = AlternatingLeastSquares(
-        factors=config.factors,
-        iterations=config.iterations,
-        regularization=config.regularization,
-        alpha=config.alpha,
-        random_state=config.seed,
-        num_threads=1,
-    )
-    model.fit(matrix, show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit's own loop is the parallel part
+        model = AlternatingLeastSquares(
+            factors=config.factors,
+            iterations=config.iterations,
+            regularization=config.regularization,
+            alpha=config.alpha,
+            random_state=config.seed,
+            num_threads=1,
+        )
+        model.fit(matrix, show_progress=False)
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)

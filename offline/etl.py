@@ -37,6 +37,7 @@ from shared.schema import CONTEXT_FEATURES, Dataset, DatasetSpec, Feature, Featu
 __all__ = [
     "EtlConfig",
     "EtlResult",
+    "cold_item_split",
     "encode_context",
     "hotness",
     "kcore",
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 class EtlConfig(StrictConfig):
     valid_frac: float = Field(0.1, ge=0, lt=0.5)
     test_frac: float = Field(0.1, gt=0, lt=0.5)
+    cold_items: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="share of items, the newest by first interaction, whose every "
+        "interaction is held out for test: a cold-item split (their ids are never trained)",
+    )  # fmt: skip
     min_user_interactions: int = Field(0, ge=0, description="k-core: users with fewer are dropped")
     min_item_interactions: int = Field(0, ge=0, description="k-core: items with fewer are dropped")
     min_count: int = Field(1, ge=1, description="values seen fewer times map to OOV")
@@ -119,6 +125,22 @@ def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: flo
         .otherwise(pl.lit("train"))
     )
     return df.with_columns(split=split)
+
+
+def cold_item_split(
+    interactions: pl.DataFrame, valid_frac: float, test_frac: float, cold_items: float
+) -> pl.DataFrame:
+    """:func:`temporal_split`, after holding out for test every interaction of the newest
+    ``cold_items`` share of items (by first interaction; none when 0)."""
+    if cold_items <= 0:
+        return temporal_split(interactions, valid_frac, test_frac)
+    first = interactions.group_by("item_id").agg(pl.col("ts").min()).sort("ts", "item_id")
+    n_cold = max(1, round(first.height * cold_items))
+    cold = first.tail(n_cold)["item_id"].implode()
+    is_cold = pl.col("item_id").is_in(cold)
+    warm = temporal_split(interactions.filter(~is_cold), valid_frac, test_frac)
+    held = interactions.filter(is_cold).with_columns(split=pl.lit("test"))
+    return pl.concat([warm, held.select(warm.columns)]).sort(["user_id", "ts"], maintain_order=True)
 
 
 def hotness(
@@ -222,7 +244,9 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
     interactions = kcore(
         dataset.interactions, config.min_user_interactions, config.min_item_interactions
     )
-    interactions = _with_context(temporal_split(interactions, config.valid_frac, config.test_frac))
+    interactions = _with_context(
+        cold_item_split(interactions, config.valid_frac, config.test_frac, config.cold_items)
+    )
     train = interactions.filter(pl.col("split") == "train")
 
     users = with_all_ids(dataset.users, interactions["user_id"], "user_id").sort("user_id")

@@ -197,6 +197,8 @@ def evaluate(
     )
     out["popularity"] = _ranking_block(pop, relevant, config.ks, n_items, item_vectors)
     out["recall_lists"] = _recall_lists(candidates, counts, test)
+    if cold := _cold_items(two_tower, tables, test, interactions, item_emb, config.ks):
+        out["cold_items"] = cold
     out["baselines"] = _baselines(test, n_items, config.ks)
 
     # the rankers re-score the retrieval candidates, in each user's first test context
@@ -236,6 +238,40 @@ def evaluate(
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples)
     return out, diagnostics, samples
+
+
+def _cold_items(
+    two_tower: TwoTower,
+    tables: FeatureTables,
+    test: HeldOut,
+    interactions: pl.DataFrame,
+    items: torch.Tensor,
+    ks: tuple[int, ...],
+) -> dict[str, float]:
+    """Retrieval among the items never seen in training (a cold-item split,
+    ``etl.cold_items``), as a new-items shelf would rank them: each test user's positives
+    on those items against all of them. Their ids are out-of-vocabulary and their counts
+    zero, so only their features (categories, text…) can tell them apart: recall@k is
+    the share of those positives in the user's top k of the cold items. Empty when
+    there are none."""
+    trained = np.unique(interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy())
+    cold_rows = np.setdiff1d(np.arange(1, len(tables.items)), trained)
+    rel = test.relevant
+    users, positives = np.repeat(np.arange(rel.n_users), np.diff(rel.indptr)), rel.indices
+    hit = np.isin(positives, cold_rows)
+    if not hit.any():
+        return {}
+    users, positives = users[hit], positives[hit]
+    scored = np.unique(users)
+    vectors = embed_users(two_tower, tables, test.users[scored], test.history[scored])
+    scores = (vectors @ items[torch.from_numpy(cold_rows)].T).numpy()  # (U', C)
+    order = cold_rows[np.argsort(-scores, axis=1, kind="stable")]  # (U', C) item rows
+    where = np.searchsorted(scored, users)
+    out = {"items": int(len(cold_rows)), "positives": int(hit.sum())}
+    for k in ks:
+        out[f"recall@{k}"] = float((order[where, :k] == positives[:, None]).any(axis=1).mean())
+        out[f"random@{k}"] = min(1.0, k / len(cold_rows))
+    return out
 
 
 class ListValue(Protocol):

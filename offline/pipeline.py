@@ -430,6 +430,12 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         for name, v in metrics["recall_lists"].items()
     )
     yield f"evaluate: published list recall@50 / @100: {lists}"
+    if cold := metrics.get("cold_items"):
+        yield (
+            f"evaluate: cold items ({cold['items']} never trained, {cold['positives']} test "
+            f"positives), ranked among themselves: recall@10 {cold['recall@10']:.4f}, "
+            f"recall@50 {cold['recall@50']:.4f} (at random {cold['random@50']:.4f})"
+        )
     for kind, tasks in metrics["ranking"].items():
         aucs = ", ".join(f"{t} AUC {m['auc']:.4f}" for t, m in tasks.items() if "auc" in m)
         ranked, alone = metrics["ranked"][kind], metrics["ranker_only"][kind]

@@ -48,6 +48,11 @@ class RetrievalConfig(HistoryConfig):
     out_dim: int = Field(64, ge=1)
     hidden: tuple[int, ...] = (128,)
     dropout: float = Field(0.0, ge=0, lt=1)
+    id_dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of training positives whose item id is hidden (out-of-vocabulary), "
+        "so the item tower learns to place an item from its features alone (cold items)",
+    )  # fmt: skip
     temperature: float = Field(0.05, gt=0)
     loss: Literal["sampled_softmax", "full_softmax", "bce"] = "sampled_softmax"
     log_q: bool = True
@@ -224,9 +229,15 @@ def train_retrieval(
                     )
                 ),
             )
+        item_inputs = tables.item_inputs(i_rows)
+        if config.id_dropout > 0:  # as DropoutNet: some items seen as a new item would be
+            hide = torch.from_numpy(rng.random(len(i_rows)) < config.id_dropout)
+            item_inputs = item_inputs._replace(
+                id=torch.where(hide, tables.feature_map.oov("item_id"), item_inputs.id)
+            )
         return net(
             tables.user_inputs(u_rows, hist),
-            tables.item_inputs(i_rows),
+            item_inputs,
             torch.from_numpy(i_rows),
             negatives,
         )

@@ -191,7 +191,7 @@ class FeatureEmbedding(nn.Module):
         ):
             raise ValueError(
                 f"expected {self.n_cat} categorical, {self.n_multi} multi-hot, {self.n_dense} "
-                f"numeric fields, got cat {tuple(cat.shape)}, multi {tuple(multi.shape)}, "
+                f"numeric fields ({self.dense_width} columns), got cat {tuple(cat.shape)}, multi {tuple(multi.shape)}, "
                 f"dense {tuple(dense.shape)}"
             )
         parts = [self.embedding(cat)]  # (B, Fc, D)

@@ -7,7 +7,10 @@ import pytest
 
 from offline import etl
 from offline.datasets import load_dataset
+from offline.embeddings import TextConfig, hashed_bag_of_words, text_vectors
 from shared.bundle import Bundle, Files
+from shared.errors import ConfigError
+from shared.features import FeatureTables
 from tests.conftest import REPO
 
 
@@ -145,3 +148,64 @@ def test_malformed_line_fails_with_one_line_naming_file_and_line(ml100k_dir, tmp
         f"error: {data / 'u.data'}:42: column 'rating': 'four' is not a valid Float64"
     ]
     assert not (tmp_path / "art").exists() or not any((tmp_path / "art").iterdir())
+
+
+def test_cold_item_split_holds_out_every_interaction_of_the_newest_items() -> None:
+    data = load_dataset("synthetic", options={"n_users": 100, "n_items": 60, "n_impressions": 6000})
+    out = etl.cold_item_split(data.interactions, 0.1, 0.1, 0.2)
+    first = data.interactions.group_by("item_id").agg(pl.col("ts").min()).sort("ts", "item_id")
+    newest = set(first.tail(12)["item_id"])
+    cold = out.filter(pl.col("item_id").is_in(list(newest)))
+    assert cold.height == data.interactions.filter(pl.col("item_id").is_in(list(newest))).height
+    assert set(cold["split"]) == {"test"}
+    assert out.filter(~pl.col("item_id").is_in(list(newest)))["split"].n_unique() == 3
+    assert out.height == data.interactions.height
+
+
+def test_text_and_als_vectors_become_features_of_the_tables() -> None:
+    data = load_dataset("synthetic", options={"n_users": 80, "n_items": 50, "n_impressions": 4000})
+    config = etl.EtlConfig(
+        text={"columns": ["category", "tags"], "dim": 64}, als={"factors": 6, "iterations": 2}
+    )
+    r = etl.run(data, config)
+    kinds = {(f.name, f.owner): f.kind for f in r.spec.features}
+    assert kinds[("text", "item")] == kinds[("als", "item")] == kinds[("als", "user")] == "vector"
+    assert r.stats["text_encoder"] == "wordllama" and r.stats["als_factors"] == 6
+    text = np.asarray(r.items["vec_text"].to_list())
+    assert text.shape == (50, 64) and np.isfinite(text).all()
+    # items of one category and tag set read alike; of another, less so
+    raw = np.asarray(r.items["text"].to_list())
+    same = r.items.with_row_index("r").group_by("category").agg(pl.col("r")).filter(
+        pl.col("r").list.len() > 1
+    )["r"][0]
+    cos = raw @ raw.T
+    assert cos[same[0], same[1]] > np.median(cos)
+    assert np.asarray(r.users["vec_als"].to_list()).shape == (80, 6)
+    tables = FeatureTables.from_frames(r.users, r.items, r.spec, r.feature_map)
+    assert tables.items.dense_widths[-1] == 6 and 64 in tables.items.dense_widths
+    assert tables.items.dense.shape[1] == sum(tables.items.dense_widths)
+
+
+def test_hashed_bag_of_words_is_the_fallback_and_is_deterministic() -> None:
+    texts = ["Toy Story (1995) Animation Children", "toy story 2 animation", "Heat (1995) Crime"]
+    a = hashed_bag_of_words(texts, 64)
+    assert np.array_equal(a, hashed_bag_of_words(texts, 64))
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-6)
+    assert a[0] @ a[1] > a[0] @ a[2]
+    items = pl.DataFrame({"item_id": ["a", "b"], "title": ["x y", None], "tags": [["p"], []]})
+    vectors, encoder = text_vectors(items, TextConfig(columns=("title", "tags"), encoder="hashed"))
+    assert encoder == "hashed" and vectors.shape == (2, 64)
+    with pytest.raises(ConfigError, match="no column 'genre'"):
+        text_vectors(items, TextConfig(columns=("genre",)))
+
+
+def test_wordllama_loads_from_its_wheel_without_the_network() -> None:
+    code = (
+        "from offline.embeddings import _wordllama; import numpy as np; m = _wordllama(64); "
+        "v = m.embed(['a film about toys', 'a film about toy robots', 'tax law'], norm=True); "
+        "assert v.shape == (3, 64) and v[0] @ v[1] > v[0] @ v[2], v @ v.T"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "no_proxy": "*",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

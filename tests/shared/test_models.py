@@ -100,6 +100,25 @@ def test_feature_embedding_pools_multi_hot_over_non_padding_and_projects_dense()
     assert torch.equal(empty, torch.zeros(4))
 
 
+def test_vector_fields_are_projected_in_their_place_among_the_numbers() -> None:
+    # dense fields: a number, a 3-vector, a number, a 2-vector (7 columns)
+    emb = FeatureEmbedding(V, 4, n_cat=1, n_multi=0, n_dense=4, dense_widths=[1, 3, 1, 2])
+    cat, multi = torch.tensor([[3], [4]]), torch.zeros(2, 0, 1, dtype=torch.long)
+    dense = torch.randn(2, 7, requires_grad=True)
+    out = emb(cat, multi, dense)  # (2, 5, 4)
+    assert out.shape == (2, 5, 4)
+    scalars = dense[:, [0, 4]]
+    torch.testing.assert_close(out[:, [1, 3]], scalars[..., None] * emb.dense_weight + emb.dense_bias)
+    torch.testing.assert_close(out[:, 2], emb.vector_proj[0](dense[:, 1:4]))
+    torch.testing.assert_close(out[:, 4], emb.vector_proj[1](dense[:, 5:7]))
+    out.sum().backward()  # every part trains
+    assert all(p.grad is not None for p in emb.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="dense_widths"):
+        FeatureEmbedding(V, 4, n_cat=1, n_multi=0, n_dense=2, dense_widths=[1, 3, 1])
+    with pytest.raises(ValueError, match="expected 1 categorical"):
+        emb(cat, multi, dense[:, :6])
+
+
 def test_pooling_decay_weights_the_first_slots_most() -> None:
     emb = FeatureEmbedding(V, 4, n_cat=0, n_multi=2, n_dense=0, multi_decay=[1.0, 0.5])
     multi = torch.tensor([[[5, 6, 7], [5, 6, 0]]])
