@@ -60,7 +60,7 @@ def main() -> None:
                 start = time.perf_counter()  # after warm-up
             batch = rng.integers(0, len(train), args.batch)
             inputs = tables.ranker_inputs(
-                train.user[batch], train.item[batch], train.hour[batch], train.dow[batch]
+                train.user[batch], train.item[batch], train.context.take(batch)
             )
             idx = torch.from_numpy(batch)
             loss, _ = multitask_loss(

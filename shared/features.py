@@ -272,7 +272,8 @@ class FeatureTables:
             dense.append(float(np.float32((number - mean) / std)))
         if problems:
             raise ContextError(problems)
-        anchor = self.items.index.get(str(value[c.anchor]), 0) if c.anchor else 0
+        given_anchor = value[c.anchor] if c.anchor else None
+        anchor = self.items.index.get(str(given_anchor), 0) if given_anchor is not None else 0
         return Context(tuple(fmap.slot(n, value[n]) for n in c.categorical), tuple(dense), anchor)
 
     def context_batch(self, frame: pl.DataFrame) -> ContextBatch:

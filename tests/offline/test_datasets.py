@@ -154,8 +154,12 @@ def test_movielens_100k_real_files(ml100k_dir: Path) -> None:
         {c: pl.String for c in ("user_id", "age_band", "gender", "occupation", "zip_region")}
     )
     assert d.items.schema == pl.Schema(
-        {"item_id": pl.String, "genres": pl.List(pl.String), "decade": pl.String,
-         "title": pl.String}  # the title: raw text (etl.text), not a feature
+        {
+            "item_id": pl.String,
+            "genres": pl.List(pl.String),
+            "decade": pl.String,
+            "title": pl.String,
+        }  # the title: raw text (etl.text), not a feature
     )
     assert (d.items["genres"].list.len() > 0).mean() > 0.99  # type: ignore[operator]
     assert d.items.filter(pl.col("item_id") == "1")["decade"].item() == "1990"

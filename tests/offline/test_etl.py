@@ -175,9 +175,12 @@ def test_text_and_als_vectors_become_features_of_the_tables() -> None:
     assert text.shape == (50, 64) and np.isfinite(text).all()
     # items of one category and tag set read alike; of another, less so
     raw = np.asarray(r.items["text"].to_list())
-    same = r.items.with_row_index("r").group_by("category").agg(pl.col("r")).filter(
-        pl.col("r").list.len() > 1
-    )["r"][0]
+    same = (
+        r.items.with_row_index("r")
+        .group_by("category")
+        .agg(pl.col("r"))
+        .filter(pl.col("r").list.len() > 1)["r"][0]
+    )
     cos = raw @ raw.T
     assert cos[same[0], same[1]] > np.median(cos)
     assert np.asarray(r.users["vec_als"].to_list()).shape == (80, 6)

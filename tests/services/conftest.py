@@ -46,7 +46,10 @@ CONFIG = {
     "index": {"recall_k": 40, "hot_n": 30},
     # pretrained vectors through every model and the serving path: ALS factors of users
     # and items, the items' text (category, brand, tags) embedded
-    "etl": {"als": {"factors": 8, "iterations": 3}, "text": {"columns": ["category", "brand", "tags"]}},
+    "etl": {
+        "als": {"factors": 8, "iterations": 3},
+        "text": {"columns": ["category", "brand", "tags"]},
+    },
 }
 # Wednesday 3 January 2024, 14:30 UTC: hour 14, day of week 2 (Monday = 0, as in the ETL)
 PINNED = datetime(2024, 1, 3, 14, 30, tzinfo=UTC)

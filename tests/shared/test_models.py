@@ -108,7 +108,9 @@ def test_vector_fields_are_projected_in_their_place_among_the_numbers() -> None:
     out = emb(cat, multi, dense)  # (2, 5, 4)
     assert out.shape == (2, 5, 4)
     scalars = dense[:, [0, 4]]
-    torch.testing.assert_close(out[:, [1, 3]], scalars[..., None] * emb.dense_weight + emb.dense_bias)
+    torch.testing.assert_close(
+        out[:, [1, 3]], scalars[..., None] * emb.dense_weight + emb.dense_bias
+    )
     torch.testing.assert_close(out[:, 2], emb.vector_proj[0](dense[:, 1:4]))
     torch.testing.assert_close(out[:, 4], emb.vector_proj[1](dense[:, 5:7]))
     out.sum().backward()  # every part trains
