@@ -338,6 +338,7 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         "positive_rate": prior_ctr,
         "context_features": [*CONTEXT_FEATURES, *(f.name for f in spec.features_of("context"))],
         **vector_stats,
+        "origin": dataset.origin,
     }
     return EtlResult(interactions, users, items, fmap, spec, stats)
 

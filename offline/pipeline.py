@@ -384,13 +384,12 @@ def _merge_metrics(bundle: Bundle, new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _true_value(bundle: Bundle) -> TrueValue | None:
-    """The synthetic world's pricing of lists, when the bundle's data came from it (the
-    options its ETL ran with)."""
-    etl_config = bundle.manifest().get("steps", {}).get("etl", {}).get("config", {})
-    if etl_config.get("dataset") != "synthetic":
+    """The synthetic world's pricing of lists, when the bundle's data came from it (or
+    was logged serving a bundle that did: ``origin`` in the ETL stats)."""
+    origin = bundle.manifest().get("etl", {}).get("origin") or {}
+    if "synthetic" not in origin:
         return None
-    options = etl_config.get("dataset_options") or {}
-    return TrueValue.of(build(SyntheticConfig, options, "dataset_options"))
+    return TrueValue.of(build(SyntheticConfig, origin["synthetic"], "the synthetic origin"))
 
 
 def evaluate_step(ctx: Context) -> Iterator[str]:

@@ -193,6 +193,9 @@ class Dataset:
     items: pl.DataFrame
     spec: DatasetSpec
     source: str = field(default="")  # the path the tables were read from, for error messages
+    # the generator the tables came from, if any: {"synthetic": its options} (data logged
+    # on a bundle trained on it inherits it), so evaluation can price lists by the truth
+    origin: dict[str, Any] | None = None
 
     def validate(self) -> Dataset:
         """Check columns and dtypes; raise :class:`DataError` naming what is wrong."""

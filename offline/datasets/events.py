@@ -118,4 +118,5 @@ def load(data_dir: Path | None, config: EventsConfig) -> Dataset:
         items=tables["item"],
         spec=spec,
         source=str(data_dir),
+        origin=bundle.manifest().get("etl", {}).get("origin"),  # the served bundle's world
     )

@@ -39,7 +39,6 @@ from shared.schema import Dataset, DatasetSpec, Feature, FeatureKind, Task
 __all__ = ["N_SLOTS", "PAGES", "SyntheticConfig", "TrueValue", "World", "load"]
 
 _DAY = 86_400
-_START = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 
 class SyntheticConfig(StrictConfig):
@@ -53,6 +52,12 @@ class SyntheticConfig(StrictConfig):
     n_categories: int = Field(24, ge=2)
     n_tags: int = Field(32, ge=2)
     days: int = Field(60, ge=1)
+    start: int = Field(
+        1_704_067_200, ge=0, multiple_of=86_400,
+        description="Unix time of the log's first day (a midnight UTC; default 2024-01-01): "
+        "a loop against a live gateway starts it `days` before today, so that the events "
+        "the gateway logs continue the log instead of following it years later",
+    )  # fmt: skip
     taste_dim: int = Field(4, ge=2)
     click_bias: float = -2.2
     taste_strength: float = 1.6
@@ -286,8 +291,8 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
     hour_profile = 1.0 + np.sin((np.arange(24) - 14) / 24 * 2 * np.pi) ** 2 * 3
     hour = rng.choice(24, n, p=hour_profile / hour_profile.sum())
     day = rng.integers(0, c.days, n)
-    ts = _START + day * _DAY + hour * 3600 + rng.integers(0, 3600, n)
-    dow = (day + 0) % 7  # 2024-01-01 is a Monday: dow 5 and 6 are the weekend
+    ts = c.start + day * _DAY + hour * 3600 + rng.integers(0, 3600, n)
+    dow = (c.start // _DAY + day + 3) % 7  # 1970-01-01 was a Thursday: 5 and 6 are the weekend
     page = rng.choice(len(PAGES), n, p=PAGE_SHARE)
     # a detail page's anchor: an item of the shown one's category (60 %) or any item
     by_category = np.argsort(cat, kind="stable")
@@ -352,5 +357,6 @@ def load(data_dir: Path | None, config: SyntheticConfig) -> Dataset:
         }
     )
     return Dataset(
-        interactions=interactions, users=users, items=items, spec=spec(), source="synthetic"
-    )
+        interactions=interactions, users=users, items=items, spec=spec(), source="synthetic",
+        origin={"synthetic": c.model_dump()},
+    )  # fmt: skip

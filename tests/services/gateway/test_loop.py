@@ -63,14 +63,22 @@ def test_simulated_feedback_is_logged_ingested_and_learned_from(
     assert rows["page"].unique().to_list() == ["home"] and rows["position"].max() == "9"
 
     config_path = tmp_path / "config.json"
-    events = {"dataset": "events", "data_dir": str(tmp_path / "events"), "dataset_options": options}
+    events = {
+        "dataset": "events", "data_dir": str(tmp_path / "events"), "dataset_options": options,
+        "ranking": CONFIG["ranking"] | {"retrieval_weight": None},  # tuned, not fixed
+    }  # fmt: skip
     config_path.write_text(json.dumps(CONFIG | events))  # JSON is YAML
     ctx = pipeline.Context(
         config=load_config(config_path), artifacts=tmp_path / "artifacts", redis_url=scratch_url
     )
+    lines = []
     for step in ("etl", "train-retrieval", "train-ranking", "index", "export"):
-        for _ in pipeline.run_step(step, ctx):
-            pass
+        lines += list(pipeline.run_step(step, ctx))
     assert ctx.bundle is not None
+    # logged on a bundle of the synthetic world: the retrain knows that world too, and
+    # tunes the retrieval weight by what lists are truly worth
+    origin = ctx.bundle.manifest()["etl"]["origin"]
+    assert origin["synthetic"]["n_users"] == CONFIG["dataset_options"]["n_users"]
+    assert any("valid top-10 expected clicks" in line for line in lines), lines
     retrained = pl.read_parquet(ctx.bundle.path(Files.INTERACTIONS))
     assert retrained.height == seen.height + report.impressions  # what it knew, and the log
