@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -41,6 +41,7 @@ __all__ = [
     "encode_context",
     "hotness",
     "kcore",
+    "limited",
     "run",
     "temporal_split",
     "write",
@@ -60,6 +61,23 @@ class EtlConfig(StrictConfig):
     min_user_interactions: int = Field(0, ge=0, description="k-core: users with fewer are dropped")
     min_item_interactions: int = Field(0, ge=0, description="k-core: items with fewer are dropped")
     min_count: int = Field(1, ge=1, description="values seen fewer times map to OOV")
+    max_vocab: int | None = Field(
+        None, ge=1, description="each categorical feature keeps its most frequent values; "
+        "the rest map to OOV (ids excepted)",
+    )  # fmt: skip
+    split: Literal["fraction", "leave_one_out"] = Field(
+        "fraction", description="held out per user: the latest test_frac / valid_frac, or "
+        "the last interaction for test and the one before for validation",
+    )  # fmt: skip
+    max_interactions: int | None = Field(
+        None, ge=1, description="keep only the latest this many interactions (large logs)"
+    )
+    max_items: int | None = Field(
+        None, ge=1, description="keep only the interactions of the most interacted-with items"
+    )
+    items_without_metadata: Literal["keep", "drop"] = Field(
+        "keep", description="drop: interactions whose item has no feature in the items table"
+    )
     max_multi_hot: int = Field(8, ge=1)
     history_len: int = Field(20, ge=1)
     hot_half_life_days: float = Field(7.0, gt=0)
@@ -91,12 +109,15 @@ def kcore(interactions: pl.DataFrame, min_user: int, min_item: int) -> pl.DataFr
             return interactions
 
 
-def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: float) -> pl.DataFrame:
+def temporal_split(
+    interactions: pl.DataFrame, valid_frac: float, test_frac: float, leave_one_out: bool = False
+) -> pl.DataFrame:
     """Add ``split``: each user's latest interactions are valid, then test.
 
     A user with n ≥ 3 interactions holds out max(1, ⌊n·test_frac⌋) for test and
     max(1, ⌊n·valid_frac⌋) (or none when ``valid_frac`` is 0) before those for
-    validation. Interactions sharing a timestamp with a held-out one are held out too,
+    validation; ``leave_one_out``: one for test and one (none when ``valid_frac`` is 0)
+    for validation. Interactions sharing a timestamp with a held-out one are held out too,
     so that a held-out interaction is strictly later than the user's training ones —
     as long as that keeps the held-out part within twice its share. Beyond that (coarse,
     e.g. day-level, timestamps, where a whole day ties the boundary) ties are broken by
@@ -105,10 +126,12 @@ def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: flo
     n = pl.len().over("user_id")
     from_end = n - 1 - pl.int_range(pl.len()).over("user_id")
     eligible = n >= 3
-    n_test = pl.max_horizontal((n * test_frac).floor(), pl.lit(1))
+    n_test = pl.lit(1) if leave_one_out else pl.max_horizontal((n * test_frac).floor(), pl.lit(1))
     n_valid = (
-        pl.max_horizontal((n * valid_frac).floor(), pl.lit(1)) if valid_frac > 0 else pl.lit(0)
-    )
+        pl.lit(0) if valid_frac <= 0
+        else pl.lit(1) if leave_one_out
+        else pl.max_horizontal((n * valid_frac).floor(), pl.lit(1))
+    )  # fmt: skip
 
     def held_out(count: pl.Expr) -> pl.Expr:
         cut = pl.col("ts").filter(eligible & (from_end < count)).min().over("user_id")
@@ -127,18 +150,47 @@ def temporal_split(interactions: pl.DataFrame, valid_frac: float, test_frac: flo
     return df.with_columns(split=split)
 
 
+def limited(dataset: Dataset, config: EtlConfig) -> pl.DataFrame:
+    """The interactions ETL keeps: of items with metadata (``items_without_metadata:
+    drop``), of the ``max_items`` most interacted-with items, the latest
+    ``max_interactions``."""
+    inter = dataset.interactions
+    features = [f.name for f in dataset.spec.features_of("item")]
+    if config.items_without_metadata == "drop" and features:
+        known = dataset.items.filter(pl.any_horizontal(pl.col(features).is_not_null()))
+        inter = inter.filter(pl.col("item_id").is_in(known["item_id"].implode()))
+    if config.max_items is not None:
+        top = inter.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
+        inter = inter.filter(
+            pl.col("item_id").is_in(top.head(config.max_items)["item_id"].implode())
+        )
+    if config.max_interactions is not None:  # the latest, in their own order
+        inter = (
+            inter.with_row_index("_row")
+            .sort(["ts", "_row"], descending=True)
+            .head(config.max_interactions)
+            .sort("_row")
+            .drop("_row")
+        )
+    return inter
+
+
 def cold_item_split(
-    interactions: pl.DataFrame, valid_frac: float, test_frac: float, cold_items: float
+    interactions: pl.DataFrame,
+    valid_frac: float,
+    test_frac: float,
+    cold_items: float,
+    leave_one_out: bool = False,
 ) -> pl.DataFrame:
     """:func:`temporal_split`, after holding out for test every interaction of the newest
     ``cold_items`` share of items (by first interaction; none when 0)."""
     if cold_items <= 0:
-        return temporal_split(interactions, valid_frac, test_frac)
+        return temporal_split(interactions, valid_frac, test_frac, leave_one_out)
     first = interactions.group_by("item_id").agg(pl.col("ts").min()).sort("ts", "item_id")
     n_cold = max(1, round(first.height * cold_items))
     cold = first.tail(n_cold)["item_id"].implode()
     is_cold = pl.col("item_id").is_in(cold)
-    warm = temporal_split(interactions.filter(~is_cold), valid_frac, test_frac)
+    warm = temporal_split(interactions.filter(~is_cold), valid_frac, test_frac, leave_one_out)
     held = interactions.filter(is_cold).with_columns(split=pl.lit("test"))
     return pl.concat([warm, held.select(warm.columns)]).sort(["user_id", "ts"], maintain_order=True)
 
@@ -242,10 +294,11 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         "interactions": dataset.interactions.height,
     }
     interactions = kcore(
-        dataset.interactions, config.min_user_interactions, config.min_item_interactions
+        limited(dataset, config), config.min_user_interactions, config.min_item_interactions
     )
+    loo = config.split == "leave_one_out"
     interactions = _with_context(
-        cold_item_split(interactions, config.valid_frac, config.test_frac, config.cold_items)
+        cold_item_split(interactions, config.valid_frac, config.test_frac, config.cold_items, loo)
     )
     train = interactions.filter(pl.col("split") == "train")
 
@@ -313,7 +366,9 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
             categorical[f.name] = train[f.name]
         elif f.kind == FeatureKind.NUMERIC:
             numeric[f.name] = train[f.name]
-    fmap = FeatureMap.fit(categorical, numeric, min_count=config.min_count)
+    fmap = FeatureMap.fit(
+        categorical, numeric, min_count=config.min_count, max_size=config.max_vocab
+    )
 
     users = _encode(users, "user", spec, fmap, agg_cols, config)
     items = _encode(items, "item", spec, fmap, agg_cols + ["hotness"], config)

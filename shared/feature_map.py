@@ -54,11 +54,14 @@ class FeatureMap:
         categorical: dict[str, pl.Series],
         numeric: dict[str, pl.Series] | None = None,
         min_count: int = 1,
+        max_size: int | None = None,
+        uncapped: tuple[str, ...] = ("user_id", "item_id"),
     ) -> FeatureMap:
         """Build vocabularies from training values (lists are flattened).
 
-        Values seen fewer than ``min_count`` times map to the OOV slot, which therefore
-        is trained too. Vocabularies are sorted by descending count, then value, so the
+        Values seen fewer than ``min_count`` times, and past the ``max_size`` most
+        frequent of a column (the ``uncapped`` id columns excepted), map to the OOV slot,
+        which therefore is trained too. Vocabularies are sorted by descending count, then value, so the
         map is deterministic.
         """
         vocab: dict[str, list[str]] = {}
@@ -69,6 +72,8 @@ class FeatureMap:
             counts = counts.filter(pl.col("n") >= min_count).sort(
                 ["n", values.name], descending=[True, False]
             )
+            if max_size is not None and col not in uncapped:
+                counts = counts.head(max_size)  # the rarest values share the OOV slot
             vocab[col] = counts[values.name].to_list()
         stats = {}
         for col, values in (numeric or {}).items():

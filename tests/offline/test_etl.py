@@ -212,3 +212,45 @@ def test_wordllama_loads_from_its_wheel_without_the_network() -> None:
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_leave_one_out_holds_out_the_last_two_of_each_user() -> None:
+    data = load_dataset("synthetic", options={"n_users": 60, "n_items": 40, "n_impressions": 3000})
+    out = etl.temporal_split(data.interactions, 0.1, 0.1, leave_one_out=True)
+    per_user = out.group_by("user_id").agg(
+        n=pl.len(),
+        test=(pl.col("split") == "test").sum(),
+        valid=(pl.col("split") == "valid").sum(),
+        last=pl.col("split").sort_by("ts").last(),
+    )
+    held = per_user.filter(pl.col("n") >= 3)
+    # one each, more only where the last timestamps tie
+    assert (held["test"] >= 1).all() and (held["valid"] >= 1).all()
+    assert (held["test"] == 1).mean() > 0.95 and (held["valid"] == 1).mean() > 0.95
+    assert set(held["last"]) == {"test"}
+    r = etl.run(data, etl.EtlConfig(split="leave_one_out"))
+    assert r.stats["split"]["test"] < r.stats["split"]["train"] / 10
+
+
+def test_row_limits_metadata_filter_and_vocabulary_cap() -> None:
+    data = load_dataset("synthetic", options={"n_users": 80, "n_items": 50, "n_impressions": 4000})
+    inter = data.interactions
+    config = etl.EtlConfig(max_interactions=1000)
+    kept = etl.limited(data, config)
+    assert kept.height == 1000 and kept["ts"].min() >= inter["ts"].sort(descending=True)[999]
+    top = inter.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False])
+    kept = etl.limited(data, etl.EtlConfig(max_items=10))
+    assert set(kept["item_id"]) == set(top.head(10)["item_id"])
+    # items with no feature at all lose their interactions when asked
+    bare = data.items.with_columns(
+        pl.when(pl.col("item_id").is_in(["i1", "i2"])).then(None).otherwise(pl.col(c)).alias(c)
+        for c in ("category", "brand", "price_band", "price", "tags")
+    )
+    data.items = bare
+    dropped = etl.limited(data, etl.EtlConfig(items_without_metadata="drop"))
+    assert not dropped["item_id"].is_in(["i1", "i2"]).any()
+    assert dropped.height == inter.filter(~pl.col("item_id").is_in(["i1", "i2"])).height
+    assert etl.limited(data, etl.EtlConfig()).height == inter.height
+    r = etl.run(data, etl.EtlConfig(max_vocab=3))
+    assert len(r.feature_map.vocab["brand"]) == 3 and len(r.feature_map.vocab["region"]) == 3
+    assert len(r.feature_map.vocab["item_id"]) > 3  # ids are never capped
