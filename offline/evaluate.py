@@ -171,6 +171,7 @@ def evaluate(
     test_impressions: RankingData,
     config: EvaluateConfig,
     value: ListValue | None = None,
+    item_names: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """Returns (metrics, diagnostics, samples).
 
@@ -178,7 +179,8 @@ def evaluate(
     logit into each ranker's final score, as served (see :func:`final_score`). ``value``
     (synthetic data: the generator's true probabilities) prices each user's top 10 for
     ``list_value``: ranked, retrieval alone, the ranker alone, and the oracle's best 10
-    from the same candidates.
+    from the same candidates. ``item_names`` (I,), e.g. titles, name the items of the
+    sample lists in place of their ids.
     """
     test = held_out(tables, interactions, spec, "test")
     users, relevant, exclude = test.users, test.relevant, test.exclude
@@ -236,7 +238,7 @@ def evaluate(
         out["list_value"] = _list_value(value, tables, test, orders, candidates)
     out["failures"] = below_chance(out["ranking"])
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
-    samples = _samples(tables, interactions, users, candidates, config.samples)
+    samples = _samples(tables, interactions, users, candidates, config.samples, item_names)
     return out, diagnostics, samples
 
 
@@ -467,9 +469,10 @@ def _samples(
     users: np.ndarray,
     candidates: np.ndarray,
     n: int,
+    names: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     out = []
-    ids = tables.items.ids
+    ids = tables.items.ids if names is None else names
     for pos in np.linspace(0, len(users) - 1, n).astype(int) if n and len(users) else []:
         u = users[pos]
         hist = (

@@ -52,7 +52,7 @@ from shared.recall import SeenItems, merge, nearest
 from shared.schema import Dataset, DatasetSpec
 from shared.settings import masked
 
-__all__ = ["STEPS", "Context", "run_step"]
+__all__ = ["STEPS", "Context", "item_names", "run_step"]
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,18 @@ def _true_value(bundle: Bundle) -> TrueValue | None:
     return TrueValue.of(build(SyntheticConfig, origin["synthetic"], "the synthetic origin"))
 
 
+def item_names(items: pl.DataFrame, n_rows: int) -> np.ndarray | None:
+    """Each item row's id and title (``"1 Toy Story (1995)"``), when the ETL's items
+    table has titles (MovieLens); row 0, the unknown item, is ``""``."""
+    if "title" not in items.columns:
+        return None
+    names = np.empty(n_rows, dtype=object)
+    names[0] = ""
+    rows = items["item_idx"].to_numpy()
+    names[rows] = (items["item_id"] + " " + items["title"].fill_null("")).to_numpy()
+    return names
+
+
 def evaluate_step(ctx: Context) -> Iterator[str]:
     from offline.report import write_report  # noqa: PLC0415  (matplotlib only when reporting)
 
@@ -411,6 +423,7 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         ctx.ranking_data()["test"],
         ctx.config.evaluate,
         _true_value(bundle),
+        item_names(pl.read_parquet(bundle.path(Files.ITEMS)), len(ctx.tables().items)),
     )
     data = _merge_metrics(bundle, metrics)
     history_path = bundle.path(Files.HISTORY)

@@ -139,6 +139,7 @@ def multitask_loss(
     labels: Mapping[str, torch.Tensor],
     tasks: Sequence[TaskHead],
     weights: Mapping[str, float] | None = None,
+    pos_weight: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of per-task losses over the rows where each task is defined.
 
@@ -153,6 +154,8 @@ def multitask_loss(
         labels (Mapping[str, Tensor]): task name -> ``(B,)`` float labels, NaN = unknown.
         tasks (Sequence[TaskHead]): the tasks to train.
         weights (Mapping[str, float] | None): task name -> weight (1.0 when absent).
+        pos_weight (Mapping[str, float] | None): binary task name -> the weight of its
+            positive rows in the BCE (weighted BCE for rare positives; 1.0 when absent).
 
     Returns:
         tuple[Tensor, dict[str, Tensor]]: the total (scalar, differentiable) and each
@@ -169,7 +172,10 @@ def multitask_loss(
         if not bool(mask.any()):
             loss = y.sum() * 0.0
         elif task.kind == "binary":
-            loss = F.binary_cross_entropy_with_logits(y[mask], target[mask])
+            w = (pos_weight or {}).get(task.name)
+            loss = F.binary_cross_entropy_with_logits(
+                y[mask], target[mask], pos_weight=None if w is None else y.new_tensor(w)
+            )
         else:
             loss = F.mse_loss(y[mask], target[mask])
         per_task[task.name] = loss.detach()

@@ -24,6 +24,7 @@ from offline.training.impressions import (
 )
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import multitask_loss
+from shared.errors import ConfigError
 from shared.features import ContextBatch, FeatureTables
 from shared.models.rankers import DCNConfig, Ranker, RankerConfig, TaskHead, build_ranker
 from shared.schema import DatasetSpec
@@ -53,6 +54,9 @@ class RankingConfig(HistoryConfig):
     neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
     negative_sampling: Sampling = "mixed"
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task")
+    pos_weight: dict[str, float] = Field(
+        default_factory=dict, description="weight of a binary task's positive rows in its BCE"
+    )
     score_weights: dict[str, float] = Field(
         default_factory=dict, description="final score weight per task"
     )
@@ -120,13 +124,18 @@ def ranking_data(
 class RankerTrainTask(torch.nn.Module):
     """Wraps a :class:`Ranker` with its multi-task loss so DDP sees one ``forward``."""
 
-    def __init__(self, model: Ranker, weights: dict[str, float]) -> None:
+    def __init__(
+        self, model: Ranker, weights: dict[str, float], pos_weight: dict[str, float] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
+        self.pos_weight = pos_weight or {}
 
     def forward(self, inputs, labels: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ANN001
-        total, _ = multitask_loss(self.model(inputs), labels, self.model.config.tasks, self.weights)
+        total, _ = multitask_loss(
+            self.model(inputs), labels, self.model.config.tasks, self.weights, self.pos_weight
+        )
         return total
 
 
@@ -192,7 +201,10 @@ def train_ranker(
     model = build_ranker(kind, model_config)
     tasks = effective_tasks(spec)
     weights = {t.name: t.weight for t in tasks} | config.task_weights
-    task = RankerTrainTask(model, weights)
+    unknown = set(config.pos_weight) - {t.name for t in tasks if t.kind == "binary"}
+    if unknown:
+        raise ConfigError(f"ranking.pos_weight: {sorted(unknown)} are not binary tasks")
+    task = RankerTrainTask(model, weights, config.pos_weight)
     train, valid = data["train"], data["valid"]
     labels = {name: torch.from_numpy(v) for name, v in train.labels.items()}
     first = tasks[0].name

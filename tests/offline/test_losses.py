@@ -153,6 +153,23 @@ def test_multitask_loss_masks_children_of_negative_parents_and_nan_labels() -> N
     assert outputs["rating"].grad[1] == 0 and outputs["click"].grad[3] == 0
 
 
+def test_pos_weight_weighs_the_positive_rows_of_a_binary_task() -> None:
+    outputs = {t.name: torch.tensor([0.5, -1.0, 2.0]) for t in TASKS}
+    labels = {"click": torch.tensor([1.0, 0.0, 1.0]), "purchase": torch.full((3,), NAN),
+              "rating": torch.full((3,), NAN)}  # fmt: skip
+    _, plain = multitask_loss(outputs, labels, TASKS)
+    _, weighted = multitask_loss(outputs, labels, TASKS, pos_weight={"click": 3.0})
+
+    def bce(x: float, y: float) -> float:
+        return math.log1p(math.exp(-x)) if y == 1 else math.log1p(math.exp(x))
+
+    want = (3 * bce(0.5, 1) + bce(-1.0, 0) + 3 * bce(2.0, 1)) / 3
+    assert weighted["click"].item() == pytest.approx(want, rel=1e-6)
+    assert plain["click"].item() == pytest.approx(
+        (bce(0.5, 1) + bce(-1.0, 0) + bce(2.0, 1)) / 3, rel=1e-6
+    )
+
+
 def test_multitask_loss_of_a_task_without_valid_rows_is_zero() -> None:
     outputs = {t.name: torch.randn(3, requires_grad=True) for t in TASKS}
     labels = {"click": torch.zeros(3), "purchase": torch.ones(3), "rating": torch.full((3,), NAN)}

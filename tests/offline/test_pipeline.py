@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import redis
 
@@ -19,6 +20,7 @@ TINY = {
     "ranking": {
         "models": ["dcn", "deepfm"],
         "hidden": [32],
+        "pos_weight": {"click": 2.0},  # weighted BCE, trained in CI
         "trainer": {"epochs": 2, "batch_size": 512},
     },
     "evaluate": {"samples": 2},
@@ -81,8 +83,16 @@ def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> No
     assert "auc_given_parent" in m["ranking"]["deepfm"]["purchase"]
     assert 0.5 < m["oracle"]["click_auc"] <= 1.0
     assert m["index"]["recall_vs_exact"] == 1.0
+    # synthetic data: every top 10 priced by the world's true probabilities
+    value = m["list_value"]
+    assert value.keys() == {"oracle", "retrieval", "ranked dcn", "ranker alone dcn",
+                            "ranked deepfm", "ranker alone deepfm"}  # fmt: skip
+    for name, v in value.items():
+        assert 0 < v["clicks"] <= value["oracle"]["clicks"] + 1e-9, name
+        assert 0 < v["purchases"] <= value["oracle"]["purchases"] + 1e-9, name
     report = b.path(Files.REPORT).read_text()
     assert "dcn" in report and "deepfm" in report and "## Sample recommendations" in report
+    assert "## What ranking adds" in report
 
 
 def test_publish_flipped_the_active_version(bundle, redis_server) -> None:
@@ -160,3 +170,9 @@ def test_steps_after_etl_replace_files_atomically(bundle, redis_server) -> None:
     assert all(b.path(name).stat().st_ino != before[name] for name in names)
     assert not [p.name for p in b.root.iterdir() if p.name.startswith(".")]  # no temporaries
     b.verify()
+
+
+def test_sample_lists_name_items_by_their_titles() -> None:
+    items = pl.DataFrame({"item_id": ["7", "9"], "item_idx": [2, 1], "title": ["Heat", None]})
+    assert pipeline.item_names(items, 3).tolist() == ["", "9 ", "7 Heat"]
+    assert pipeline.item_names(items.drop("title"), 3) is None
