@@ -86,6 +86,10 @@ class TrainerConfig(StrictConfig):
     grad_centralization: bool = Field(
         False, description="centre each weight matrix's gradient over its input axes"
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the forward pass and loss under bfloat16 autocast "
+        "(weights, gradients and the optimizer stay float32)",
+    )  # fmt: skip
     clip_norm: float = Field(5.0, gt=0)
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
     seed: int = 0
@@ -253,7 +257,8 @@ def fit(
         )
         for lo in range(0, len(order), config.batch_size):
             batch = order[lo : lo + config.batch_size]
-            loss = loss_fn(net, batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                loss = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_centralization:

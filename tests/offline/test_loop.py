@@ -99,8 +99,18 @@ def test_schedules_warm_up_then_decay_to_min_lr_or_stay_flat() -> None:
         {"min_lr": 1e-3},
         {"grad_centralization": True},
         {"lr_scale": {"deep": 2.0, "heads": 0.5}},
+        {"precision": "bf16"},
     ],
-    ids=["adamw", "adam", "sgd", "no-schedule", "min-lr", "grad-centralization", "lr-scale"],
+    ids=[
+        "adamw",
+        "adam",
+        "sgd",
+        "no-schedule",
+        "min-lr",
+        "grad-centralization",
+        "lr-scale",
+        "bf16",
+    ],  # fmt: skip
 )
 def test_every_optimisation_option_trains(options: dict) -> None:
     config = TrainerConfig(epochs=5, batch_size=32, threads=1, **{"lr": 3e-2, **options})
@@ -136,3 +146,23 @@ def test_bad_optimisation_options_are_refused() -> None:
                 {"lr": 1e-3, "min_lr": 1e-2}, {"lr_scale": {"tower": 2.0}}):  # fmt: skip
         with pytest.raises(ValidationError):
             TrainerConfig(**bad)
+
+
+def test_both_model_families_train_under_bf16_autocast() -> None:
+    from offline import etl  # noqa: PLC0415
+    from offline.datasets import load_dataset  # noqa: PLC0415
+    from offline.training.ranking import RankingConfig, ranking_data, train_ranker  # noqa: PLC0415
+    from offline.training.retrieval import RetrievalConfig, train_retrieval  # noqa: PLC0415
+    from shared.features import FeatureTables  # noqa: PLC0415
+
+    data = load_dataset("synthetic", options={"n_users": 60, "n_items": 40, "n_impressions": 3000})
+    r = etl.run(data, etl.EtlConfig())
+    tables = FeatureTables.from_frames(r.users, r.items, r.spec, r.feature_map)
+    trainer = {"epochs": 1, "batch_size": 256, "precision": "bf16", "threads": 1}
+    ranking = RankingConfig(trainer=trainer, hidden=(16,))
+    result = train_ranker("dcn", tables, ranking_data(tables, r.interactions, r.spec, ranking),
+                          r.spec, ranking)  # fmt: skip
+    assert np.isfinite(result.history.epochs[0]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    towers = train_retrieval(tables, r.interactions, r.spec, RetrievalConfig(trainer=trainer))
+    assert np.isfinite(towers.history.epochs[0]["train_loss"])
