@@ -34,7 +34,7 @@ from shared.features import ContextBatch, FeatureTables
 from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower
 from shared.recall import SeenItems, merge
-from shared.schema import DatasetSpec, FeatureKind
+from shared.schema import DatasetSpec, FeatureKind, TaskKind
 
 __all__ = ["EvaluateConfig", "HeldOut", "evaluate", "held_out", "retrieve", "tune_retrieval_weight"]
 
@@ -236,10 +236,31 @@ def evaluate(
         }
     if value is not None:
         out["list_value"] = _list_value(value, tables, test, orders, candidates)
+    if graded := _graded_ndcg(interactions, spec, test, orders):
+        out["graded_ndcg@10"] = graded
     out["failures"] = below_chance(out["ranking"])
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
     samples = _samples(tables, interactions, users, candidates, config.samples, item_names)
     return out, diagnostics, samples
+
+
+def _graded_ndcg(
+    interactions: pl.DataFrame, spec: DatasetSpec, test: HeldOut, orders: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """NDCG@10 of each list order with the first regression task (a rating) as the grade
+    of each test interaction (gain 2^rating − 1); empty without such a task."""
+    grade = next((t.name for t in spec.tasks if t.kind == TaskKind.REGRESSION), None)
+    if grade is None or not len(test.users):
+        return {}
+    rows = interactions.filter((pl.col("split") == "test") & pl.col(grade).is_not_null())
+    user_rows = rows["user_idx"].to_numpy()
+    at = np.minimum(np.searchsorted(test.users, user_rows), len(test.users) - 1)
+    known = test.users[at] == user_rows
+    items, grades = rows["item_idx"].to_numpy()[known], rows[grade].to_numpy()[known]
+    return {
+        name: M.graded_ndcg_at_k(order, at[known], items, grades, 10)
+        for name, order in orders.items()
+    }
 
 
 def _cold_items(

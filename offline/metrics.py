@@ -246,6 +246,44 @@ def ndcg_at_k(recs: np.ndarray, relevant: RelevantSets, k: int) -> float:
     return _mean_over_users(_ndcg(hits, n_rel, k), n_rel)
 
 
+def graded_ndcg_at_k(
+    recs: np.ndarray, users: np.ndarray, items: np.ndarray, gains: np.ndarray, k: int
+) -> float:
+    """NDCG@k with graded relevance (rating data): ``DCG = Σ_j g(u, rec_j) / log2(j + 2)``,
+    ``IDCG`` the same over the user's gains sorted best first; ``g = 2^grade − 1``.
+
+    Args:
+        recs: ``(U, ≥k)`` item rows, best first (row ``u`` is user position ``u``).
+        users, items, gains: ``(P,)`` each held-out (user position, item row, grade);
+            a repeated pair keeps its highest grade.
+
+    Returns:
+        The mean over users with at least one positive gain.
+    """
+    n_items = int(max(recs.max(initial=0), items.max(initial=0))) + 1
+    g = np.exp2(np.asarray(gains, dtype=np.float64)) - 1.0
+    keys = users.astype(np.int64) * n_items + items
+    order = np.lexsort((-g, keys))
+    keys, g = keys[order], g[order]
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    keys, g = keys[first], g[first]  # one gain per pair, its highest
+    top = recs[:, :k].astype(np.int64)
+    query = np.arange(len(recs))[:, None] * n_items + top  # (U, k)
+    at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    got = np.where(keys[at] == query, g[at], 0.0)  # (U, k)
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    dcg = got @ discount
+    owners = keys // n_items
+    by = np.lexsort((-g, owners))  # each user's gains, best first
+    owners, best = owners[by], g[by]
+    starts = np.searchsorted(owners, owners)  # where each user's run begins
+    rank = np.arange(len(owners)) - starts
+    keep = rank < k
+    idcg = np.bincount(owners[keep], weights=best[keep] * discount[rank[keep]], minlength=len(recs))
+    scored = idcg > 0
+    return float((dcg[scored] / idcg[scored]).mean()) if scored.any() else 0.0
+
+
 def map_at_k(recs: np.ndarray, relevant: RelevantSets, k: int) -> float:
     """Mean AP@k: ``AP = sum_j hit_j * precision@(j+1) / min(|rel_u|, k)``."""
     hits, n_rel = _prepare(recs, relevant, k)

@@ -457,6 +457,9 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         )
     if "oracle" in metrics:
         yield f"evaluate: oracle {metrics['oracle']}"
+    if graded := metrics.get("graded_ndcg@10"):
+        listed = ", ".join(f"{name} {v:.4f}" for name, v in graded.items())
+        yield f"evaluate: graded ndcg@10 (the rating as the grade): {listed}"
     for name, v in metrics.get("list_value", {}).items():
         share = f" ({v['clicks_of_oracle']:.1%} of the oracle's)" if name != "oracle" else ""
         yield (

@@ -222,3 +222,42 @@ def test_logloss_and_rmse() -> None:
     assert m.rmse(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 3.0])) == pytest.approx(
         math.sqrt(5 / 3)
     )
+
+
+def test_graded_ndcg_weighs_hits_by_their_grade() -> None:
+    recs = np.array([[5, 3, 7], [1, 2, 4]])
+    users = np.array([0, 0, 1, 1, 1])
+    items = np.array([3, 5, 9, 2, 2])
+    grades = np.array([2.0, 5.0, 4.0, 1.0, 3.0])  # (1, 2) twice: its best grade counts
+    d = 1 / np.log2(np.arange(3) + 2)
+    u0 = (31 * d[0] + 3 * d[1]) / (31 * d[0] + 3 * d[1])  # ideal order already
+    u1 = (7 * d[1]) / (15 * d[0] + 7 * d[1])
+    assert m.graded_ndcg_at_k(recs, users, items, grades, 3) == pytest.approx((u0 + u1) / 2)
+    swapped = np.array([[3, 5, 7], [1, 2, 4]])
+    u0s = (3 * d[0] + 31 * d[1]) / (31 * d[0] + 3 * d[1])
+    assert m.graded_ndcg_at_k(swapped, users, items, grades, 3) == pytest.approx((u0s + u1) / 2)
+
+
+def test_graded_ndcg_of_the_test_split_is_one_in_the_ideal_order(ml100k_dir) -> None:
+    import polars as pl  # noqa: PLC0415
+
+    from offline import etl  # noqa: PLC0415
+    from offline.datasets import load_dataset  # noqa: PLC0415
+    from offline.evaluate import _graded_ndcg, held_out  # noqa: PLC0415
+    from shared.features import FeatureTables  # noqa: PLC0415
+
+    r = etl.run(load_dataset("movielens-100k", ml100k_dir), etl.EtlConfig())
+    tables = FeatureTables.from_frames(r.users, r.items, r.spec, r.feature_map)
+    test = held_out(tables, r.interactions, r.spec, "test")
+    rows = r.interactions.filter(pl.col("split") == "test").sort(
+        ["user_idx", "rating", "item_idx"], descending=[False, True, False]
+    )
+    lists = rows.group_by("user_idx", maintain_order=True).agg(pl.col("item_idx").head(10))
+    ideal = np.zeros((len(test.users), 10), dtype=np.int64)
+    for u, items in zip(lists["user_idx"], lists["item_idx"], strict=True):
+        row = np.searchsorted(test.users, u)
+        ideal[row, : len(items)] = items
+    worst = ideal[:, ::-1]
+    got = _graded_ndcg(r.interactions, r.spec, test, {"ideal": ideal, "reversed": worst})
+    assert got["ideal"] == pytest.approx(1.0)
+    assert 0 < got["reversed"] < got["ideal"]
