@@ -457,6 +457,12 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         )
     if "oracle" in metrics:
         yield f"evaluate: oracle {metrics['oracle']}"
+    if sampled := metrics.get("sampled"):
+        listed = ", ".join(
+            f"{name} HR@10 {v['hitrate@10']:.4f} NDCG@10 {v['ndcg@10']:.4f}"
+            for name, v in sampled.items() if name != "negatives"
+        )  # fmt: skip
+        yield f"evaluate: SAMPLED protocol (1 test item vs {sampled['negatives']} drawn): {listed}"
     if graded := metrics.get("graded_ndcg@10"):
         listed = ", ".join(f"{name} {v:.4f}" for name, v in graded.items())
         yield f"evaluate: graded ndcg@10 (the rating as the grade): {listed}"

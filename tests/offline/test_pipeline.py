@@ -23,7 +23,7 @@ TINY = {
         "pos_weight": {"click": 2.0},  # weighted BCE, trained in CI
         "trainer": {"epochs": 2, "batch_size": 512},
     },
-    "evaluate": {"samples": 2},
+    "evaluate": {"samples": 2, "sampled_negatives": 50},
 }
 
 
@@ -93,6 +93,12 @@ def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> No
     report = b.path(Files.REPORT).read_text()
     assert "dcn" in report and "deepfm" in report and "## Sample recommendations" in report
     assert "## What ranking adds" in report
+    # the sampled protocol, apart and labelled: far easier than the full catalogue
+    sampled = m["sampled"]
+    assert sampled["negatives"] == 50
+    assert sampled.keys() == {"negatives", "retrieval", "ranked dcn", "ranked deepfm"}
+    assert sampled["retrieval"]["hitrate@10"] > m["retrieval"]["hitrate@10"]
+    assert 0 < sampled["retrieval"]["ndcg@10"] <= sampled["retrieval"]["hitrate@10"]
 
 
 def test_publish_flipped_the_active_version(bundle, redis_server) -> None:
