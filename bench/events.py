@@ -68,6 +68,22 @@ end
 """
 
 
+def _wait_idle(port: int, timeout_s: float = 30.0) -> None:
+    """Until the gateway's count of warmed fresh users stops moving for a second."""
+
+    def warmed() -> str:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        return next((line for line in text.splitlines()
+                     if line.startswith("recsys_fresh_warmed_total")), "")  # fmt: skip
+
+    last, deadline = warmed(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        if (now := warmed()) == last:
+            return
+        last = now
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path)
@@ -120,6 +136,9 @@ def main() -> None:
                 pipe.xadd(stream, {"e": orjson.dumps(event)})
             pipe.execute()
         total = client.xlen(stream)
+        # the clicks posted above queued warm-ups in the gateway's scoring process: let
+        # them finish, as ingest runs on the worker's machine, not next to a busy gateway
+        _wait_idle(port)
         started = time.perf_counter()
         with Ingestor(client, folder / "log") as ingestor:
             written = sum(w for _, w, _ in ingestor.run())
