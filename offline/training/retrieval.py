@@ -23,7 +23,7 @@ from offline.training.history import CausalHistory, HistoryConfig
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import bce_retrieval_loss, hard_negatives, sampled_softmax_loss
 from shared.features import FeatureTables, dense_widths
-from shared.models.towers import TowerConfig, TwoTower
+from shared.models.towers import Fusion, TowerConfig, TwoTower
 from shared.schema import DatasetSpec
 
 __all__ = [
@@ -47,6 +47,9 @@ class RetrievalConfig(HistoryConfig):
     embed_dim: int = Field(32, ge=1)
     out_dim: int = Field(64, ge=1)
     hidden: tuple[int, ...] = (128,)
+    user_hidden: tuple[int, ...] | None = None  # the user tower's, in place of hidden
+    item_hidden: tuple[int, ...] | None = None
+    fusion: Fusion = "gate"  # id and features in each tower (shared.models.towers)
     dropout: float = Field(0.0, ge=0, lt=1)
     id_dropout: float = Field(
         0.0, ge=0, lt=1,
@@ -194,6 +197,9 @@ def train_retrieval(
         embed_dim=config.embed_dim,
         out_dim=config.out_dim,
         hidden=config.hidden,
+        user_hidden=config.user_hidden,
+        item_hidden=config.item_hidden,
+        fusion=config.fusion,
         dropout=config.dropout,
         temperature=config.temperature,
         history_decay=config.history_decay,

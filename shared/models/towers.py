@@ -39,7 +39,10 @@ from shared.config import StrictConfig
 from shared.models.inputs import ItemInputs, UserInputs
 from shared.models.layers import FeatureEmbedding, GatedFusion, SequenceEncoder, mlp_head
 
-__all__ = ["ItemTower", "TowerConfig", "TwoTower", "UserTower"]
+__all__ = ["Fusion", "ItemTower", "TowerConfig", "TwoTower", "UserTower"]
+
+
+Fusion = Literal["gate", "sum", "concat", "id", "features"]
 
 
 class TowerConfig(StrictConfig):
@@ -58,6 +61,13 @@ class TowerConfig(StrictConfig):
     embed_dim: PositiveInt = 32
     out_dim: PositiveInt = 64
     hidden: tuple[PositiveInt, ...] = (128,)
+    # per tower, in place of ``hidden`` (None: ``hidden``)
+    user_hidden: tuple[PositiveInt, ...] | None = None
+    item_hidden: tuple[PositiveInt, ...] | None = None
+    # how a tower mixes its id embedding with its features: a learned gate, their sum, a
+    # linear map of both, the id alone, or the features alone (no id: every entity is
+    # placed by its features, as a cold one is)
+    fusion: Fusion = "gate"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     temperature: float = Field(0.05, gt=0.0)  # fixed, not learned
     history_decay: float = Field(1.0, gt=0.0, le=1.0)  # pooling weight ratio of older items
@@ -99,17 +109,27 @@ class _Tower(nn.Module):
         n_extra: int,
         embedding: nn.Embedding | None,
         dense_widths: tuple[int, ...] | None = None,
+        hidden: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         d = config.embed_dim
+        hidden = config.hidden if hidden is None else hidden
         self.config = config
         self.sparse_arch = FeatureEmbedding(
             config.vocab_size, d, n_cat, n_multi, n_dense, embedding, dense_widths=dense_widths
         )
         n_in = (n_cat + n_multi + n_dense + n_extra) * d
-        self.feature_arch = mlp_head(n_in, config.hidden, d, config.dropout) if n_in else None
-        self.fusion = GatedFusion(d) if n_in else None
-        self.over_arch = mlp_head(d, config.hidden, config.out_dim, config.dropout)
+        if config.fusion == "id":
+            n_in = 0  # the features are not read
+        elif config.fusion == "features" and not n_in:
+            raise ValueError("fusion 'features' needs feature fields")
+        self.feature_arch = mlp_head(n_in, hidden, d, config.dropout) if n_in else None
+        self.fusion = (
+            GatedFusion(d) if config.fusion == "gate"
+            else nn.Linear(2 * d, d) if config.fusion == "concat"
+            else None
+        ) if n_in else None  # fmt: skip
+        self.over_arch = mlp_head(d, hidden, config.out_dim, config.dropout)
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -125,11 +145,18 @@ class _Tower(nn.Module):
         extra: list[torch.Tensor],
     ) -> torch.Tensor:
         id_emb = self.embedding(ids)  # (B, D)
-        if self.feature_arch is None or self.fusion is None:
+        if self.feature_arch is None:
             return id_emb
         fields = self.sparse_arch(cat, multi, dense).flatten(1)  # (B, F·D)
         feat = self.feature_arch(torch.cat([fields, *extra], dim=1))  # (B, D)
-        return self.fusion(id_emb, feat)  # (B, D)
+        mode = self.config.fusion
+        if mode == "features":
+            return feat
+        if mode == "sum":
+            return id_emb + feat
+        if mode == "concat":
+            return self.fusion(torch.cat([id_emb, feat], dim=1))  # type: ignore[misc]
+        return self.fusion(id_emb, feat)  # type: ignore[misc]  # (B, D) gated
 
     def _project(self, fused: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.over_arch(fused), dim=-1)  # (B, O)
@@ -160,8 +187,9 @@ class UserTower(_Tower):
     def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
         c = config
         super().__init__(
-            c, c.n_user_cat, c.n_user_multi, c.n_user_dense, 1, embedding, c.user_dense_widths
-        )
+            c, c.n_user_cat, c.n_user_multi, c.n_user_dense, 1, embedding, c.user_dense_widths,
+            c.user_hidden,
+        )  # fmt: skip
         self.sequence_arch = (
             SequenceEncoder(
                 self.embedding, c.history_length, c.encoder_layers, c.encoder_heads, c.dropout
@@ -214,8 +242,9 @@ class ItemTower(_Tower):
     def __init__(self, config: TowerConfig, embedding: nn.Embedding | None = None) -> None:
         c = config
         super().__init__(
-            c, c.n_item_cat, c.n_item_multi, c.n_item_dense, 0, embedding, c.item_dense_widths
-        )
+            c, c.n_item_cat, c.n_item_multi, c.n_item_dense, 0, embedding, c.item_dense_widths,
+            c.item_hidden,
+        )  # fmt: skip
         # (V,) log q of each item-id slot (the training interactions' share), for the prior
         self.register_buffer("log_popularity", torch.zeros(c.vocab_size))
 

@@ -338,6 +338,35 @@ def test_two_tower_shapes_norms_and_gradients(
     assert_all_grads(model)
 
 
+@pytest.mark.parametrize("fusion", ["gate", "sum", "concat", "id", "features"])
+def test_every_fusion_mode_trains_and_reads_what_it_says(fusion: str) -> None:
+    torch.manual_seed(0)
+    model = TwoTower(tower_config(fusion=fusion))
+    u_in, i_in = user_inputs(), item_inputs()
+    logits = model(u_in, i_in)
+    assert logits.shape == (B,) and torch.isfinite(logits).all()
+    logits.square().sum().backward()
+    if fusion != "id":  # the id mode leaves the feature fields unread
+        assert_all_grads(model)
+    other_ids = i_in._replace(id=torch.randint(1, V, (B,)))
+    other_features = i_in._replace(cat=torch.randint(1, V, i_in.cat.shape))
+    with torch.no_grad():
+        v = model.item_embed(i_in)
+        ids_matter = not torch.allclose(model.item_embed(other_ids), v)
+        features_matter = not torch.allclose(model.item_embed(other_features), v)
+    assert ids_matter == (fusion != "features")
+    assert features_matter == (fusion != "id")
+
+
+def test_each_tower_can_have_its_own_hidden_sizes() -> None:
+    model = TwoTower(tower_config(user_hidden=(16, 12), item_hidden=(6,)))
+    u_in, i_in = user_inputs(), item_inputs()
+    assert model.user_embed(u_in).shape == model.item_embed(i_in).shape == (B, 5)
+    widths = lambda m: [x.out_features for x in m.modules() if isinstance(x, torch.nn.Linear)]  # noqa: E731
+    assert widths(model.user_tower.over_arch)[:2] == [16, 12]
+    assert widths(model.item_tower.over_arch)[0] == 6
+
+
 def test_serving_vectors_add_the_popularity_prior_to_the_logit() -> None:
     torch.manual_seed(0)
     model = TwoTower(tower_config()).eval()
