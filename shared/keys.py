@@ -1,4 +1,4 @@
-"""The Redis key layout, in one place (ARCHITECTURE.md, "Redis layout").
+"""The Redis key layout, in one place (docs/architecture.md, "Redis layout").
 
 {prefix}active                       → the version id being served
 {prefix}v:{version}:recall:{uid}     ZSET of raw item ids, higher score = earlier

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (ARCHITECTURE.md, "HTTP API").
+"""Request and response bodies of the HTTP API (docs/architecture.md, "HTTP API").
 
 Invalid input is refused with 422 naming the field and the reason: ``top_k`` outside
 1..200, a uid that is empty, longer than 128 characters, not printable or not UTF-8, a

@@ -1,4 +1,4 @@
-"""The HTTP API of ARCHITECTURE.md against a real bundle and a real Redis."""
+"""The HTTP API of docs/architecture.md against a real bundle and a real Redis."""
 
 from __future__ import annotations
 
