@@ -11,13 +11,13 @@ weights that are NaN, or bytes flipped under a re-hashed manifest, cannot serve.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from shared.errors import BundleError
-from shared.features import Context
+from shared.features import Context, FeatureTables
 
 __all__ = ["TOLERANCE", "Probe", "mismatch", "probe_context", "read_probes", "write_probes"]
 
@@ -29,15 +29,21 @@ class Probe:
     """One user's probe pairs and the offline model's answers for them."""
 
     user_row: int
-    context_cat: list[int]  # the context's slots (shared.features.Context)
-    context_dense: list[float]
-    anchor_row: int
     item_rows: list[int]
     score: list[float]  # final score of each item
     probs: list[list[float]]  # (items, tasks) chained probabilities, in the ranker's task order
+    context_cat: list[int] | None = None  # the context's slots (shared.features.Context)
+    context_dense: list[float] = field(default_factory=list)
+    anchor_row: int = 0
+    # bundles written before request context: the hour and day of week alone
+    hour: int | None = None
+    dow: int | None = None
 
 
-def probe_context(probe: Probe) -> Context:
+def probe_context(probe: Probe, tables: FeatureTables) -> Context:
+    """The probe's encoded context (a probe of an older bundle names its hour and day)."""
+    if probe.context_cat is None:
+        return tables.context_of({}, int(probe.hour or 0), int(probe.dow or 0))
     return Context(tuple(probe.context_cat), tuple(probe.context_dense), probe.anchor_row)
 
 

@@ -320,7 +320,7 @@ class ServingBundle:
                 rows.min(initial=1) < 1 or rows.max(initial=1) >= len(self.item_ids)
             ):
                 raise BundleError(f"{self.root}: probe rows outside the tables", reason="probe")
-            got = self.score(probe.user_row, rows, probe_context(probe))
+            got = self.score(probe.user_row, rows, probe_context(probe, self.tables))
             if why := mismatch(probe, got.score, got.probs):
                 raise BundleError(
                     f"{self.root}: the {self.ranker_kind} probe set fails on the "

@@ -174,3 +174,33 @@ def test_models_of_another_bundle_are_refused(built: BuiltBundle) -> None:
     version = built.derive("mismatch", shrink_index)
     with pytest.raises(BundleError, match="5 vectors"):
         ServingBundle.load(built.artifacts, version)
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_probes_of_bundles_from_before_request_context_still_prove_them(
+    built: BuiltBundle, tampered: bool
+) -> None:
+    # a probe set as the worker wrote it before context features: an hour and a day only
+    offline = OfflineScorer(built)
+    entries = json.loads((built.root / Files.PROBES).read_text())["dcn"]
+
+    def old_format(root):  # noqa: ANN001, ANN202
+        old = []
+        for entry in entries:
+            user, rows = entry["user_row"], np.asarray(entry["item_rows"])
+            score, probs = offline.score(np.full(len(rows), user), rows, 13, 4)
+            tasks = list(probs)
+            old.append({
+                "user_row": user, "hour": 13, "dow": 4, "item_rows": rows.tolist(),
+                "score": (score + (0.01 if tampered else 0.0)).tolist(),
+                "probs": np.stack([probs[t] for t in tasks], axis=1).tolist(),
+            })  # fmt: skip
+        (root / Files.PROBES).write_text(json.dumps({"dcn": old}))
+        return (Files.PROBES,)
+
+    version = built.derive(f"old-probes-{tampered}", old_format)
+    if tampered:
+        with pytest.raises(BundleError, match="probe"):
+            ServingBundle.load(built.artifacts, version, ranker="dcn")
+    else:
+        assert ServingBundle.load(built.artifacts, version, ranker="dcn").version == version
