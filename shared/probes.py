@@ -80,9 +80,15 @@ def mismatch(probe: Probe, score: np.ndarray, probs: np.ndarray) -> str | None:
             return f"{name} of shape {got.shape}, the probe has {want.shape}"
         if not np.isfinite(got).all():
             return f"non-finite {name} for user row {probe.user_row}"
-        worst = float(np.abs(got - want).max(initial=0.0))
+        # with a retrieval weight the score is log(Σ w·p) + λ·logit: a log turns the last
+        # float32 digits of a tiny Σ into 1e-4 of score (probabilities of 1e-5 matching
+        # within 1e-7 gave 1.06e-4 at a score of −8.3), so the score's bound is relative
+        scale = max(1.0, float(np.abs(want).max(initial=0.0))) if name == "score" else 1.0
+        worst = float((np.abs(got - want) / scale).max(initial=0.0))
         if worst > TOLERANCE:
+            bound = "" if scale == 1.0 else f" of the score's scale {scale:.3g}"
             return (
-                f"{name} differ from the offline model's by {worst:.2e} (user row {probe.user_row})"
+                f"{name} differ from the offline model's by {worst:.2e}{bound} "
+                f"(user row {probe.user_row})"
             )
     return None
