@@ -51,6 +51,11 @@ class EvaluateConfig(StrictConfig):
     )
     neighbours: int = Field(10, ge=1)
     samples: int = Field(3, ge=0)
+    diagnostic_items: int = Field(
+        5000, ge=2,
+        description="items the embedding diagnostics read (norms, nearest-neighbour category "
+        "agreement among them): all of a smaller catalogue, an even sample of a larger one",
+    )  # fmt: skip
     sampled_negatives: int = Field(
         0, ge=0,
         description="also the sampled protocol of many papers (labelled `sampled` in the "
@@ -536,9 +541,11 @@ def _diagnostics(
     config: EvaluateConfig,
 ) -> dict[str, Any]:
     rows = np.arange(1, len(tables.items))
+    if len(rows) > config.diagnostic_items:  # an even sample: no items × items matrix
+        rows = rows[np.linspace(0, len(rows) - 1, config.diagnostic_items).astype(np.int64)]
     with torch.no_grad():
         fused = model.item_tower.fused(tables.item_inputs(rows))
-    diag: dict[str, Any] = {"item_norms": fused.norm(dim=1).tolist()}
+    diag: dict[str, Any] = {"item_norms": fused.norm(dim=1).tolist(), "items_read": len(rows)}
     cats = spec.features_of("item", FeatureKind.CATEGORICAL)
     if cats and len(rows) > config.neighbours + 1:
         label = tables.items.cat[rows, 0]  # the first categorical item feature (category, decade…)

@@ -23,7 +23,7 @@ TINY = {
         "pos_weight": {"click": 2.0},  # weighted BCE, trained in CI
         "trainer": {"epochs": 2, "batch_size": 512},
     },
-    "evaluate": {"samples": 2, "sampled_negatives": 50},
+    "evaluate": {"samples": 2, "sampled_negatives": 50, "diagnostic_items": 40},
 }
 
 
@@ -93,6 +93,7 @@ def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> No
     report = b.path(Files.REPORT).read_text()
     assert "dcn" in report and "deepfm" in report and "## Sample recommendations" in report
     assert "## What ranking adds" in report
+    assert "- items_read: 40" in report  # the diagnostics read an even sample of 40 items
     # the sampled protocol, apart and labelled: far easier than the full catalogue
     sampled = m["sampled"]
     assert sampled["negatives"] == 50
