@@ -173,6 +173,7 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
     rank, _ = distributed()
     retrieval_weights = {}
     valid = None
+    value = _true_value(bundle)  # the world's pricing of lists, on synthetic data
     for kind in config.models:
         result = train_ranker(kind, ctx.tables(), data, spec, config)
         if rank == 0:
@@ -188,7 +189,6 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
             split = held_out(ctx.tables(), ctx.interactions(), spec, "valid")
             n = ctx.config.evaluate.candidates  # as many as evaluation re-ranks
             valid = (split, *retrieve(_model(ctx, Files.TWO_TOWER), ctx.tables(), split, n)[:2])
-        value = _true_value(bundle)
         best, tried = tune_retrieval_weight(
             result.model, ctx.tables(), *valid, weights, config.retrieval_weight_grid, value
         )

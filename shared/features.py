@@ -98,17 +98,20 @@ class ContextLayout:
         )  # fmt: skip
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """Every context feature, in the ranker's order: categorical, numeric, the anchor."""
+        return (*self.categorical, *self.numeric, *((self.anchor,) if self.anchor else ()))
+
+    @property
     def given(self) -> tuple[str, ...]:
         """The context a request may give (the hour and day come from the clock)."""
-        return (*self.categorical[len(CONTEXT_FEATURES):], *self.numeric,
-                *((self.anchor,) if self.anchor else ()))  # fmt: skip
+        return self.names[len(CONTEXT_FEATURES) :]
 
     @property
     def columns(self) -> list[str]:
         """The encoded context columns of ``interactions``, as :meth:`FeatureTables.context_batch`
         reads them."""
-        names = (*self.categorical, *self.numeric, *((self.anchor,) if self.anchor else ()))
-        return [self.column(n) for n in names]
+        return [self.column(n) for n in self.names]
 
     @staticmethod
     def column(name: str) -> str:
@@ -250,15 +253,15 @@ class FeatureTables:
                 numeric context value that is not a finite number.
         """
         c = self.context
-        known = ", ".join(c.given) or "none"
-        problems = {
-            k: f"not a context feature of the served version (known: {known})"
-            for k in given
-            if k not in c.given
-        }
+        names = c.given
+        problems = {}
+        if unknown := [k for k in given if k not in names]:  # the known list only then
+            known = ", ".join(names) or "none"
+            problems = {k: f"not a context feature of the served version (known: {known})"
+                        for k in unknown}  # fmt: skip
         fmap = self.feature_map
         value = {"hour": str(hour), "dow": str(dow)}
-        value |= {k: given.get(k, c.defaults.get(k)) for k in c.given}
+        value |= {k: given.get(k, c.defaults.get(k)) for k in names}
         dense = []
         for name in c.numeric:
             mean, std = fmap.numeric[name]

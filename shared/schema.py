@@ -30,6 +30,7 @@ from shared.errors import ConfigError, DataError
 
 __all__ = [
     "CONTEXT_FEATURES",
+    "FEATURE_DTYPES",
     "Dataset",
     "DatasetSpec",
     "Feature",
@@ -175,7 +176,7 @@ class DatasetSpec:
         )
 
 
-_FEATURE_DTYPES = {
+FEATURE_DTYPES = {
     FeatureKind.CATEGORICAL: pl.String,
     FeatureKind.NUMERIC: pl.Float64,
     FeatureKind.MULTI_HOT: pl.List(pl.String),
@@ -204,11 +205,11 @@ class Dataset:
         need |= {t.name: pl.Float64 for t in self.spec.tasks}
         if self.spec.oracle_column:
             need[self.spec.oracle_column] = pl.Float64
-        need |= {f.name: _FEATURE_DTYPES[f.kind] for f in self.spec.features_of("context")}
+        need |= {f.name: FEATURE_DTYPES[f.kind] for f in self.spec.features_of("context")}
         _check_columns(self.interactions, need, where, "interactions")
         for owner, table in (("user", self.users), ("item", self.items)):
             cols = {f"{owner}_id": pl.String}
-            cols |= {f.name: _FEATURE_DTYPES[f.kind] for f in self.spec.features_of(owner)}
+            cols |= {f.name: FEATURE_DTYPES[f.kind] for f in self.spec.features_of(owner)}
             _check_columns(table, cols, where, f"{owner}s")
             if table[f"{owner}_id"].is_duplicated().any():
                 dup = table.filter(table[f"{owner}_id"].is_duplicated())[f"{owner}_id"][0]

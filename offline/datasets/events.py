@@ -29,13 +29,10 @@ from offline.ingest import read_events
 from shared.bundle import Bundle, Files
 from shared.config import StrictConfig
 from shared.errors import DataError
-from shared.schema import Dataset, DatasetSpec, FeatureKind
+from shared.schema import FEATURE_DTYPES, Dataset, DatasetSpec
 from shared.settings import Settings
 
 __all__ = ["EventsConfig", "load"]
-
-_DTYPES = {FeatureKind.CATEGORICAL: pl.String, FeatureKind.NUMERIC: pl.Float64,
-           FeatureKind.ITEM: pl.String}  # fmt: skip
 
 
 class EventsConfig(StrictConfig):
@@ -63,9 +60,9 @@ def impressions(events: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     logged = {f.name for f in events.schema["context"].fields}
     context = {
         f.name: (
-            pl.col("context").struct.field(f.name).cast(_DTYPES[f.kind])
+            pl.col("context").struct.field(f.name).cast(FEATURE_DTYPES[f.kind])
             if f.name in logged
-            else pl.lit(None, dtype=_DTYPES[f.kind])
+            else pl.lit(None, dtype=FEATURE_DTYPES[f.kind])
         )
         for f in spec.features_of("context")
     }

@@ -231,8 +231,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: max(
-            _schedule(s, total, max(1, warmup) if warmup else 0, config.scheduler, floor)
-            * plateau["scale"],
+            _schedule(s, total, warmup, config.scheduler, floor) * plateau["scale"],
             floor,
         ),
     )

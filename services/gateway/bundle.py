@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
@@ -59,6 +59,23 @@ ModelRuntime = Literal["onnx", "torch"]
 _SPLIT_PARTS = ("user_fields", "user_first", "item_fields", "item_first")
 _FRESH_KEPT = 4096  # fresh users' vectors and ranker sides kept per process (~2 KB each)
 _CONTEXTS_KEPT = 4096  # the ranker's context parts kept per process (~1 KB each)
+
+
+class _Kept(dict):
+    """The latest ``limit`` values by key, the least recently used dropped first."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value of ``key``, made by ``make()`` the first time (and after eviction)."""
+        if (value := self.pop(key, None)) is None:
+            value = make()
+            if len(self) >= self.limit:
+                self.pop(next(iter(self)))
+        self[key] = value  # the most recently used last
+        return value
 
 
 @dataclass(frozen=True)
@@ -145,9 +162,9 @@ class ServingBundle:
     item_vectors: np.ndarray  # (I, O + 1) two-tower serving vectors (the prior's coordinate last)
     tasks: tuple[str, ...]
     item_ids: np.ndarray  # (I,) object: raw id of each item row
-    _fresh: dict[tuple[int, bytes], Any] = field(default_factory=dict, repr=False)
-    _contexts: dict[Context, Any] = field(default_factory=dict, repr=False)
-    _similar: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _fresh: _Kept = field(default_factory=lambda: _Kept(_FRESH_KEPT), repr=False)
+    _contexts: _Kept = field(default_factory=lambda: _Kept(_CONTEXTS_KEPT), repr=False)
+    _similar: _Kept = field(default_factory=lambda: _Kept(_CONTEXTS_KEPT), repr=False)
 
     # --- loading -----------------------------------------------------------------
     @classmethod
@@ -376,16 +393,14 @@ class ServingBundle:
     def similar(self, item_row: int, k: int) -> np.ndarray:
         """``(≤k,)`` item rows nearest ``item_row`` by the towers' cosine (the prior's
         coordinate left out), the item itself excluded; kept per item (anchors repeat)."""
-        key = (item_row, k)
-        if (kept := self._similar.pop(key, None)) is None:
+
+        def search() -> np.ndarray:
             query = np.array(self.item_vectors[item_row], dtype=np.float32)
             query[-1] = 0.0
             rows = nearest(self.index, query[None], k + 1)[0]
-            kept = rows[(rows > 0) & (rows != item_row)][:k]
-            if len(self._similar) >= _CONTEXTS_KEPT:
-                self._similar.pop(next(iter(self._similar)))
-        self._similar[key] = kept
-        return kept
+            return rows[(rows > 0) & (rows != item_row)][:k]
+
+        return self._similar.get_or((item_row, k), search)
 
     def padded(self, primary: np.ndarray, seen: np.ndarray, n: int, every: int) -> np.ndarray:
         """:func:`shared.recall.merge` for one user: ``primary`` with the memory hot list
@@ -432,26 +447,21 @@ class ServingBundle:
         """The user tower's vector and the ranker's user side over a fresh ``history``:
         computed once per (user, history), the latest few thousand kept (exact: a user's
         next requests reuse them until their next event)."""
-        key = (user_row, history.tobytes())
-        if (kept := self._fresh.pop(key, None)) is None:
+
+        def compute() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
             inputs = self.tables.user_inputs(np.array([user_row]), history[None])
             with torch.inference_mode():
                 vector = self.user_tower.vector(inputs).numpy()[0]
-            kept = (vector, self.split.user_side(self.ranker, user_row, history))
-            if len(self._fresh) >= _FRESH_KEPT:
-                self._fresh.pop(next(iter(self._fresh)))
-        self._fresh[key] = kept  # the most recently used last
-        return kept
+            return vector, self.split.user_side(self.ranker, user_row, history)
+
+        return self._fresh.get_or((user_row, history.tobytes()), compute)
 
     def _context_side(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         """The ranker's context part of ``context``, computed once per distinct context
         (a few hundred at most in practice: hours × days × pages × …; the latest kept)."""
-        if (kept := self._contexts.pop(context, None)) is None:
-            kept = self.split.context_side(self.ranker, self.tables, context)
-            if len(self._contexts) >= _CONTEXTS_KEPT:
-                self._contexts.pop(next(iter(self._contexts)))
-        self._contexts[context] = kept
-        return kept
+        return self._contexts.get_or(
+            context, lambda: self.split.context_side(self.ranker, self.tables, context)
+        )
 
     # --- scoring -------------------------------------------------------------------
     def inputs(

@@ -120,6 +120,7 @@ class SplitTables:
     first_weight: np.ndarray  # (P, F·W)
     user_weight: np.ndarray  # (P, (Fu + 1)·W): its columns of the user side, in user_fields' order
     context_positions: np.ndarray  # (Fc,) the context's fields
+    context_weight: np.ndarray  # (P, Fc·W): its columns of the context's fields
     # (destination field, source field, length) of each run of one side's consecutive fields
     user_runs: tuple[tuple[int, int, int], ...]
     item_runs: tuple[tuple[int, int, int], ...]
@@ -191,9 +192,7 @@ class SplitTables:
         with torch.inference_mode():
             fields = ranker.sparse_arch(x.cat, x.multi, x.dense)[0].numpy()
         fields = np.ascontiguousarray(fields[self.context_positions])
-        width = fields.shape[1]
-        columns = (self.context_positions[:, None] * width + np.arange(width)).reshape(-1)
-        return fields, fields.reshape(-1) @ self.first_weight[:, columns].T
+        return fields, fields.reshape(-1) @ self.context_weight.T
 
     def user_side(
         self, ranker: Ranker, user_row: int, history: np.ndarray
@@ -207,6 +206,11 @@ class SplitTables:
             )
         fields[-1] = pooled[0].numpy()
         return fields, fields.reshape(-1) @ self.user_weight.T
+
+
+def _columns(positions: np.ndarray, width: int) -> np.ndarray:
+    """The flat ``F·W`` columns of the fields at ``positions``, field by field."""
+    return (positions[:, None] * width + np.arange(width)).reshape(-1)
 
 
 def _runs(positions: np.ndarray) -> tuple[tuple[int, int, int], ...]:
@@ -226,8 +230,7 @@ def _side_parts(
     """Fields at ``positions`` and their first-layer terms for ``rows`` rows, in chunks."""
     weight = ranker.first_weight()  # (P, F·W)
     width = ranker.sparse_arch.embedding.embedding_dim
-    columns = (positions[:, None] * width + np.arange(width)).reshape(-1)
-    w_side = weight[:, torch.from_numpy(columns)]  # (P, F_side·W)
+    w_side = weight[:, torch.from_numpy(_columns(positions, width))]  # (P, F_side·W)
     fields_out = np.empty((rows, len(positions), width), dtype=np.float32)
     first_out = np.empty((rows, weight.shape[0]), dtype=np.float32)
     with torch.inference_mode():
@@ -289,10 +292,9 @@ def build_split(
     return SplitTables(
         **{k: arrays[k] for k in arrays},
         first_weight=weight,
-        user_weight=np.ascontiguousarray(
-            weight[:, (user[:, None] * width + np.arange(width)).reshape(-1)]
-        ),
+        user_weight=np.ascontiguousarray(weight[:, _columns(user, width)]),
         context_positions=layout.context,
+        context_weight=np.ascontiguousarray(weight[:, _columns(layout.context, width)]),
         user_runs=_runs(user),
         item_runs=_runs(layout.item),
         context_runs=_runs(layout.context),
