@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--visits", type=int, default=1000, help="simulate: how many visits")
     parser.add_argument("--seed", type=int, default=1, help="simulate: the visits' random seed")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="training steps: continue from the bundle's checkpoints "
+        "(trainer.checkpoint_every) instead of starting afresh",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_url=args.redis_url or settings.redis_url,
             key_prefix=settings.key_prefix,
             version=args.bundle_version,
+            resume=args.resume,
         )
         quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 reports
         if args.quick_first and args.step != "run":

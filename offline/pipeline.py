@@ -30,6 +30,7 @@ from offline.publish import publish
 from offline.training.loop import distributed
 from offline.training.ranking import ranking_data, score_weights, train_ranker
 from offline.training.retrieval import embed_items, embed_users, train_retrieval
+from offline.training.tracking import Tracking
 from shared.bundle import Bundle, Files, atomic_path
 from shared.config import build
 from shared.errors import ConfigError
@@ -67,6 +68,11 @@ class Context:
     bundle: Bundle | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     dataset: Dataset | None = None  # tables already in memory: etl reads these, not the source
+    resume: bool = False  # training steps continue from the bundle's checkpoints
+
+    def tracking(self, stage: str = "") -> Tracking:
+        """Where training leaves checkpoints and logs: ``<bundle>/runs/`` (``runs/refit/``)."""
+        return Tracking(self.open_bundle().root / "runs" / stage, self.resume)
 
     def open_bundle(self) -> Bundle:
         if self.bundle is None:
@@ -147,7 +153,9 @@ def etl_step(ctx: Context) -> Iterator[str]:
 
 def train_retrieval_step(ctx: Context) -> Iterator[str]:
     bundle = ctx.open_bundle()
-    result = train_retrieval(ctx.tables(), ctx.interactions(), ctx.spec(), ctx.config.retrieval)
+    result = train_retrieval(
+        ctx.tables(), ctx.interactions(), ctx.spec(), ctx.config.retrieval, ctx.tracking()
+    )
     rank, _ = distributed()
     if rank == 0:
         _save(bundle, result.model, result.config, Files.TWO_TOWER)
@@ -175,7 +183,7 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
     valid = None
     value = _true_value(bundle)  # the world's pricing of lists, on synthetic data
     for kind in config.models:
-        result = train_ranker(kind, ctx.tables(), data, spec, config)
+        result = train_ranker(kind, ctx.tables(), data, spec, config, ctx.tracking())
         if rank == 0:
             _save(bundle, result.model, result.config, Files.RANKER.format(kind=kind))
             _record_history(bundle, kind, result.history)
@@ -334,7 +342,7 @@ def refit_step(ctx: Context) -> Iterator[str]:
     retrieval = c.retrieval.model_copy(
         update={"trainer": epochs("two_tower", c.retrieval.trainer), "popularity_prior": prior}
     )
-    result = train_retrieval(tables, everything, spec, retrieval)
+    result = train_retrieval(tables, everything, spec, retrieval, ctx.tracking("refit"))
     if rank == 0:
         _save(bundle, result.model, result.config, Files.TWO_TOWER)
     ctx.cache[Files.TWO_TOWER] = result.model
@@ -343,7 +351,7 @@ def refit_step(ctx: Context) -> Iterator[str]:
     data = ranking_data(tables, everything, spec, c.ranking)
     for kind in kinds:
         ranking = c.ranking.model_copy(update={"trainer": epochs(kind, c.ranking.trainer)})
-        ranker = train_ranker(kind, tables, data, spec, ranking)
+        ranker = train_ranker(kind, tables, data, spec, ranking, ctx.tracking("refit"))
         name = Files.RANKER.format(kind=kind)
         if rank == 0:
             _save(bundle, ranker.model, ranker.config, name)

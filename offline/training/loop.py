@@ -5,13 +5,24 @@ layers, deep layers, task heads), linear warm-up then cosine decay to ``min_lr``
 plateau schedule on the validation metric, or none), optional gradient centralization,
 gradient clipping, early stopping on a validation metric with the best weights kept,
 fixed seeds. Batches are index arrays
-into tensors the task already holds (no per-sample ``__getitem__``). Under ``torchrun``
-the loop wraps the model in DDP (gloo) and each rank takes its share of every epoch.
+into tensors the task already holds (no per-sample ``__getitem__``).
+
+Device and precision: ``device: auto`` trains on CUDA when torch sees it (batches
+built on the CPU, pinned, copied without blocking), on the CPU otherwise; validation
+runs on the CPU. ``precision: bf16`` autocasts the forward pass to bfloat16 (the CPU's
+mixed precision), ``fp16`` to float16 with a gradient scaler (CUDA's). Under
+``torchrun`` the loop wraps the model in DDP (NCCL on CUDA, gloo on the CPU) and each
+rank takes its share of every epoch. ``sparse_embeddings`` ("hybrid"): embedding tables
+get sparse gradients and SparseAdam, every other parameter the dense optimizer.
+
+Traces (:mod:`offline.training.tracking`): a checkpoint every ``checkpoint_every``
+epochs that ``--resume`` continues from, TensorBoard event files, an MLflow run.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,7 +38,9 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
+from offline.training.tracking import RunLog, Tracking, load_checkpoint, save_checkpoint
 from shared.config import StrictConfig
+from shared.errors import ConfigError
 
 __all__ = [
     "History",
@@ -36,7 +49,9 @@ __all__ = [
     "distributed",
     "fit",
     "parameter_group",
+    "resolve_device",
     "seed_everything",
+    "to_device",
 ]
 
 ParameterGroup = Literal["embedding", "cross", "deep", "heads"]
@@ -86,10 +101,24 @@ class TrainerConfig(StrictConfig):
     grad_centralization: bool = Field(
         False, description="centre each weight matrix's gradient over its input axes"
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16: the forward pass and loss under bfloat16 autocast "
-        "(weights, gradients and the optimizer stay float32)",
+        "(weights, gradients and the optimizer stay float32; the CPU's mixed precision); "
+        "fp16: float16 autocast with a gradient scaler (CUDA's)",
     )  # fmt: skip
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when torch sees a GPU, else the CPU"
+    )
+    sparse_embeddings: bool = Field(
+        False, description="hybrid: sparse gradients and SparseAdam for the embedding "
+        "tables (only the looked-up rows move), the dense optimizer for the rest",
+    )  # fmt: skip
+    checkpoint_every: int = Field(
+        0, ge=0, description="write a checkpoint every this many epochs (0: none); "
+        "--resume continues from it",
+    )  # fmt: skip
+    tensorboard: bool = Field(False, description="TensorBoard event files per run")
+    mlflow: bool = Field(False, description="an MLflow run in the bundle's local file store")
     clip_norm: float = Field(5.0, gt=0)
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
     seed: int = 0
@@ -105,6 +134,9 @@ class TrainerConfig(StrictConfig):
             raise ValueError("lr_scale values must be positive")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        if self.sparse_embeddings and self.embedding_weight_decay:
+            raise ValueError("sparse_embeddings: SparseAdam has no weight decay "
+                             "(set embedding_weight_decay to 0)")  # fmt: skip
         return self
 
 
@@ -119,11 +151,21 @@ def parameter_group(name: str) -> ParameterGroup:
     return "deep"
 
 
-def _optimizer(model: torch.nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:
+def _embedding_tables(model: torch.nn.Module) -> list[torch.nn.Embedding]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+
+
+def _optimizers(model: torch.nn.Module, config: TrainerConfig) -> list[torch.optim.Optimizer]:
     """One parameter group per (layer group, decay): weight matrices decay, embedding
-    tables by their own rate, biases and norms not."""
+    tables by their own rate, biases and norms not. With ``sparse_embeddings`` the
+    tables go to a second optimizer, SparseAdam."""
     groups: dict[tuple[str, float], list[torch.nn.Parameter]] = {}
+    sparse = {id(m.weight): m.weight for m in _embedding_tables(model)}
+    if not config.sparse_embeddings:
+        sparse = {}
     for n, p in model.named_parameters():
+        if id(p) in sparse:
+            continue
         group = parameter_group(n)
         decay = (
             config.embedding_weight_decay if group == "embedding"
@@ -135,12 +177,16 @@ def _optimizer(model: torch.nn.Module, config: TrainerConfig) -> torch.optim.Opt
         for (g, decay), ps in groups.items()
     ]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
+        dense = torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov
         )
-    # AdamW decays the weights apart from the gradient; Adam adds the decay to it (L2)
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=config.lr, betas=config.betas)
+    else:  # AdamW decays the weights apart from the gradient; Adam adds the decay to it (L2)
+        kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        dense = kind(params, lr=config.lr, betas=config.betas)
+    if not sparse:
+        return [dense]
+    lr = config.lr * config.lr_scale.get("embedding", 1.0)
+    return [dense, torch.optim.SparseAdam(list(sparse.values()), lr=lr, betas=config.betas)]
 
 
 def _centralize(model: torch.nn.Module) -> None:
@@ -164,13 +210,49 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); joins the gloo process group when launched by torchrun."""
+def distributed(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun (NCCL
+    when training on CUDA, gloo otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def resolve_device(kind: str) -> torch.device:
+    """The device ``trainer.device`` names (under torchrun, CUDA device ``LOCAL_RANK``).
+
+    Raises:
+        ConfigError: ``cuda`` where torch sees no CUDA device.
+    """
+    cuda = torch.cuda.is_available()
+    if kind == "cuda" and not cuda:
+        raise ConfigError(
+            "trainer.device is cuda, but torch sees no CUDA device (a CPU build of torch, "
+            "or no GPU); use auto or cpu"
+        )
+    if kind == "cuda" or (kind == "auto" and cuda):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """Tensors inside ``x`` (named tuples, tuples, lists, dicts) on ``device``; CPU
+    tensors bound for CUDA are pinned and copied without blocking."""
+    if isinstance(x, torch.Tensor):
+        if x.device == device:
+            return x
+        if device.type == "cuda" and x.device.type == "cpu":
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(to_device(v, device) for v in x))
+    if isinstance(x, list | tuple):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
 
 
 def _schedule(
@@ -193,8 +275,9 @@ def fit(
     loss_fn: Callable[[torch.nn.Module, np.ndarray], torch.Tensor],
     validate: Callable[[torch.nn.Module], float] | None,
     name: str,
+    tracking: Tracking | None = None,
 ) -> History:
-    """Train ``model`` in place and leave it holding its best validated weights.
+    """Train ``model`` in place and leave it holding its best validated weights, on the CPU.
 
     Without ``validate`` (a refit on every interaction, nothing held out) it trains all
     ``config.epochs`` and keeps the last weights.
@@ -203,21 +286,43 @@ def fit(
         model: the module to train.
         config: loop settings.
         n_examples: size of the training set; batches are index arrays into it.
-        loss_fn: ``(model, batch_indices) -> scalar loss`` (the task builds the inputs).
-        validate: ``model -> metric`` (higher is better), run after every epoch, or None.
-        name: shown in logs and the progress bar.
+        loss_fn: ``(model, batch_indices) -> scalar loss`` (the task builds the inputs,
+            on the CPU; the loop moves them to the model's device).
+        validate: ``model -> metric`` (higher is better), run after every epoch on the
+            CPU, or None.
+        name: shown in logs and the progress bar; names the run's traces.
+        tracking: where checkpoints and logs go, and whether to resume (None: nowhere).
 
     Returns:
         The per-epoch history (train loss, validation metric, learning rate, time).
+
+    Raises:
+        ConfigError: ``--resume`` with a checkpoint of other trainer options; a device
+            or tracking package that is not there.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    rank, world = distributed()
+    device = resolve_device(config.device)
+    rank, world = distributed(device)
+    tables = _embedding_tables(model) if config.sparse_embeddings else []
+    for table in tables:
+        table.sparse = True
+    model.to(device)
     net: torch.nn.Module = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = _optimizer(model, config)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if device.type != "cpu":  # the task builds batches on the CPU
+        net.register_forward_pre_hook(
+            lambda _, args, kwargs: (to_device(args, device), to_device(kwargs, device)),
+            with_kwargs=True,
+        )
+    optimizers = _optimizers(model, config)
+    dense_params = [p for p in model.parameters() if all(p is not t.weight for t in tables)]
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    autocast_dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
     drawn = min(n_examples, config.max_examples or n_examples)
     per_rank = math.ceil(drawn / world)
     steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
@@ -228,20 +333,40 @@ def fit(
     )  # fmt: skip
     floor = config.min_lr / config.lr
     plateau = {"scale": 1.0, "best": -math.inf, "bad": 0}  # scheduler "plateau"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: max(
-            _schedule(s, total, warmup, config.scheduler, floor) * plateau["scale"],
-            floor,
-        ),
-    )
+
+    def factor(s: int) -> float:
+        return max(_schedule(s, total, warmup, config.scheduler, floor) * plateau["scale"], floor)
+
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
     generator = np.random.default_rng(config.seed)
     history = History()
     best_state = copy.deepcopy(model.state_dict()) if validate is not None else None
-    bad_epochs = 0
+    bad_epochs, first_epoch, stopped = 0, 1, False
+    options = config.model_dump(mode="json")
+    checkpoint = tracking.checkpoint(name) if tracking is not None else None
+    if checkpoint is not None and tracking.resume:
+        state = load_checkpoint(checkpoint, options)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            for o, saved in zip(optimizers, state["optimizers"], strict=True):
+                o.load_state_dict(saved)
+            for sch, saved in zip(schedulers, state["schedulers"], strict=True):
+                sch.load_state_dict(saved)
+            scaler.load_state_dict(state["scaler"])
+            history = History(**state["history"])
+            best_state, bad_epochs, stopped = state["best_state"], state["bad_epochs"], state["stopped"]
+            plateau.update(state["plateau"])
+            generator.bit_generator.state = state["generator"]
+            torch.set_rng_state(state["torch_rng"])
+            first_epoch = state["epoch"] + 1
+            log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
+    run_log = RunLog(tracking if rank == 0 else None, name, options, config.tensorboard, config.mlflow)
     show_bar = sys.stderr.isatty() and rank == 0
     seen, busy = 0, 0.0
-    for epoch in range(1, config.epochs + 1):
+    step = (first_epoch - 1) * steps_per_epoch
+    for epoch in range(first_epoch, config.epochs + 1):
+        if stopped:
+            break
         net.train()
         # the same permutation on every rank
         order = generator.permutation(n_examples)[:drawn][rank::world]
@@ -256,16 +381,29 @@ def fit(
         )
         for lo in range(0, len(order), config.batch_size):
             batch = order[lo : lo + config.batch_size]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=config.precision != "fp32"
+            ):
                 loss = loss_fn(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            for o in optimizers:
+                scaler.unscale_(o)
             if config.grad_centralization:
                 _centralize(model)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            optimizer.step()
-            scheduler.step()
+            # sparse rows are not clipped (a norm over sparse gradients is not defined)
+            torch.nn.utils.clip_grad_norm_(dense_params, config.clip_norm)
+            for o in optimizers:
+                scaler.step(o)
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            scaler.update()
+            if not scaler.is_enabled() or scaler.get_scale() >= scale:
+                for sch in schedulers:  # fp16: not after a step skipped for inf gradients
+                    sch.step()
             losses.append(loss.item())
+            run_log.step(step, losses[-1], schedulers[0].get_last_lr()[0])
+            step += 1
             bar.update(len(batch))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
@@ -273,17 +411,20 @@ def fit(
         seen += len(order)
         busy += elapsed
         model.eval()
+        model.to("cpu")  # validation reads CPU tensors
         with torch.no_grad():
             metric = float(validate(model)) if validate is not None else math.nan
+        model.to(device)
         row = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else math.nan,
             "valid_metric": metric,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": schedulers[0].get_last_lr()[0],
             "seconds": elapsed,
             "samples_per_s": len(order) / elapsed if elapsed else 0.0,
         }
         history.epochs.append(row)
+        run_log.epoch(row, step)
         if config.scheduler == "plateau" and validate is not None:
             p = config.plateau
             best = plateau["best"]
@@ -308,10 +449,26 @@ def fit(
             bad_epochs = 0
         else:
             bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
+            stopped = bad_epochs >= config.patience
+        last = stopped or epoch == config.epochs
+        every = config.checkpoint_every
+        if checkpoint is not None and rank == 0 and every and (epoch % every == 0 or last):
+            save_checkpoint(checkpoint, {
+                "config": options, "epoch": epoch, "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
+                "schedulers": [sch.state_dict() for sch in schedulers],
+                "scaler": scaler.state_dict(), "history": dataclasses.asdict(history),
+                "best_state": best_state, "bad_epochs": bad_epochs, "stopped": stopped,
+                "plateau": dict(plateau), "generator": generator.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            })  # fmt: skip
+    run_log.close()
+    for table in tables:
+        table.sparse = False
+    model.to("cpu")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    history.samples_per_s = seen * world / busy if busy else 0.0
+    if busy:
+        history.samples_per_s = seen * world / busy
     return history

@@ -1,8 +1,10 @@
 """Losses of the training tasks; the models themselves stay loss-free.
 
-Retrieval: :func:`sampled_softmax_loss` (in-batch negatives with logQ correction) or
-:func:`bce_retrieval_loss` (pointwise, with negatives the trainer draws: random, or
-hard ones from :func:`hard_negatives`, or a mix). Ranking: :func:`multitask_loss`.
+Retrieval: :func:`sampled_softmax_loss` (in-batch negatives with logQ correction),
+:func:`bce_retrieval_loss` (pointwise) or :func:`pairwise_loss` (BPR, margin), with
+negatives the trainer draws (random, hard ones from :func:`hard_negatives`, or a mix),
+or :func:`batch_hard_triplet_loss` (the hardest in-batch negative). Ranking:
+:func:`multitask_loss`.
 
 Legend: B batch, D embedding dimension, K negatives per row, V items in the table,
 P known positives per row.
@@ -17,7 +19,14 @@ import torch.nn.functional as F
 
 from shared.models.rankers import TaskHead
 
-__all__ = ["bce_retrieval_loss", "hard_negatives", "multitask_loss", "sampled_softmax_loss"]
+__all__ = [
+    "batch_hard_triplet_loss",
+    "bce_retrieval_loss",
+    "hard_negatives",
+    "multitask_loss",
+    "pairwise_loss",
+    "sampled_softmax_loss",
+]
 
 
 def sampled_softmax_loss(
@@ -90,6 +99,66 @@ def bce_retrieval_loss(
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1.0
     return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def pairwise_loss(
+    user_emb: torch.Tensor,
+    pos_emb: torch.Tensor,
+    neg_emb: torch.Tensor,
+    temperature: float,
+    kind: str = "bpr",
+    margin: float = 0.2,
+) -> torch.Tensor:
+    """Pairwise ranking losses on one positive and ``K`` given negatives per row.
+
+    With ``d_bk = <u_b, v_b> − <u_b, v_bk>``: BPR (Rendle et al., 2009)
+    ``mean −log σ(d_bk / τ)``; ``margin``: the hinge ``mean max(0, m − d_bk)`` on the
+    similarity's own scale (cosine for unit vectors).
+
+    Args:
+        user_emb (Tensor): ``(B, D)``.
+        pos_emb (Tensor): ``(B, D)``.
+        neg_emb (Tensor): ``(B, K, D)``.
+        temperature (float): τ > 0 (BPR).
+        kind (str): ``"bpr"`` or ``"margin"``.
+        margin (float): m (``"margin"``).
+
+    Returns:
+        Tensor: scalar loss.
+    """
+    pos = (user_emb * pos_emb).sum(dim=-1, keepdim=True)  # (B, 1)
+    neg = torch.einsum("bd,bkd->bk", user_emb, neg_emb)  # (B, K)
+    if kind == "bpr":
+        return -F.logsigmoid((pos - neg) / temperature).mean()
+    return F.relu(margin - (pos - neg)).mean()
+
+
+def batch_hard_triplet_loss(
+    user_emb: torch.Tensor, item_emb: torch.Tensor, item_ids: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al., 2017) with the users as anchors.
+
+    Row ``b``'s positive is item ``b``; its negative the batch's highest-scoring other
+    item (columns holding the same item excluded)::
+
+        loss = mean_b max(0, m + max_{j: item_j ≠ item_b} <u_b, v_j> − <u_b, v_b>)
+
+    Args:
+        user_emb (Tensor): ``(B, D)``.
+        item_emb (Tensor): ``(B, D)``.
+        item_ids (Tensor): ``(B,)`` to find duplicates.
+        margin (float): m.
+
+    Returns:
+        Tensor: scalar loss (0, with a gradient path, when no row has a negative).
+    """
+    scores = user_emb @ item_emb.T  # (B, B)
+    same = item_ids.unsqueeze(1) == item_ids.unsqueeze(0)  # (B, B), the diagonal included
+    hardest = scores.masked_fill(same, float("-inf")).max(dim=1).values  # (B,)
+    has = torch.isfinite(hardest)
+    if not bool(has.any()):
+        return scores.sum() * 0.0
+    return F.relu(margin + hardest[has] - scores.diagonal()[has]).mean()
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from offline.training.impressions import (
 )
 from offline.training.loop import History, TrainerConfig, fit
 from offline.training.losses import multitask_loss
+from offline.training.tracking import Tracking
 from shared.errors import ConfigError
 from shared.features import ContextBatch, FeatureTables
 from shared.models.rankers import DCNConfig, Ranker, RankerConfig, TaskHead, build_ranker
@@ -49,7 +50,21 @@ class RankingConfig(HistoryConfig):
     models: tuple[RankerKind, ...] = ("dcn",)
     embed_dim: int = Field(16, ge=1)
     hidden: tuple[int, ...] = (256, 128)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float | tuple[float, ...] = Field(
+        0.0, description="after each deep layer: one probability, or one per layer"
+    )
+    batch_norm: bool = False  # BatchNorm1d in the deep layers (deep_block mlp)
+    deep_block: Literal["mlp", "residual"] = Field(
+        "mlp", description="deep layers Linear → ReLU → Dropout, or residual blocks "
+        "Linear → LayerNorm → GELU → Dropout with identity or projected skips",
+    )  # fmt: skip
+    head_hidden: tuple[int, ...] = Field((), description="each task head's own MLP before its Linear")
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+    head_batch_norm: bool = False
+    mixup_alpha: float = Field(
+        0.0, ge=0, description="manifold mixup of the field embeddings: rows mixed with "
+        "λ ~ Beta(α, α) and their losses weighed λ, 1 − λ (0: off)",
+    )  # fmt: skip
     dcn: DCNConfig = DCNConfig(low_rank=32)  # low rank: ~1.5x the samples/s of full rank
     neg_ratio: int = Field(4, ge=1, description="sampled negatives per interaction (implicit data)")
     negative_sampling: Sampling = "mixed"
@@ -122,21 +137,36 @@ def ranking_data(
 
 
 class RankerTrainTask(torch.nn.Module):
-    """Wraps a :class:`Ranker` with its multi-task loss so DDP sees one ``forward``."""
+    """Wraps a :class:`Ranker` with its multi-task loss so DDP sees one ``forward``.
+
+    ``mixup_alpha > 0``: manifold mixup (Verma et al., 2019) at the field embeddings,
+    ``f = λ·f + (1 − λ)·f[π]`` with ``λ ~ Beta(α, α)`` and ``π`` a shuffle of the batch,
+    and the loss ``λ·L(y) + (1 − λ)·L(y[π])`` (each task's own masks kept), while training.
+    """
 
     def __init__(
-        self, model: Ranker, weights: dict[str, float], pos_weight: dict[str, float] | None = None
-    ) -> None:
+        self, model: Ranker, weights: dict[str, float], pos_weight: dict[str, float] | None = None,
+        mixup_alpha: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         self.weights = weights
         self.pos_weight = pos_weight or {}
+        self.mixup = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha else None
+
+    def _loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        tasks = self.model.config.tasks
+        return multitask_loss(outputs, labels, tasks, self.weights, self.pos_weight)[0]
 
     def forward(self, inputs, labels: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ANN001
-        total, _ = multitask_loss(
-            self.model(inputs), labels, self.model.config.tasks, self.weights, self.pos_weight
-        )
-        return total
+        if self.mixup is None or not self.training:
+            return self._loss(self.model(inputs), labels)
+        fields = self.model.sparse_arch(inputs.cat, inputs.multi, inputs.dense)  # (B, F, ·)
+        lam = float(self.mixup.sample())
+        shuffle = torch.randperm(len(fields), device=fields.device)
+        outputs = self.model.head(lam * fields + (1 - lam) * fields[shuffle])
+        mixed = {name: y[shuffle] for name, y in labels.items()}
+        return lam * self._loss(outputs, labels) + (1 - lam) * self._loss(outputs, mixed)
 
 
 def predict(
@@ -172,6 +202,11 @@ def ranker_config(
         embed_dim=config.embed_dim,
         hidden=config.hidden,
         dropout=config.dropout,
+        batch_norm=config.batch_norm,
+        deep_block=config.deep_block,
+        head_hidden=config.head_hidden,
+        head_dropout=config.head_dropout,
+        head_batch_norm=config.head_batch_norm,
         tasks=tuple(
             TaskHead(name=t.name, kind=t.kind.value, parent=t.parent) for t in effective_tasks(spec)
         ),
@@ -194,6 +229,7 @@ def train_ranker(
     data: dict[str, RankingData],
     spec: DatasetSpec,
     config: RankingConfig,
+    tracking: Tracking | None = None,
 ) -> RankerResult:
     """Train one ranker; keep the weights with the best validation AUC of the first task."""
     model_config = ranker_config(kind, tables, spec, config)
@@ -204,7 +240,7 @@ def train_ranker(
     unknown = set(config.pos_weight) - {t.name for t in tasks if t.kind == "binary"}
     if unknown:
         raise ConfigError(f"ranking.pos_weight: {sorted(unknown)} are not binary tasks")
-    task = RankerTrainTask(model, weights, config.pos_weight)
+    task = RankerTrainTask(model, weights, config.pos_weight, config.mixup_alpha)
     train, valid = data["train"], data["valid"]
     labels = {name: torch.from_numpy(v) for name, v in train.labels.items()}
     first = tasks[0].name
@@ -237,7 +273,9 @@ def train_ranker(
         probs = predict(model, tables, valid, valid_history)
         return auc(np.nan_to_num(valid.labels[first]), probs[first])
 
-    history = fit(task, config.trainer, len(train), loss_fn, validate if len(valid) else None, kind)
+    history = fit(
+        task, config.trainer, len(train), loss_fn, validate if len(valid) else None, kind, tracking
+    )
     return RankerResult(kind, model, model_config, history)
 
 

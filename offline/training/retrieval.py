@@ -16,12 +16,22 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from offline.metrics import recall_at_k, relevant_sets
 from offline.training.history import CausalHistory, HistoryConfig
-from offline.training.loop import History, TrainerConfig, fit
-from offline.training.losses import bce_retrieval_loss, hard_negatives, sampled_softmax_loss
+from offline.training.loop import History, TrainerConfig, fit, to_device
+from offline.training.losses import (
+    batch_hard_triplet_loss,
+    bce_retrieval_loss,
+    hard_negatives,
+    pairwise_loss,
+    sampled_softmax_loss,
+)
+from offline.training.tracking import Tracking
+from shared.config import StrictConfig
+from shared.errors import ConfigError
 from shared.features import FeatureTables, dense_widths
 from shared.models.towers import Fusion, TowerConfig, TwoTower
 from shared.schema import DatasetSpec
@@ -40,6 +50,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class JointConfig(StrictConfig):
+    """``L = L_retrieval + α·L_rating + β·L_ctr`` on the two-tower's similarity ``s = u·v``:
+    ``L_rating`` the MSE of ``a·s + b`` against the spec's regression label, ``L_ctr`` the
+    BCE of ``σ(s/τ + c)`` for each positive pair and an in-batch shuffled pair as its
+    negative (``a, b, c`` learned)."""
+
+    rating: float = Field(0.0, ge=0, description="α")
+    ctr: float = Field(0.0, ge=0, description="β")
+
+
 class RetrievalConfig(HistoryConfig):
     # the two-tower leans more on the latest items and on augmentation than the rankers
     history_decay: float = Field(0.7, gt=0, le=1)
@@ -51,13 +71,28 @@ class RetrievalConfig(HistoryConfig):
     item_hidden: tuple[int, ...] | None = None
     fusion: Fusion = "gate"  # id and features in each tower (shared.models.towers)
     dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False  # BatchNorm1d inside the towers' MLPs
+    similarity: Literal["cosine", "dot"] = Field(
+        "cosine", description="cosine: unit tower outputs; dot: the raw inner product"
+    )
     id_dropout: float = Field(
         0.0, ge=0, lt=1,
         description="share of training positives whose item id is hidden (out-of-vocabulary), "
         "so the item tower learns to place an item from its features alone (cold items)",
     )  # fmt: skip
     temperature: float = Field(0.05, gt=0)
-    loss: Literal["sampled_softmax", "full_softmax", "bce"] = "sampled_softmax"
+    loss: Literal["sampled_softmax", "full_softmax", "bce", "bpr", "margin", "triplet"] = Field(
+        "sampled_softmax", description="in-batch softmax (logQ-corrected), the exact softmax, "
+        "pointwise BCE, BPR or a margin hinge with drawn negatives, or the batch-hard triplet",
+    )  # fmt: skip
+    margin: float = Field(0.2, gt=0, description="m of the margin and triplet losses")
+    task_heads: dict[str, float] = Field(
+        default_factory=dict,
+        description="a multi-task two-tower: each named binary task gets its own pair of "
+        "heads on the towers, trained by in-batch softmax on its positive rows, with this "
+        "weight (the served vectors stay the main task's)",
+    )
+    joint: JointConfig = JointConfig()
     log_q: bool = True
     negatives: Literal["random", "hard", "mixed"] = "mixed"
     n_negatives: int = Field(8, ge=1)
@@ -75,12 +110,14 @@ class RetrievalConfig(HistoryConfig):
     trainer: TrainerConfig = TrainerConfig(epochs=20, batch_size=512, lr=3e-3, patience=3)
 
 
-def positives(interactions: pl.DataFrame, spec: DatasetSpec, split: str) -> pl.DataFrame:
-    """The split's positive (user, item) pairs, in time order."""
+def positives(
+    interactions: pl.DataFrame, spec: DatasetSpec, split: str, labels: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """The split's positive (user, item) pairs, in time order (with the ``labels`` columns)."""
     rows = interactions.filter(pl.col("split") == split)
     if spec.positive_label:
         rows = rows.filter(pl.col(spec.positive_label) > 0)
-    return rows.sort("ts").select("user_idx", "item_idx", "ts")
+    return rows.sort("ts").select("user_idx", "item_idx", "ts", *labels)
 
 
 def embed_items(model: TwoTower, tables: FeatureTables, batch: int = 8192) -> torch.Tensor:
@@ -138,7 +175,11 @@ def seen_pairs(seen: pl.DataFrame, user_rows: np.ndarray) -> tuple[np.ndarray, n
 
 
 class TwoTowerTrainTask(torch.nn.Module):
-    """Wraps :class:`TwoTower` with its loss so DDP sees one ``forward``."""
+    """Wraps :class:`TwoTower` with its loss so DDP sees one ``forward``.
+
+    The training-only parts live here, not in the model: the task heads of a multi-task
+    two-tower and the joint objective's scalars (the served towers are the same either way).
+    """
 
     def __init__(
         self, model: TwoTower, config: RetrievalConfig, log_q: torch.Tensor | None
@@ -150,20 +191,67 @@ class TwoTowerTrainTask(torch.nn.Module):
             "log_q", log_q if log_q is not None else torch.zeros(0), persistent=False
         )
         self.all_items = None  # ItemInputs of every item row, for full softmax
+        o = model.config.out_dim
+        self.task_heads = torch.nn.ModuleDict({
+            name: torch.nn.ModuleDict({"user": torch.nn.Linear(o, o), "item": torch.nn.Linear(o, o)})
+            for name in config.task_heads
+        })  # fmt: skip
+        self.rating_affine = torch.nn.Parameter(torch.tensor([1.0, 0.0]))  # a, b
+        self.ctr_bias = torch.nn.Parameter(torch.zeros(()))  # c
 
-    def forward(self, user, item, item_rows: torch.Tensor, negatives=None) -> torch.Tensor:  # noqa: ANN001
+    def forward(self, user, item, item_rows: torch.Tensor, negatives=None, labels=None) -> torch.Tensor:  # noqa: ANN001
         u = self.model.user_embed(user)  # (B, D)
-        t = self.config.temperature
-        if self.config.loss == "full_softmax":  # exact softmax over the whole catalog
-            logits = u @ self.model.item_embed(self.all_items).T / t  # (B, I)
-            logits[:, 0] = -torch.inf  # row 0 is the unknown item
-            return torch.nn.functional.cross_entropy(logits, item_rows)
+        c, t = self.config, self.config.temperature
         v = self.model.item_embed(item)  # (B, D)
-        if self.config.loss == "sampled_softmax":
-            log_q = self.log_q[item_rows] if self.config.log_q else None
-            return sampled_softmax_loss(u, v, t, log_q, item_ids=item_rows)
-        neg = self.model.item_embed(negatives[0]).view(len(item_rows), -1, u.shape[1])  # (B, K, D)
-        return bce_retrieval_loss(u, v, neg, t)
+        if c.loss == "full_softmax":  # exact softmax over the whole catalog
+            logits = u @ self.model.item_embed(to_device(self.all_items, u.device)).T / t  # (B, I)
+            logits[:, 0] = -torch.inf  # row 0 is the unknown item
+            loss = F.cross_entropy(logits, item_rows)
+        elif c.loss == "sampled_softmax":
+            log_q = self.log_q[item_rows] if c.log_q else None
+            loss = sampled_softmax_loss(u, v, t, log_q, item_ids=item_rows)
+        elif c.loss == "triplet":
+            loss = batch_hard_triplet_loss(u, v, item_rows, c.margin)
+        else:
+            neg = self.model.item_embed(negatives[0]).view(len(item_rows), -1, u.shape[1])  # (B, K, D)
+            loss = (
+                bce_retrieval_loss(u, v, neg, t) if c.loss == "bce"
+                else pairwise_loss(u, v, neg, t, c.loss, c.margin)
+            )  # fmt: skip
+        return loss + self._auxiliary(u, v, item_rows, labels or {})
+
+    def _auxiliary(
+        self, u: torch.Tensor, v: torch.Tensor, item_rows: torch.Tensor,
+        labels: dict[str, torch.Tensor],
+    ) -> torch.Tensor:  # fmt: skip
+        """The task heads' and the joint objective's terms."""
+        c, t = self.config, self.config.temperature
+        total = u.new_zeros(())
+        unit = self.model.config.similarity == "cosine"
+        for name, heads in self.task_heads.items():
+            rows = labels[name] == 1  # (B,)
+            if int(rows.sum()) < 2:  # no in-batch negative
+                total = total + sum(p.sum() * 0.0 for p in heads.parameters())
+                continue
+            hu, hv = heads["user"](u[rows]), heads["item"](v[rows])
+            if unit:
+                hu, hv = F.normalize(hu, dim=-1), F.normalize(hv, dim=-1)
+            log_q = self.log_q[item_rows[rows]] if c.log_q else None
+            task = sampled_softmax_loss(hu, hv, t, log_q, item_ids=item_rows[rows])
+            total = total + c.task_heads[name] * task
+        s = (u * v).sum(dim=-1)  # (B,)
+        if c.joint.rating:
+            rating = labels["rating"]
+            known = ~torch.isnan(rating)
+            a, b = self.rating_affine
+            pred = a * s[known] + b
+            total = total + c.joint.rating * F.mse_loss(pred, rating[known].to(pred.dtype))
+        if c.joint.ctr:
+            shuffled = (u * v.roll(1, dims=0)).sum(dim=-1)  # each user against another row's item
+            logits = torch.cat([s, shuffled]) / t + self.ctr_bias
+            target = torch.cat([torch.ones_like(s), torch.zeros_like(s)])
+            total = total + c.joint.ctr * F.binary_cross_entropy_with_logits(logits, target)
+        return total
 
 
 @dataclass
@@ -175,10 +263,34 @@ class RetrievalResult:
 
 
 def train_retrieval(
-    tables: FeatureTables, interactions: pl.DataFrame, spec: DatasetSpec, config: RetrievalConfig
+    tables: FeatureTables,
+    interactions: pl.DataFrame,
+    spec: DatasetSpec,
+    config: RetrievalConfig,
+    tracking: Tracking | None = None,
 ) -> RetrievalResult:
-    """Train the two-tower model on training positives; keep the best validation Recall@K."""
-    train = positives(interactions, spec, "train").sort("user_idx", "ts", maintain_order=True)
+    """Train the two-tower model on training positives; keep the best validation Recall@K.
+
+    Raises:
+        ConfigError: ``task_heads`` names no binary task of the spec, or ``joint.rating``
+            without a regression task ``rating``.
+    """
+    binary = {t.name for t in spec.tasks if t.kind.value == "binary"}
+    unknown = sorted(set(config.task_heads) - binary)
+    if unknown:
+        raise ConfigError(
+            f"retrieval.task_heads: {unknown} are not binary tasks of the data "
+            f"(it has {sorted(binary) or 'none'})"
+        )
+    label_names = tuple(config.task_heads)
+    if config.joint.rating:
+        if "rating" not in {t.name for t in spec.tasks if t.kind.value == "regression"}:
+            raise ConfigError("retrieval.joint.rating needs a regression task named 'rating'")
+        label_names += ("rating",)
+    train = positives(interactions, spec, "train", label_names).sort(
+        "user_idx", "ts", maintain_order=True
+    )
+    labels = {n: torch.from_numpy(train[n].cast(pl.Float32).to_numpy()) for n in label_names}
     users = train["user_idx"].to_numpy()
     items = train["item_idx"].to_numpy()
     times = train["ts"].to_numpy()
@@ -201,6 +313,8 @@ def train_retrieval(
         item_hidden=config.item_hidden,
         fusion=config.fusion,
         dropout=config.dropout,
+        batch_norm=config.batch_norm,
+        similarity=config.similarity,
         temperature=config.temperature,
         history_decay=config.history_decay,
         user_encoder=config.user_encoder,
@@ -227,7 +341,7 @@ def train_retrieval(
             hist = causal.latest(u_rows)
             hist[hist == item_slots[i_rows][:, None]] = 0
         negatives = None
-        if config.loss == "bce":
+        if config.loss in ("bce", "bpr", "margin"):
             negatives = (
                 tables.item_inputs(
                     _draw_negatives(
@@ -246,6 +360,7 @@ def train_retrieval(
             item_inputs,
             torch.from_numpy(i_rows),
             negatives,
+            {n: v[torch.from_numpy(batch)] for n, v in labels.items()},
         )
 
     valid = positives(interactions, spec, "valid")
@@ -271,7 +386,7 @@ def train_retrieval(
 
     history = fit(
         task, config.trainer, len(users), loss_fn, validate if len(valid_users) else None,
-        "two-tower",
+        "two-tower", tracking,
     )  # fmt: skip
     # the popularity prior: log q per item-id slot, β fixed or the grid's best on validation
     slot_log_q = np.zeros(tables.feature_map.size, dtype=np.float32)
@@ -308,8 +423,10 @@ def _draw_negatives(
     random = rng.integers(1, n_items, (len(u_rows), k))
     if config.negatives == "random" or "items" not in cache:
         return random.reshape(-1)
+    device = next(model.parameters()).device  # the model trains there; the cache is on the CPU
     with torch.no_grad():  # serving vectors, as the cached item table holds
-        user_emb = model.user_tower.vector(tables.user_inputs(u_rows, hist))
+        user_emb = model.user_tower.vector(to_device(tables.user_inputs(u_rows, hist), device))
+        user_emb = user_emb.cpu()
     exclude = torch.from_numpy(
         np.stack([i_rows, np.zeros_like(i_rows)], axis=1)
     )  # positive + unknown row

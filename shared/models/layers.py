@@ -25,9 +25,19 @@ __all__ = [
     "GatedFusion",
     "LowRankCrossNet",
     "MLP",
+    "ResidualMLP",
     "SequenceEncoder",
+    "deep_network",
     "mlp_head",
 ]
+
+
+def _per_layer(dropout: float | Sequence[float], n: int) -> list[float]:
+    """One dropout probability per layer: a float for all, or one each."""
+    rates = [float(dropout)] * n if isinstance(dropout, int | float) else [float(p) for p in dropout]
+    if len(rates) != n or not all(0 <= p < 1 for p in rates):
+        raise ValueError(f"dropout needs one value in [0, 1) or {n} of them, got {dropout}")
+    return rates
 
 
 class MLP(nn.Sequential):
@@ -40,7 +50,8 @@ class MLP(nn.Sequential):
     Args:
         in_dim (int): width of the input.
         hidden (tuple[int, ...]): width of each layer.
-        dropout (float): dropout probability after each activation.
+        dropout (float | Sequence[float]): dropout probability after each activation,
+            one for all layers or one per layer.
         batch_norm (bool): add ``BatchNorm1d`` between each Linear and its ReLU.
 
     Call:
@@ -54,34 +65,118 @@ class MLP(nn.Sequential):
         self,
         in_dim: int,
         hidden: tuple[int, ...],
-        dropout: float = 0.0,
+        dropout: float | Sequence[float] = 0.0,
         batch_norm: bool = False,
     ) -> None:
         layers: list[nn.Module] = []
         width = in_dim
-        for h in hidden:
+        for h, p in zip(hidden, _per_layer(dropout, len(hidden)), strict=True):
             layers.append(nn.Linear(width, h, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
             layers.append(
                 nn.ReLU(inplace=True)
             )  # safe: Linear/BatchNorm backward never reads their output
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            if p > 0:
+                layers.append(nn.Dropout(p))
             width = h
         super().__init__(*layers)
         self.out_dim = width
 
+    @property
+    def first_linear(self) -> nn.Linear:
+        """The first layer's ``Linear`` (the gateway precomputes its per-field terms)."""
+        return self[0]
+
+    def from_first(self, first: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The output given ``first = x @ first_linear.weight.T`` ``(B, H1)`` (no bias)."""
+        layer = self[0]
+        out = first if layer.bias is None else first + layer.bias
+        for module in list(self)[1:]:
+            out = module(out)
+        return out
+
+
+class ResidualMLP(nn.Module):
+    """Stack of residual blocks ``y = Dropout(GELU(LayerNorm(Linear(x)))) + skip(x)``.
+
+    ``skip`` is the identity where a block keeps the width, a bias-free ``Linear``
+    projection where it changes it. With ``hidden=()`` it is the identity.
+
+    Args:
+        in_dim (int): width of the input.
+        hidden (tuple[int, ...]): width of each block.
+        dropout (float | Sequence[float]): one probability, or one per block.
+
+    Call:
+        x (Tensor): ``(B, in_dim)``.
+
+    Returns:
+        Tensor: ``(B, out_dim)``, ``out_dim = hidden[-1]`` (``in_dim`` if empty).
+    """
+
+    def __init__(
+        self, in_dim: int, hidden: tuple[int, ...], dropout: float | Sequence[float] = 0.0
+    ) -> None:
+        super().__init__()
+        self.linears, self.norms, self.skips = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.drops = nn.ModuleList()
+        width = in_dim
+        for h, p in zip(hidden, _per_layer(dropout, len(hidden)), strict=True):
+            self.linears.append(nn.Linear(width, h))
+            self.norms.append(nn.LayerNorm(h))
+            self.skips.append(nn.Identity() if h == width else nn.Linear(width, h, bias=False))
+            self.drops.append(nn.Dropout(p) if p > 0 else nn.Identity())
+            width = h
+        self.out_dim = width
+
+    @property
+    def first_linear(self) -> nn.Linear:
+        return self.linears[0]
+
+    def _block(self, j: int, pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.drops[j](F.gelu(self.norms[j](pre))) + self.skips[j](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for j, linear in enumerate(self.linears):
+            x = self._block(j, linear(x), x)
+        return x
+
+    def from_first(self, first: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The output given ``first = x @ first_linear.weight.T`` ``(B, H1)`` (no bias)."""
+        x = self._block(0, first + self.linears[0].bias, x)
+        for j in range(1, len(self.linears)):
+            x = self._block(j, self.linears[j](x), x)
+        return x
+
+
+def deep_network(
+    in_dim: int,
+    hidden: tuple[int, ...],
+    dropout: float | Sequence[float] = 0.0,
+    batch_norm: bool = False,
+    block: str = "mlp",
+) -> MLP | ResidualMLP:
+    """The deep part of a ranker: an :class:`MLP` or (``block="residual"``) a
+    :class:`ResidualMLP`."""
+    if block == "residual":
+        return ResidualMLP(in_dim, hidden, dropout)
+    return MLP(in_dim, hidden, dropout, batch_norm)
+
 
 def mlp_head(
-    in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float = 0.0
+    in_dim: int,
+    hidden: tuple[int, ...],
+    out_dim: int,
+    dropout: float | Sequence[float] = 0.0,
+    batch_norm: bool = False,
 ) -> nn.Sequential:
     """An :class:`MLP` followed by a plain ``Linear(…, out_dim)``: signed outputs.
 
     Returns:
         nn.Sequential: maps ``(B, in_dim)`` to ``(B, out_dim)``.
     """
-    mlp = MLP(in_dim, hidden, dropout)
+    mlp = MLP(in_dim, hidden, dropout, batch_norm)
     return nn.Sequential(mlp, nn.Linear(mlp.out_dim, out_dim))
 
 
@@ -229,13 +324,17 @@ class FeatureEmbedding(nn.Module):
         if slots.shape[1] == 0:
             return self.embedding.weight.new_zeros(slots.shape[0], self.embed_dim)
         if isinstance(decay, float) and decay == 1.0:
-            return F.embedding_bag(slots, self.embedding.weight, mode="mean", padding_idx=0)
+            return F.embedding_bag(
+                slots, self.embedding.weight, mode="mean", padding_idx=0,
+                sparse=self.embedding.sparse,
+            )  # fmt: skip
         steps = torch.arange(slots.shape[1], dtype=self.embedding.weight.dtype)
         weights = (slots != 0) * decay**steps  # (B, L)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return F.embedding_bag(
-            slots, self.embedding.weight, mode="sum", per_sample_weights=weights, padding_idx=0
-        )
+            slots, self.embedding.weight, mode="sum", per_sample_weights=weights, padding_idx=0,
+            sparse=self.embedding.sparse,
+        )  # fmt: skip
 
 
 class FactorizationMachine(nn.Module):
@@ -266,15 +365,56 @@ class FactorizationMachine(nn.Module):
         return p.sum(dim=1, keepdim=True) if self.reduce else p
 
 
-class CrossNet(nn.Module):
+class _Cross(nn.Module):
+    """What both cross networks share: the optional LayerNorm of each layer's kernel
+    output and stochastic depth over the layers.
+
+    ``x_{l+1} = x_0 ⊙ N_l(k_l(x_l)) + x_l`` with ``k_l`` the layer's kernel and ``N_l``
+    a LayerNorm (``layer_norm``) or the identity. With ``stochastic_depth = p`` each
+    row skips each layer's update with probability ``p`` while training (the kept
+    updates scaled by ``1/(1 − p)``); evaluation runs every layer.
+    """
+
+    def __init__(self, in_dim: int, num_layers: int, layer_norm: bool, stochastic_depth: float):
+        super().__init__()
+        if not 0 <= stochastic_depth < 1:
+            raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth}")
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(in_dim) if layer_norm else nn.Identity() for _ in range(num_layers)
+        )
+        self.stochastic_depth = stochastic_depth
+
+    def kernel(self, l: int, x: torch.Tensor) -> torch.Tensor:  # noqa: E741
+        """``W_l x + b_l`` ``(B, K)``."""
+        raise NotImplementedError
+
+    def update(self, l: int, x0: torch.Tensor, xl: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:  # noqa: E741
+        """Layer ``l`` given its kernel's output ``pre`` ``(B, K)``."""
+        cross = x0 * self.norms[l](pre)  # (B, K)
+        p = self.stochastic_depth
+        if self.training and p > 0:
+            keep = torch.rand(len(cross), 1, device=cross.device) >= p  # (B, 1)
+            cross = cross * keep / (1 - p)
+        return xl + cross
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0, xl = x, x  # (B, K)
+        for l in range(len(self.norms)):  # noqa: E741
+            xl = self.update(l, x0, xl, self.kernel(l, xl))
+        return xl
+
+
+class CrossNet(_Cross):
     """DCN-v2 cross network, full rank: explicit feature crosses of bounded degree.
 
-    ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` with ``W_l ∈ R^{K×K}``; layer ``l``
-    reaches crosses of degree ``l + 2``.
+    ``x_{l+1} = x_0 ⊙ N_l(W_l x_l + b_l) + x_l`` with ``W_l ∈ R^{K×K}`` and ``N_l`` a
+    LayerNorm or the identity; layer ``l`` reaches crosses of degree ``l + 2``.
 
     Args:
         in_dim (int): K.
         num_layers (int): number of cross layers (0 = identity).
+        layer_norm (bool): LayerNorm of each layer's ``W_l x_l + b_l``.
+        stochastic_depth (float): the probability a row skips a layer, in training.
 
     Call:
         x (Tensor): ``(B, K)``.
@@ -283,27 +423,27 @@ class CrossNet(nn.Module):
         Tensor: ``(B, K)``.
     """
 
-    def __init__(self, in_dim: int, num_layers: int) -> None:
-        super().__init__()
+    def __init__(
+        self, in_dim: int, num_layers: int, layer_norm: bool = False, stochastic_depth: float = 0.0
+    ) -> None:
+        super().__init__(in_dim, num_layers, layer_norm, stochastic_depth)
         self.layers = nn.ModuleList(nn.Linear(in_dim, in_dim) for _ in range(num_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0, xl = x, x  # (B, K)
-        for layer in self.layers:
-            xl = torch.addcmul(xl, x0, layer(xl))  # x0 * (W xl + b) + xl, (B, K)
-        return xl
+    def kernel(self, l: int, x: torch.Tensor) -> torch.Tensor:  # noqa: E741
+        return self.layers[l](x)
 
 
-class LowRankCrossNet(nn.Module):
+class LowRankCrossNet(_Cross):
     """DCN-v2 cross network with low-rank kernels ``W_l = U_l V_l^T``.
 
-    ``x_{l+1} = x_0 ⊙ (U_l (V_l^T x_l) + b_l) + x_l`` with ``U_l, V_l ∈ R^{K×r}``:
+    ``x_{l+1} = x_0 ⊙ N_l(U_l (V_l^T x_l) + b_l) + x_l`` with ``U_l, V_l ∈ R^{K×r}``:
     ``2·K·r`` weights per layer instead of ``K²``.
 
     Args:
         in_dim (int): K.
         num_layers (int): number of cross layers (0 = identity).
         rank (int): r.
+        layer_norm (bool), stochastic_depth (float): as :class:`CrossNet`.
 
     Call:
         x (Tensor): ``(B, K)``.
@@ -312,17 +452,17 @@ class LowRankCrossNet(nn.Module):
         Tensor: ``(B, K)``.
     """
 
-    def __init__(self, in_dim: int, num_layers: int, rank: int) -> None:
-        super().__init__()
+    def __init__(
+        self, in_dim: int, num_layers: int, rank: int, layer_norm: bool = False,
+        stochastic_depth: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__(in_dim, num_layers, layer_norm, stochastic_depth)
         # down[l].weight is V_l^T (r, K); up[l].weight is U_l (K, r), up[l].bias is b_l.
         self.down = nn.ModuleList(nn.Linear(in_dim, rank, bias=False) for _ in range(num_layers))
         self.up = nn.ModuleList(nn.Linear(rank, in_dim) for _ in range(num_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0, xl = x, x  # (B, K)
-        for down, up in zip(self.down, self.up, strict=True):
-            xl = torch.addcmul(xl, x0, up(down(xl)))  # (B, r) -> (B, K)
-        return xl
+    def kernel(self, l: int, x: torch.Tensor) -> torch.Tensor:  # noqa: E741
+        return self.up[l](self.down[l](x))  # (B, r) -> (B, K)
 
 
 class GatedFusion(nn.Module):

@@ -30,11 +30,12 @@ from shared.config import StrictConfig
 from shared.errors import ConfigError
 from shared.models.inputs import RankerInputs
 from shared.models.layers import (
-    MLP,
     CrossNet,
     FactorizationMachine,
     FeatureEmbedding,
     LowRankCrossNet,
+    deep_network,
+    mlp_head,
 )
 
 __all__ = [
@@ -72,6 +73,8 @@ class DCNConfig(StrictConfig):
     cross_layers: NonNegativeInt = 2
     low_rank: PositiveInt | None = None  # None: full-rank K×K kernels
     structure: Literal["stacked", "parallel"] = "parallel"
+    layer_norm: bool = False  # LayerNorm of each cross layer's W x + b
+    stochastic_depth: float = Field(0.0, ge=0.0, lt=1.0)  # P(a row skips a layer), training
 
 
 class RankerConfig(StrictConfig):
@@ -85,8 +88,15 @@ class RankerConfig(StrictConfig):
     dense_widths: tuple[PositiveInt, ...] | None = None
     embed_dim: PositiveInt = 16
     hidden: tuple[PositiveInt, ...] = (256, 128)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float | tuple[float, ...] = 0.0  # one for every deep layer, or one each
     batch_norm: bool = False
+    # the deep layers: Linear → (BatchNorm) → ReLU → Dropout, or residual blocks
+    # Linear → LayerNorm → GELU → Dropout with identity or projected skips
+    deep_block: Literal["mlp", "residual"] = "mlp"
+    # each task's head: Linear(·, 1) alone, or an MLP of these sizes before it
+    head_hidden: tuple[PositiveInt, ...] = ()
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    head_batch_norm: bool = False
     tasks: tuple[TaskHead, ...] = Field(min_length=1)
     dcn: DCNConfig = DCNConfig()
     # pooling decay of the last multi-hot field: the user's recent items, most recent first
@@ -96,6 +106,14 @@ class RankerConfig(StrictConfig):
     def _check(self) -> RankerConfig:
         if self.n_fields == 0:
             raise ValueError("a ranker needs at least one feature field")
+        rates = (self.dropout,) if isinstance(self.dropout, float) else self.dropout
+        if not all(0 <= p < 1 for p in rates) or len(rates) not in (1, len(self.hidden)):
+            raise ValueError(
+                f"dropout needs one value in [0, 1) or one per hidden layer "
+                f"({len(self.hidden)}), got {self.dropout}"
+            )
+        if self.deep_block == "residual" and self.batch_norm:
+            raise ValueError("deep_block residual normalises with LayerNorm; batch_norm is for mlp")
         seen: dict[str, TaskHead] = {}
         for task in self.tasks:
             if task.name in seen:
@@ -158,7 +176,9 @@ def weighted_sum(probs: Mapping[str, torch.Tensor], weights: Mapping[str, float]
 
 
 class TaskHeads(nn.Module):
-    """Over arch: one ``Linear(in_dim, 1)`` per task on a shared representation.
+    """Over arch: one head per task on a shared representation, ``Linear(in_dim, 1)``
+    or, with ``hidden``, ``Linear(MLP(z))`` (a task tower: its own layers, BatchNorm,
+    dropout).
 
     Heads are kept in task order (a ``ModuleList``, so any task name is allowed).
 
@@ -169,10 +189,16 @@ class TaskHeads(nn.Module):
         dict[str, Tensor]: task name -> ``(B,)``.
     """
 
-    def __init__(self, in_dim: int, names: Sequence[str]) -> None:
+    def __init__(
+        self, in_dim: int, names: Sequence[str], hidden: tuple[int, ...] = (),
+        dropout: float = 0.0, batch_norm: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.names = tuple(names)
-        self.heads = nn.ModuleList(nn.Linear(in_dim, 1) for _ in self.names)
+        self.heads = nn.ModuleList(
+            mlp_head(in_dim, hidden, 1, dropout, batch_norm) if hidden else nn.Linear(in_dim, 1)
+            for _ in self.names
+        )
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(z).squeeze(1) for name, head in zip(self.names, self.heads, strict=True)}
@@ -206,7 +232,10 @@ class Ranker(nn.Module):
             multi_decay=[1.0] * (config.n_multi - 1) + [config.history_decay][: config.n_multi],
             dense_widths=config.dense_widths,
         )
-        self.over_arch = TaskHeads(over_dim, [t.name for t in config.tasks])
+        self.over_arch = TaskHeads(
+            over_dim, [t.name for t in config.tasks], config.head_hidden, config.head_dropout,
+            config.head_batch_norm,
+        )  # fmt: skip
 
     def interact(self, fields: torch.Tensor) -> torch.Tensor:
         """Map the field embeddings ``(B, F, ·)`` to the shared representation ``(B, over_dim)``."""
@@ -298,7 +327,7 @@ class DeepFM(Ranker):
 
     def __init__(self, config: RankerConfig) -> None:
         n_tasks, d = len(config.tasks), config.embed_dim
-        deep_arch = MLP(config.n_fields * d, config.hidden, config.dropout, config.batch_norm)
+        deep_arch = _deep(config, config.n_fields * d)
         super().__init__(config, over_dim=n_tasks + d + deep_arch.out_dim, sparse_width=d + n_tasks)
         self.fm_arch = FactorizationMachine(reduce=False)
         self.deep_arch = deep_arch
@@ -315,15 +344,16 @@ class DeepFM(Ranker):
         c = self.config
         if not c.hidden:
             return torch.zeros(0, c.n_fields * (c.embed_dim + len(c.tasks)))
-        w = self.deep_arch[0].weight.view(-1, c.n_fields, c.embed_dim)  # (H1, F, D) over v only
+        w = self.deep_arch.first_linear.weight.view(-1, c.n_fields, c.embed_dim)  # (H1, F, D), v only
         return F.pad(w, (0, len(c.tasks))).flatten(1)  # (H1, F·(D + T)), 0 on the first-order part
 
     def head_from_first(self, fields: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
         d = self.config.embed_dim
         v = fields[..., :d]  # (B, F, D)
         deep = (
-            _rest_of(self.deep_arch, first) if self.config.hidden else self.deep_arch(v.flatten(1))
-        )  # (B, H)
+            self.deep_arch.from_first(first, v.flatten(1)) if self.config.hidden
+            else self.deep_arch(v.flatten(1))
+        )  # (B, H)  # fmt: skip
         z = torch.cat([fields[..., d:].sum(dim=1), self.fm_arch(v), deep], dim=1)
         return self.over_arch(z)
 
@@ -344,14 +374,16 @@ class DCNv2(Ranker):
     def __init__(self, config: RankerConfig) -> None:
         k = config.n_fields * config.embed_dim
         dcn = config.dcn
-        deep_arch = MLP(k, config.hidden, config.dropout, config.batch_norm)
+        deep_arch = _deep(config, k)
         stacked = dcn.structure == "stacked"
         super().__init__(config, over_dim=deep_arch.out_dim if stacked else k + deep_arch.out_dim)
         self.stacked = stacked
-        self.cross_arch: nn.Module = (
-            CrossNet(k, dcn.cross_layers)
+        self.cross_arch: CrossNet | LowRankCrossNet = (
+            CrossNet(k, dcn.cross_layers, dcn.layer_norm, dcn.stochastic_depth)
             if dcn.low_rank is None
-            else LowRankCrossNet(k, dcn.cross_layers, dcn.low_rank)
+            else LowRankCrossNet(
+                k, dcn.cross_layers, dcn.low_rank, dcn.layer_norm, dcn.stochastic_depth
+            )
         )
         self.deep_arch = deep_arch
 
@@ -368,7 +400,7 @@ class DCNv2(Ranker):
             cross = self.cross_arch
             out.append(cross.down[0] if isinstance(cross, LowRankCrossNet) else cross.layers[0])
         if not self.stacked and self.config.hidden:
-            out.append(self.deep_arch[0])
+            out.append(self.deep_arch.first_linear)
         return out
 
     def first_weight(self) -> torch.Tensor:
@@ -380,36 +412,30 @@ class DCNv2(Ranker):
         linears = self._first_linears()
         parts = first.split([m.out_features for m in linears], dim=1) if linears else ()
         cross = self.cross_arch
+        xl = x0
         if self.config.dcn.cross_layers:
             # layer 0 with its kernel applied already, then the other layers as in forward
             pre = parts[0]
             if isinstance(cross, LowRankCrossNet):
-                xl = torch.addcmul(x0, x0, cross.up[0](pre))
-                rest = zip(cross.down[1:], cross.up[1:], strict=True)
-                for down, up in rest:
-                    xl = torch.addcmul(xl, x0, up(down(xl)))
+                pre = cross.up[0](pre)
             else:
-                xl = torch.addcmul(x0, x0, pre + cross.layers[0].bias)
-                for layer in cross.layers[1:]:
-                    xl = torch.addcmul(xl, x0, layer(xl))
-        else:
-            xl = x0
+                pre = pre + cross.layers[0].bias
+            xl = cross.update(0, x0, x0, pre)
+            for l in range(1, self.config.dcn.cross_layers):  # noqa: E741
+                xl = cross.update(l, x0, xl, cross.kernel(l, xl))
         if self.stacked:
             z = self.deep_arch(xl)
         elif self.config.hidden:
-            z = torch.cat([xl, _rest_of(self.deep_arch, parts[-1])], dim=1)
+            z = torch.cat([xl, self.deep_arch.from_first(parts[-1], x0)], dim=1)
         else:
             z = torch.cat([xl, self.deep_arch(x0)], dim=1)
         return self.over_arch(z)
 
 
-def _rest_of(mlp: MLP, first: torch.Tensor) -> torch.Tensor:
-    """An MLP's output given its first Linear's output without bias, ``(B, H1)``."""
-    layer = mlp[0]
-    x = first if layer.bias is None else first + layer.bias
-    for module in list(mlp)[1:]:
-        x = module(x)
-    return x
+def _deep(config: RankerConfig, in_dim: int) -> nn.Module:
+    dropout = config.dropout if isinstance(config.dropout, float) or len(config.dropout) > 1 \
+        else config.dropout[0]  # fmt: skip
+    return deep_network(in_dim, config.hidden, dropout, config.batch_norm, config.deep_block)
 
 
 RANKERS: dict[str, type[Ranker]] = {"deepfm": DeepFM, "dcn": DCNv2}

@@ -69,6 +69,9 @@ class TowerConfig(StrictConfig):
     # placed by its features, as a cold one is)
     fusion: Fusion = "gate"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    batch_norm: bool = False  # BatchNorm1d inside each tower's MLP layers
+    # cosine: unit output vectors (u·v/τ is a cosine over τ); dot: the raw inner product
+    similarity: Literal["cosine", "dot"] = "cosine"
     temperature: float = Field(0.05, gt=0.0)  # fixed, not learned
     history_decay: float = Field(1.0, gt=0.0, le=1.0)  # pooling weight ratio of older items
     # how the user's recent items become one vector: a recency-weighted mean, or
@@ -87,7 +90,8 @@ class TowerConfig(StrictConfig):
 
 
 class _Tower(nn.Module):
-    """Shared body of both towers: ``gate(id, feat) -> MLP -> Linear -> L2-normalise``.
+    """Shared body of both towers: ``gate(id, feat) -> MLP -> Linear -> L2-normalise``
+    (``similarity="dot"``: not normalised).
 
     ``feat = Linear(MLP(flat(fields [; extra])))`` is signed and ``D`` wide, like the
     id embedding. A tower with no feature fields and no extra input uses the id alone
@@ -123,13 +127,14 @@ class _Tower(nn.Module):
             n_in = 0  # the features are not read
         elif config.fusion == "features" and not n_in:
             raise ValueError("fusion 'features' needs feature fields")
-        self.feature_arch = mlp_head(n_in, hidden, d, config.dropout) if n_in else None
+        bn = config.batch_norm
+        self.feature_arch = mlp_head(n_in, hidden, d, config.dropout, bn) if n_in else None
         self.fusion = (
             GatedFusion(d) if config.fusion == "gate"
             else nn.Linear(2 * d, d) if config.fusion == "concat"
             else None
         ) if n_in else None  # fmt: skip
-        self.over_arch = mlp_head(d, hidden, config.out_dim, config.dropout)
+        self.over_arch = mlp_head(d, hidden, config.out_dim, config.dropout, bn)
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -159,7 +164,8 @@ class _Tower(nn.Module):
         return self.fusion(id_emb, feat)  # type: ignore[misc]  # (B, D) gated
 
     def _project(self, fused: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.over_arch(fused), dim=-1)  # (B, O)
+        out = self.over_arch(fused)  # (B, O)
+        return F.normalize(out, dim=-1) if self.config.similarity == "cosine" else out
 
 
 class UserTower(_Tower):
