@@ -354,13 +354,19 @@ def fit(
                 sch.load_state_dict(saved)
             scaler.load_state_dict(state["scaler"])
             history = History(**state["history"])
-            best_state, bad_epochs, stopped = state["best_state"], state["bad_epochs"], state["stopped"]
+            best_state, bad_epochs, stopped = (
+                state["best_state"],
+                state["bad_epochs"],
+                state["stopped"],
+            )
             plateau.update(state["plateau"])
             generator.bit_generator.state = state["generator"]
             torch.set_rng_state(state["torch_rng"])
             first_epoch = state["epoch"] + 1
             log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
-    run_log = RunLog(tracking if rank == 0 else None, name, options, config.tensorboard, config.mlflow)
+    run_log = RunLog(
+        tracking if rank == 0 else None, name, options, config.tensorboard, config.mlflow
+    )
     show_bar = sys.stderr.isatty() and rank == 0
     seen, busy = 0, 0.0
     step = (first_epoch - 1) * steps_per_epoch

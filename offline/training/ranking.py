@@ -58,7 +58,9 @@ class RankingConfig(HistoryConfig):
         "mlp", description="deep layers Linear → ReLU → Dropout, or residual blocks "
         "Linear → LayerNorm → GELU → Dropout with identity or projected skips",
     )  # fmt: skip
-    head_hidden: tuple[int, ...] = Field((), description="each task head's own MLP before its Linear")
+    head_hidden: tuple[int, ...] = Field(
+        (), description="each task head's own MLP before its Linear"
+    )
     head_dropout: float = Field(0.0, ge=0, lt=1)
     head_batch_norm: bool = False
     mixup_alpha: float = Field(
@@ -154,7 +156,9 @@ class RankerTrainTask(torch.nn.Module):
         self.pos_weight = pos_weight or {}
         self.mixup = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha else None
 
-    def _loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _loss(
+        self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         tasks = self.model.config.tasks
         return multitask_loss(outputs, labels, tasks, self.weights, self.pos_weight)[0]
 

@@ -199,7 +199,9 @@ class TwoTowerTrainTask(torch.nn.Module):
         self.rating_affine = torch.nn.Parameter(torch.tensor([1.0, 0.0]))  # a, b
         self.ctr_bias = torch.nn.Parameter(torch.zeros(()))  # c
 
-    def forward(self, user, item, item_rows: torch.Tensor, negatives=None, labels=None) -> torch.Tensor:  # noqa: ANN001
+    def forward(
+        self, user, item, item_rows: torch.Tensor, negatives=None, labels=None
+    ) -> torch.Tensor:  # noqa: ANN001
         u = self.model.user_embed(user)  # (B, D)
         c, t = self.config, self.config.temperature
         v = self.model.item_embed(item)  # (B, D)
@@ -213,7 +215,9 @@ class TwoTowerTrainTask(torch.nn.Module):
         elif c.loss == "triplet":
             loss = batch_hard_triplet_loss(u, v, item_rows, c.margin)
         else:
-            neg = self.model.item_embed(negatives[0]).view(len(item_rows), -1, u.shape[1])  # (B, K, D)
+            neg = self.model.item_embed(negatives[0]).view(
+                len(item_rows), -1, u.shape[1]
+            )  # (B, K, D)
             loss = (
                 bce_retrieval_loss(u, v, neg, t) if c.loss == "bce"
                 else pairwise_loss(u, v, neg, t, c.loss, c.margin)

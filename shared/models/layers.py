@@ -34,7 +34,9 @@ __all__ = [
 
 def _per_layer(dropout: float | Sequence[float], n: int) -> list[float]:
     """One dropout probability per layer: a float for all, or one each."""
-    rates = [float(dropout)] * n if isinstance(dropout, int | float) else [float(p) for p in dropout]
+    rates = (
+        [float(dropout)] * n if isinstance(dropout, int | float) else [float(p) for p in dropout]
+    )
     if len(rates) != n or not all(0 <= p < 1 for p in rates):
         raise ValueError(f"dropout needs one value in [0, 1) or {n} of them, got {dropout}")
     return rates

@@ -344,7 +344,9 @@ class DeepFM(Ranker):
         c = self.config
         if not c.hidden:
             return torch.zeros(0, c.n_fields * (c.embed_dim + len(c.tasks)))
-        w = self.deep_arch.first_linear.weight.view(-1, c.n_fields, c.embed_dim)  # (H1, F, D), v only
+        w = self.deep_arch.first_linear.weight.view(
+            -1, c.n_fields, c.embed_dim
+        )  # (H1, F, D), v only
         return F.pad(w, (0, len(c.tasks))).flatten(1)  # (H1, F·(D + T)), 0 on the first-order part
 
     def head_from_first(self, fields: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:

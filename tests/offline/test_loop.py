@@ -262,5 +262,3 @@ def test_tensorboard_and_mlflow_record_every_epoch(tmp_path: Path) -> None:
     (run,) = client.search_runs([client.get_experiment_by_name("recsys").experiment_id])
     assert run.info.run_name == "test" and run.data.params["lr"] == "0.002"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
-
-
