@@ -294,7 +294,7 @@ def train_retrieval(
     train = positives(interactions, spec, "train", label_names).sort(
         "user_idx", "ts", maintain_order=True
     )
-    labels = {n: torch.from_numpy(train[n].cast(pl.Float32).to_numpy()) for n in label_names}
+    labels = {n: torch.from_numpy(train[n].cast(pl.Float32).to_numpy().copy()) for n in label_names}
     users = train["user_idx"].to_numpy()
     items = train["item_idx"].to_numpy()
     times = train["ts"].to_numpy()

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from offline.training.losses import (
+    batch_hard_triplet_loss,
     bce_retrieval_loss,
     hard_negatives,
     multitask_loss,
+    pairwise_loss,
     sampled_softmax_loss,
 )
-from shared.models.rankers import TaskHead
+from shared.models.rankers import TaskHead, build_ranker
 
 NAN = float("nan")
 
@@ -193,3 +196,39 @@ def test_fit_without_validation_trains_every_epoch_and_keeps_the_last_weights() 
     assert len(history.epochs) == 3 and history.best_epoch == 3
     last = torch.nn.functional.mse_loss(model(x), y).item()
     assert last < history.epochs[0]["train_loss"]
+
+
+def test_mixup_mixes_field_embeddings_and_losses_in_training_only() -> None:
+    from offline.training.ranking import RankerTrainTask  # noqa: PLC0415
+    from tests.shared.test_models import ranker_config, ranker_inputs  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = build_ranker("dcn", ranker_config())
+    inputs = ranker_inputs()
+    labels = {"click": (inputs.cat[:, 0] % 2).float(), "cart": torch.ones(6),
+              "purchase": torch.zeros(6), "rating": inputs.dense[:, 0]}  # fmt: skip
+    plain, mixed = RankerTrainTask(model, {}), RankerTrainTask(model, {}, mixup_alpha=0.4)
+    mixed.eval()
+    assert torch.equal(mixed(inputs, labels), plain(inputs, labels))
+    mixed.train()
+    losses = {mixed(inputs, labels).item() for _ in range(5)}
+    assert len(losses) == 5 and all(np.isfinite(list(losses)))
+    mixed(inputs, labels).backward()
+    assert model.sparse_arch.embedding.weight.grad is not None
+
+
+def test_pairwise_and_triplet_losses_reward_the_positive_above_the_negatives() -> None:
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    good, bad = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    for kind in ("bpr", "margin"):
+        right = pairwise_loss(u, good, bad[:, None], 0.1, kind, 0.5)
+        wrong = pairwise_loss(u, bad, good[:, None], 0.1, kind, 0.5)
+        assert right < wrong
+    assert pairwise_loss(u, good, bad[:, None], 0.1, "margin", 0.5) == 0.0  # beyond the margin
+    ids = torch.tensor([3, 4])
+    assert batch_hard_triplet_loss(u, good, ids, 0.5) == 0.0
+    assert batch_hard_triplet_loss(u, bad, ids, 0.5) == pytest.approx(1.5)  # 0.5 + 1 − 0
+    # the same item in both rows: no negative, no loss, still a gradient path
+    same = batch_hard_triplet_loss(u.requires_grad_(), good, torch.tensor([3, 3]), 0.5)
+    same.backward()
+    assert same == 0.0 and u.grad is not None

@@ -1,6 +1,7 @@
 """The worker end to end on tiny synthetic data: every step, the bundle, the report."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ TINY = {
         "models": ["dcn", "deepfm"],
         "hidden": [32],
         "pos_weight": {"click": 2.0},  # weighted BCE, trained in CI
-        "trainer": {"epochs": 2, "batch_size": 512},
+        # architecture variants exported and served by the whole stack
+        "deep_block": "residual",
+        "dcn": {"layer_norm": True, "low_rank": 8},
+        "trainer": {"epochs": 2, "batch_size": 512, "checkpoint_every": 1},
     },
     "evaluate": {"samples": 2, "sampled_negatives": 50, "diagnostic_items": 40},
 }
@@ -40,6 +44,24 @@ def bundle(tmp_path_factory, redis_server) -> tuple[Bundle, list[str]]:
     artifacts = tmp_path_factory.mktemp("artifacts")
     lines = _run(artifacts, redis_server.url, ("run",))
     return Bundle.open(artifacts), lines
+
+
+def test_training_resumes_from_the_bundles_checkpoints(bundle, redis_server, tmp_path) -> None:
+    shared, _ = bundle
+    assert (shared.root / "runs" / "dcn.ckpt").is_file()
+    assert (shared.root / "runs" / "refit" / "dcn.ckpt").is_file()
+    shutil.copytree(shared.root, tmp_path / shared.root.name)  # the module's bundle stays as is
+    b = Bundle.open(tmp_path, shared.version)
+    history = json.loads(b.path(Files.HISTORY).read_text())["dcn"]
+    ctx = pipeline.Context(
+        config=load_config(None, **TINY), artifacts=tmp_path, redis_url=redis_server.url,
+        key_prefix="pipe:", version=b.version, resume=True,
+    )  # fmt: skip
+    lines = list(pipeline.run_step("train-ranking", ctx))
+    again = json.loads(b.path(Files.HISTORY).read_text())["dcn"]
+    # nothing left to train: the checkpoint's own epochs, timings included (a new run's differ)
+    assert again["epochs"] == history["epochs"]
+    assert any("train-ranking: dcn best valid AUC" in line for line in lines)
 
 
 def test_run_writes_a_complete_verified_bundle(bundle) -> None:

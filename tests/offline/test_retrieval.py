@@ -1,9 +1,11 @@
 import pytest
+import torch
 
 from offline import etl
 from offline.datasets import load_dataset
 from offline.training.loop import TrainerConfig
 from offline.training.retrieval import RetrievalConfig, train_retrieval
+from shared.errors import ConfigError
 from shared.features import FeatureTables
 
 
@@ -22,8 +24,25 @@ def tiny():
         {"loss": "full_softmax"},
         {"loss": "bce", "negatives": "random"},
         {"loss": "bce", "negatives": "mixed", "n_negatives": 4},
+        {"loss": "bpr", "negatives": "random", "n_negatives": 4},
+        {"loss": "margin", "negatives": "random", "margin": 0.3},
+        {"loss": "triplet", "margin": 0.2},
+        {"task_heads": {"add_to_cart": 0.5, "purchase": 0.5}},
+        {"joint": {"ctr": 0.5}},
+        {"similarity": "dot", "batch_norm": True},
     ],
-    ids=["sampled-no-logq", "full-softmax", "bce-random", "bce-mixed"],
+    ids=[
+        "sampled-no-logq",
+        "full-softmax",
+        "bce-random",
+        "bce-mixed",
+        "bpr",
+        "margin",
+        "triplet",
+        "multi-task-heads",
+        "joint-ctr",
+        "dot-batch-norm",
+    ],  # fmt: skip
 )
 def test_every_retrieval_loss_trains_and_validates(tiny, options) -> None:
     tables, result = tiny
@@ -33,3 +52,40 @@ def test_every_retrieval_loss_trains_and_validates(tiny, options) -> None:
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
     assert losses[1] < losses[0]
     assert 0.0 <= trained.history.best_metric <= 1.0
+
+
+def test_the_multi_task_heads_train_but_serve_the_main_towers(tiny) -> None:
+    tables, result = tiny
+    trainer = TrainerConfig(epochs=1, batch_size=128)
+    plain = train_retrieval(tables, result.interactions, result.spec,
+                            RetrievalConfig(trainer=trainer))  # fmt: skip
+    heads = train_retrieval(tables, result.interactions, result.spec,
+                            RetrievalConfig(trainer=trainer, task_heads={"purchase": 1.0}))  # fmt: skip
+    # the exported model is the same two-tower (the heads are training-only) ...
+    assert plain.model.state_dict().keys() == heads.model.state_dict().keys()
+    # ... shaped differently by the extra task
+    a, b = plain.model.state_dict(), heads.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_objective_options_name_the_problem(tiny) -> None:
+    tables, result = tiny
+    trainer = TrainerConfig(epochs=1, batch_size=128)
+    with pytest.raises(ConfigError, match=r"task_heads: \['share'\] are not binary tasks"):
+        train_retrieval(tables, result.interactions, result.spec,
+                        RetrievalConfig(trainer=trainer, task_heads={"share": 1.0}))  # fmt: skip
+    with pytest.raises(ConfigError, match="joint.rating needs a regression task"):
+        train_retrieval(tables, result.interactions, result.spec,
+                        RetrievalConfig(trainer=trainer, joint={"rating": 1.0}))  # fmt: skip
+
+
+def test_the_joint_objective_fits_ratings_on_movielens(ml100k_dir) -> None:
+    data = load_dataset("movielens-100k", ml100k_dir)
+    result = etl.run(data, etl.EtlConfig(max_interactions=8000))
+    tables = FeatureTables.from_frames(result.users, result.items, result.spec, result.feature_map)
+    config = RetrievalConfig(
+        joint={"rating": 1.0, "ctr": 0.5}, trainer=TrainerConfig(epochs=2, batch_size=256)
+    )
+    trained = train_retrieval(tables, result.interactions, result.spec, config)
+    losses = [row["train_loss"] for row in trained.history.epochs]
+    assert all(loss == loss for loss in losses) and losses[1] < losses[0]

@@ -18,6 +18,7 @@ from shared.models.layers import (
     FeatureEmbedding,
     GatedFusion,
     LowRankCrossNet,
+    ResidualMLP,
 )
 from shared.models.rankers import (
     DCNConfig,
@@ -231,6 +232,58 @@ def test_ranker_learns_a_tiny_task_in_a_few_steps(kind: str, dcn: DCNConfig) -> 
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dcn": DCNConfig(cross_layers=2, layer_norm=True)},
+        {"dcn": DCNConfig(cross_layers=2, stochastic_depth=0.5)},
+        {"deep_block": "residual"},
+        {"head_hidden": (4,), "head_batch_norm": True, "head_dropout": 0.1},
+        {"dropout": (0.0, 0.2), "batch_norm": True},
+    ],
+    ids=["cross-layer-norm", "stochastic-depth", "residual-deep", "task-heads", "layer-dropout"],
+)
+def test_every_architecture_variant_trains_and_gets_gradients(options: dict) -> None:
+    torch.manual_seed(0)
+    config = ranker_config(**options)
+    model = build_ranker("dcn", config)
+    inputs = ranker_inputs()
+    labels = {"click": (inputs.cat[:, 0] % 2).float(), "cart": torch.ones(B),
+              "purchase": torch.zeros(B), "rating": inputs.dense[:, 0]}  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(40):
+        total, _ = multitask_loss(model(inputs), labels, config.tasks)
+        optimizer.zero_grad()
+        total.backward()
+        if step == 0:
+            assert_all_grads(model)
+        optimizer.step()
+        losses.append(total.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_stochastic_depth_drops_cross_updates_in_training_only() -> None:
+    torch.manual_seed(0)
+    cross = CrossNet(6, 2, stochastic_depth=0.5)
+    x = torch.randn(256, 6)
+    with torch.no_grad():
+        cross.eval()
+        assert torch.equal(cross(x), cross(x))  # every layer, every time
+        cross.train()
+        dropped = (cross(x) == x).all(dim=1).float().mean().item()
+    assert 0.15 < dropped < 0.35  # both layers skipped: p² = 0.25 of the rows
+
+
+def test_residual_blocks_skip_by_identity_or_projection() -> None:
+    mlp = ResidualMLP(6, (6, 4))
+    assert isinstance(mlp.skips[0], torch.nn.Identity)
+    assert isinstance(mlp.skips[1], torch.nn.Linear) and mlp.skips[1].bias is None
+    assert mlp(torch.randn(3, 6)).shape == (3, 4)
+    with pytest.raises(ValueError, match="dropout needs"):
+        ResidualMLP(6, (6, 4), dropout=(0.1,))
+
+
 def test_chained_probabilities_are_products_of_sigmoids_and_score_weights_them() -> None:
     model = build_ranker("dcn", ranker_config())
     inputs = ranker_inputs()
@@ -356,6 +409,17 @@ def test_every_fusion_mode_trains_and_reads_what_it_says(fusion: str) -> None:
         features_matter = not torch.allclose(model.item_embed(other_features), v)
     assert ids_matter == (fusion != "features")
     assert features_matter == (fusion != "id")
+
+
+def test_dot_similarity_keeps_the_norms_and_batch_norm_sits_in_the_towers() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(tower_config(similarity="dot", batch_norm=True))
+    u_in, i_in = user_inputs(), item_inputs()
+    u, v = model.user_embed(u_in), model.item_embed(i_in)
+    assert not torch.allclose(u.norm(dim=1), torch.ones(B))
+    torch.testing.assert_close(model(u_in, i_in), (u * v).sum(1) / 0.05)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and model.user_tower.config.similarity == "dot"
 
 
 def test_each_tower_can_have_its_own_hidden_sizes() -> None:

@@ -75,6 +75,35 @@ def test_head_from_first_equals_the_head(
         torch.testing.assert_close(split[task], whole[task], atol=1e-5, rtol=1e-5)
 
 
+ARCHITECTURES = {
+    "cross-layer-norm": {"dcn": DCNConfig(cross_layers=2, layer_norm=True)},
+    "cross-low-rank-norm-stochastic": {
+        "dcn": DCNConfig(cross_layers=3, low_rank=3, layer_norm=True, stochastic_depth=0.3)
+    },
+    "residual-deep": {"deep_block": "residual"},  # widths 8 (projected skip), 6 (projected)
+    "deep-task-heads": {"head_hidden": (5,), "head_batch_norm": True, "head_dropout": 0.1},
+    "per-layer-dropout": {"dropout": (0.1, 0.3)},
+}
+
+
+@pytest.mark.parametrize("kind", ["dcn", "deepfm"])
+@pytest.mark.parametrize("options", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
+def test_every_architecture_variant_serves_split_and_in_onnx_as_a_whole(
+    tmp_path, kind: str, options: dict
+) -> None:  # noqa: ANN001
+    ranker = _trained_looking(build_ranker(kind, ranker_config(**options)))
+    fields = torch.randn(7, ranker.config.n_fields, ranker.sparse_arch.embed_dim)
+    with torch.no_grad():
+        whole = ranker.head(fields)
+        split = ranker.head_from_first(fields, fields.flatten(1) @ ranker.first_weight().T)
+    for task in whole:
+        torch.testing.assert_close(split[task], whole[task], atol=1e-5, rtol=1e-5)
+    head = ServingHead(ranker, {"click": 1.0}, 0.5)
+    path = tmp_path / "head.onnx"
+    export_head(head, ranker.config.n_fields, ranker.sparse_arch.embed_dim, path)
+    assert onnx_parity(head, path, ranker.config.n_fields, ranker.sparse_arch.embed_dim) < 1e-5
+
+
 def test_first_weight_is_linear_in_the_fields() -> None:
     """The per-side sums the gateway adds up are the full product."""
     ranker = _trained_looking(build_ranker("dcn", ranker_config()))
