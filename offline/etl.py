@@ -24,15 +24,25 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from offline.datasets.tables import with_all_ids
 from offline.embeddings import AlsConfig, TextConfig, als_vectors, text_vectors
 from shared.bundle import Bundle, Files
 from shared.config import StrictConfig
+from shared.errors import ConfigError
 from shared.feature_map import FeatureMap
 from shared.features import ContextLayout
-from shared.schema import CONTEXT_FEATURES, Dataset, DatasetSpec, Feature, FeatureKind, TaskKind
+from shared.schema import (
+    CLOCK_FEATURES,
+    WEEKEND_DAYS,
+    Dataset,
+    DatasetSpec,
+    Feature,
+    FeatureKind,
+    TaskKind,
+    clock_values,
+)
 
 __all__ = [
     "EtlConfig",
@@ -78,6 +88,15 @@ class EtlConfig(StrictConfig):
     items_without_metadata: Literal["keep", "drop"] = Field(
         "keep", description="drop: interactions whose item has no feature in the items table"
     )
+    hash_buckets: dict[str, PositiveInt] = Field(
+        {}, description="the hashing trick: each named categorical or multi-hot feature's "
+        "values hashed into this many buckets instead of a vocabulary (high cardinality)",
+    )  # fmt: skip
+    derived: list[Literal["is_weekend", "rating_std", "title_stats"]] = Field(
+        [], description="extra derived features: is_weekend (a clock context feature), "
+        "rating_std (the standard deviation of each user's and item's ratings), title_stats "
+        "(the words and characters of each item's title)",
+    )  # fmt: skip
     max_multi_hot: int = Field(8, ge=1)
     history_len: int = Field(20, ge=1)
     hot_half_life_days: float = Field(7.0, gt=0)
@@ -229,6 +248,34 @@ def _with_context(interactions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _derived(
+    items: pl.DataFrame, spec: DatasetSpec, config: EtlConfig
+) -> tuple[pl.DataFrame, DatasetSpec]:
+    """The spec and items table with the ``derived`` features that are not aggregates:
+    the ``is_weekend`` clock feature, and the item's ``title_words`` / ``title_chars``."""
+    if "is_weekend" in config.derived:
+        spec = replace(spec, clock=CLOCK_FEATURES)
+    if "title_stats" in config.derived:
+        if "title" not in items.columns:
+            raise ConfigError(
+                f"etl.derived title_stats: the items of dataset {spec.name!r} have no "
+                f"title column (columns: {', '.join(items.columns)})"
+            )
+        title = pl.col("title").cast(pl.String).fill_null("")
+        items = items.with_columns(
+            title_words=title.str.count_matches(r"\S+").cast(pl.Float64),
+            title_chars=title.str.len_chars().cast(pl.Float64),
+        )
+        have = {f.name for f in spec.features}
+        added = tuple(
+            Feature(name=n, kind=FeatureKind.NUMERIC, owner="item")
+            for n in ("title_words", "title_chars")
+            if n not in have  # a retrain keeps them
+        )
+        spec = replace(spec, features=(*spec.features, *added))
+    return items, spec
+
+
 def _pretrained(
     users: pl.DataFrame,
     items: pl.DataFrame,
@@ -265,16 +312,28 @@ def _pretrained(
     return users, items, replace(spec, features=(*spec.features, *new)), stats
 
 
+def _aggregate_columns(spec: DatasetSpec, config: EtlConfig) -> list[str]:
+    """The per-user and per-item aggregates ETL adds as numeric features."""
+    # implicit data has no negatives: positives equal interactions and CTR is constant
+    rated = [t.name for t in spec.tasks if t.kind == TaskKind.REGRESSION]
+    return (
+        ["n_interactions"]
+        + ([] if spec.implicit else ["n_positive", "smoothed_ctr"])
+        + [f"mean_{t}" for t in rated]
+        + ([f"std_{t}" for t in rated] if "rating_std" in config.derived else [])
+    )
+
+
 def _aggregates(
-    train: pl.DataFrame, key: str, positive: pl.Expr, spec: DatasetSpec, m: float
+    train: pl.DataFrame, key: str, positive: pl.Expr, spec: DatasetSpec, m: float, std: bool
 ) -> pl.DataFrame:
     prior = float(train.select(positive.mean()).item()) if train.height else 0.0
     aggs = [pl.len().alias("n_interactions"), positive.sum().alias("n_positive")]
-    aggs += [
-        pl.col(t.name).mean().alias(f"mean_{t.name}")
-        for t in spec.tasks
-        if t.kind == TaskKind.REGRESSION
-    ]
+    for t in spec.tasks:
+        if t.kind == TaskKind.REGRESSION:
+            aggs.append(pl.col(t.name).mean().alias(f"mean_{t.name}"))
+            if std:  # of one rating: 0
+                aggs.append(pl.col(t.name).std().fill_null(0.0).alias(f"std_{t.name}"))
     return (
         train.group_by(key)
         .agg(aggs)
@@ -305,23 +364,21 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
     users = with_all_ids(dataset.users, interactions["user_id"], "user_id").sort("user_id")
     items = with_all_ids(dataset.items, interactions["item_id"], "item_id").sort("item_id")
     users, items, spec, vector_stats = _pretrained(users, items, train, positive, spec, config)
+    items, spec = _derived(items, spec, config)
+    _check_hashed(spec, config)
     hot = hotness(train, positive, config.hot_half_life_days, config.ctr_prior_strength)
+    std = "rating_std" in config.derived
     users = users.join(
-        _aggregates(train, "user_id", positive, spec, config.ctr_prior_strength),
+        _aggregates(train, "user_id", positive, spec, config.ctr_prior_strength, std),
         on="user_id",
         how="left",
     )
     items = items.join(
-        _aggregates(train, "item_id", positive, spec, config.ctr_prior_strength),
+        _aggregates(train, "item_id", positive, spec, config.ctr_prior_strength, std),
         on="item_id",
         how="left",
     ).join(hot.select("item_id", "hotness", "hot_score"), on="item_id", how="left")
-    # implicit data has no negatives: positives equal interactions and CTR is constant
-    agg_cols = (
-        ["n_interactions"]
-        + ([] if spec.implicit else ["n_positive", "smoothed_ctr"])
-        + [f"mean_{t.name}" for t in spec.tasks if t.kind == TaskKind.REGRESSION]
-    )
+    agg_cols = _aggregate_columns(spec, config)
     prior_ctr = float(train.select(positive.mean()).item()) if train.height else 0.0
     fill = {
         "n_interactions": 0,
@@ -349,9 +406,9 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
     categorical: dict[str, pl.Series] = {
         "user_id": train["user_id"],
         "item_id": train["item_id"],
-        "hour": pl.Series("hour", [str(h) for h in range(24)]),
-        "dow": pl.Series("dow", [str(d) for d in range(7)]),
     }
+    every_moment = [clock_values(h, d) for h in range(24) for d in range(7)]
+    categorical |= {c: pl.Series(c, sorted({m[c] for m in every_moment})) for c in spec.clock}
     numeric: dict[str, pl.Series] = {}
     for owner, table in (("user", users), ("item", items)):
         for f in spec.features_of(owner):
@@ -367,7 +424,11 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         elif f.kind == FeatureKind.NUMERIC:
             numeric[f.name] = train[f.name]
     fmap = FeatureMap.fit(
-        categorical, numeric, min_count=config.min_count, max_size=config.max_vocab
+        categorical,
+        numeric,
+        min_count=config.min_count,
+        max_size=config.max_vocab,
+        hashed=config.hash_buckets,
     )
 
     users = _encode(users, "user", spec, fmap, agg_cols, config)
@@ -391,11 +452,22 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         "split": dict(zip(counts["split"], counts["len"], strict=True)),
         "feature_slots": fmap.size,
         "positive_rate": prior_ctr,
-        "context_features": [*CONTEXT_FEATURES, *(f.name for f in spec.features_of("context"))],
+        "context_features": [*spec.clock, *(f.name for f in spec.features_of("context"))],
         **vector_stats,
         "origin": dataset.origin,
     }
     return EtlResult(interactions, users, items, fmap, spec, stats)
+
+
+def _check_hashed(spec: DatasetSpec, config: EtlConfig) -> None:
+    hashable = {f.name for f in spec.features
+                if f.kind in (FeatureKind.CATEGORICAL, FeatureKind.MULTI_HOT)}  # fmt: skip
+    for name in config.hash_buckets:
+        if name not in hashable:
+            raise ConfigError(
+                f"etl.hash_buckets.{name}: not a categorical or multi-hot feature of dataset "
+                f"{spec.name!r} (those: {', '.join(sorted(hashable)) or 'none'})"
+            )
 
 
 def _encode(
@@ -434,6 +506,9 @@ def encode_context(
     """Add ``ctx_<name>`` of every context feature: the slot, the standardised value, or
     the anchor's item row (0: none, or an item the tables do not have)."""
     layout, col = ContextLayout.of(spec), ContextLayout.column
+    if "is_weekend" in layout.clock:  # from the day, as shared.schema.clock_values
+        weekend = pl.col("dow").is_in(WEEKEND_DAYS).cast(pl.Int64)
+        interactions = interactions.with_columns(is_weekend=weekend)
     cols = {col(n): fmap.encode(n, interactions[n]) for n in layout.categorical}
     cols |= {col(n): fmap.standardize(n, interactions[n]) for n in layout.numeric}
     out = interactions.with_columns(pl.Series(name, values) for name, values in cols.items())

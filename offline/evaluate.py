@@ -8,8 +8,11 @@
   blend in the retrieval logit), next to retrieval alone and the ranker alone;
 - ranking: AUC and logloss per task on test impressions, with the oracle AUC where
   the data knows the true probabilities;
-- diagnostics: embedding norms, how often an item's nearest neighbours share its
-  category, sample recommendations beside each user's history.
+- diagnostics: embedding norms; how often an item's (a user's) nearest neighbours share
+  its category (each categorical user feature), against chance; Pearson r and p between
+  the items' model scores and each metadata feature; how often a recommended item shares
+  a category with the user's history, against a random item; sample recommendations
+  beside each user's history.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import polars as pl
 import torch
 from pydantic import Field
+from scipy import stats
 
 from offline import metrics as M
 from offline.baselines import baseline_scores
@@ -30,7 +34,8 @@ from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
 from offline.training.retrieval import embed_items, embed_users, positives, seen_pairs, top_k
 from shared.config import StrictConfig
-from shared.features import ContextBatch, FeatureTables
+from shared.feature_map import PAD, FeatureMap
+from shared.features import ContextBatch, EntityTable, FeatureTables
 from shared.models.rankers import Ranker, final_score
 from shared.models.towers import TwoTower
 from shared.recall import SeenItems, merge
@@ -54,8 +59,17 @@ class EvaluateConfig(StrictConfig):
     diagnostic_items: int = Field(
         5000, ge=2,
         description="items the embedding diagnostics read (norms, nearest-neighbour category "
-        "agreement among them): all of a smaller catalogue, an even sample of a larger one",
+        "agreement among them, score correlations, the random baseline of category hits): "
+        "all of a smaller catalogue, an even sample of a larger one",
     )  # fmt: skip
+    diagnostic_users: int = Field(
+        2000, ge=2,
+        description="test users the diagnostics read (embedding ↔ metadata alignment, the "
+        "mean user of the score correlations, category hits): an even sample",
+    )  # fmt: skip
+    correlations: int = Field(
+        10, ge=0, description="metadata features listed by |Pearson r| with the model's scores"
+    )
     sampled_negatives: int = Field(
         0, ge=0,
         description="also the sampled protocol of many papers (labelled `sampled` in the "
@@ -256,6 +270,9 @@ def evaluate(
         )  # fmt: skip
     out["failures"] = below_chance(out["ranking"])
     diagnostics = _diagnostics(two_tower, tables, item_vectors, spec, config)
+    diagnostics |= _alignment(two_tower, tables, test, item_emb, config)
+    hits = _category_hits(tables, test, candidates[:, :10], config)
+    diagnostics |= {"category_hits": hits} if hits else {}
     samples = _samples(tables, interactions, users, candidates, config.samples, item_names)
     return out, diagnostics, samples
 
@@ -549,15 +566,107 @@ def _diagnostics(
     cats = spec.features_of("item", FeatureKind.CATEGORICAL)
     if cats and len(rows) > config.neighbours + 1:
         label = tables.items.cat[rows, 0]  # the first categorical item feature (category, decade…)
-        v = torch.from_numpy(vectors[rows])
-        sims = v @ v.T
-        sims.fill_diagonal_(-torch.inf)
-        nn_idx = torch.topk(sims, config.neighbours, dim=1).indices.numpy()
+        agreement, chance = _agreement(vectors[rows], label, config.neighbours)
         diag["neighbour_feature"] = cats[0].name
-        diag["neighbour_category_agreement"] = float((label[nn_idx] == label[:, None]).mean())
-        share = np.unique(label, return_counts=True)[1] / len(label)
-        diag["neighbour_baseline"] = float((share**2).sum())
+        diag["neighbour_category_agreement"], diag["neighbour_baseline"] = agreement, chance
     return diag
+
+
+def _agreement(vectors: np.ndarray, label: np.ndarray, k: int) -> tuple[float, float]:
+    """How often a row's ``k`` nearest neighbours (by dot product) share its label, and the
+    same for random pairs (Σ share²)."""
+    v = torch.from_numpy(np.ascontiguousarray(vectors))
+    sims = v @ v.T
+    sims.fill_diagonal_(-torch.inf)
+    nn_idx = torch.topk(sims, k, dim=1).indices.numpy()
+    share = np.unique(label, return_counts=True)[1] / len(label)
+    return float((label[nn_idx] == label[:, None]).mean()), float((share**2).sum())
+
+
+def _even(rows: np.ndarray, n: int) -> np.ndarray:
+    return rows if len(rows) <= n else rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
+
+
+def _alignment(
+    model: TwoTower,
+    tables: FeatureTables,
+    test: HeldOut,
+    item_emb: torch.Tensor,
+    config: EvaluateConfig,
+) -> dict[str, Any]:
+    """User embeddings against user metadata (nearest-neighbour agreement per categorical
+    feature, against chance), and the items' mean score over the test users against item
+    metadata (Pearson r and p, the strongest ``config.correlations`` features)."""
+    pos = _even(np.arange(len(test.users)), config.diagnostic_users)
+    users = embed_users(model, tables, test.users[pos], test.history[pos])
+    out: dict[str, Any] = {"users_read": len(pos), "user_alignment": {}}
+    unit = users[:, : model.config.out_dim].numpy()
+    k = min(config.neighbours, len(pos) - 1)
+    for f, name in enumerate(tables.users.cat_names):
+        label = tables.users.cat[test.users[pos], f]
+        if k >= 1 and len(np.unique(label)) > 1:
+            agreement, chance = _agreement(unit, label, k)
+            out["user_alignment"][name] = {"agreement": agreement, "baseline": chance}
+    rows = _even(np.arange(1, len(tables.items)), config.diagnostic_items)
+    score = (item_emb[rows] @ users.mean(0)).numpy() / model.config.temperature
+    found = []
+    for name, column in _metadata(tables.items, rows, tables.feature_map):
+        if np.ptp(column) > 0:
+            r, p = stats.pearsonr(column, score)
+            found.append({"feature": name, "r": float(r), "p": float(p)})
+    found.sort(key=lambda c: -abs(c["r"]))
+    out["score_correlation"] = found[: config.correlations]
+    return out
+
+
+def _metadata(table: EntityTable, rows: np.ndarray, fmap: FeatureMap, min_rows: int = 5):
+    """(name, column) of each row's metadata: an indicator per categorical or multi-hot value
+    that at least ``min_rows`` rows hold (``genres=Drama``), and each numeric feature."""
+    fields = [(n, table.cat[rows, f][:, None]) for f, n in enumerate(table.cat_names)]
+    fields += [(n, table.multi[rows, m]) for m, n in enumerate(table.multi_names)]
+    for name, slots in fields:
+        values, counts = np.unique(slots[slots > PAD], return_counts=True)
+        for slot in values[counts >= min_rows]:
+            yield f"{name}={fmap.value(name, slot)}", (slots == slot).any(1).astype(np.float64)
+    starts = np.cumsum([0, *table.dense_widths])
+    for name, start, width in zip(table.dense_names, starts, table.dense_widths, strict=False):
+        if width == 1:
+            yield name, table.dense[rows, start].astype(np.float64)
+
+
+def _category_hits(
+    tables: FeatureTables, test: HeldOut, recommended: np.ndarray, config: EvaluateConfig
+) -> dict[str, dict[str, float]]:
+    """For each categorical and multi-hot item feature: the share of the recommended items
+    that share a value with the user's earlier items, against that of a random item (an
+    even sample of users and of at most 500 items: a (users, items, values) array)."""
+    items = tables.items
+    random_rows = _even(np.arange(1, len(items)), min(config.diagnostic_items, 500))
+    sample = _even(np.arange(len(test.users)), config.diagnostic_users)
+    fields = [(n, items.cat[:, f][:, None]) for f, n in enumerate(items.cat_names)]
+    fields += [(n, items.multi[:, m]) for m, n in enumerate(items.multi_names)]
+    return {
+        name: {
+            "recommended": _hit_share(slots, test.exclude, sample[:, None], recommended[sample]),
+            "random": _hit_share(slots, test.exclude, sample[:, None], random_rows[None, :]),
+        }
+        for name, slots in fields
+    }
+
+
+def _hit_share(
+    slots: np.ndarray, earlier: tuple[np.ndarray, np.ndarray], users: np.ndarray, rows: np.ndarray
+) -> float:
+    """The share of items ``rows`` (users × n) holding a value of ``slots`` (I, L: one value,
+    or a padded list of them) that the user's ``earlier`` (user, item) pairs held."""
+    width = int(slots.max()) + 1
+
+    def keys(user: np.ndarray, item: np.ndarray) -> np.ndarray:  # (…, L): user × value
+        held = slots[item]
+        return np.where(held > PAD, user[..., None] * width + held, -1)
+
+    met = np.unique(keys(*earlier))
+    return float(np.isin(keys(users, rows), met[met >= 0]).any(-1).mean())
 
 
 def _samples(

@@ -433,6 +433,8 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
         _true_value(bundle),
         item_names(pl.read_parquet(bundle.path(Files.ITEMS)), len(ctx.tables().items)),
     )
+    # the diagnostics, but the per-item norms (the report plots them), kept with the metrics
+    metrics["diagnostics"] = {k: v for k, v in diagnostics.items() if k != "item_norms"}
     data = _merge_metrics(bundle, metrics)
     history_path = bundle.path(Files.HISTORY)
     histories = (

@@ -66,6 +66,6 @@ def _drawn_context(tables: FeatureTables, rng: np.random.Generator) -> Context:
     """Any slot of each categorical context field (out-of-vocabulary included), a
     standard normal numeric, any item as the anchor."""
     fmap, c = tables.feature_map, tables.context
-    cat = tuple(fmap.oov(n) + int(rng.integers(0, len(fmap.vocab[n]) + 1)) for n in c.categorical)
+    cat = tuple(fmap.oov(n) + int(rng.integers(0, fmap.width(n) + 1)) for n in c.categorical)
     dense = tuple(float(np.float32(rng.normal())) for _ in c.numeric)
     return Context(cat, dense, int(rng.integers(0, len(tables.items))) if c.anchor else 0)

@@ -286,7 +286,39 @@ def _diagnostics_section(diagnostics: Mapping[str, Any], with_plot: bool) -> lis
             lines.append(f"- {key}: {_fmt(value)}")
     if with_plot:
         lines += ["", f"![item embedding norms]({NORMS_PNG})"]
+    lines += _against_chance(
+        diagnostics.get("user_alignment"), "agreement", "baseline",
+        "User embeddings against user metadata: how often a user's nearest users share the "
+        "feature's value, against random pairs",
+        ["user feature", "neighbour agreement", "random pairs"],
+    )  # fmt: skip
+    lines += _against_chance(
+        diagnostics.get("category_hits"), "recommended", "random",
+        "Category hits: how often a recommended item (top 10) shares the feature's value with "
+        "the user's earlier items, against a random item",
+        ["item feature", "recommended", "random item"],
+    )  # fmt: skip
+    found = [c for c in diagnostics.get("score_correlation") or () if isinstance(c, Mapping)]
+    if found:
+        lines += ["", "Item metadata against the model's score (the test users' mean logit), "
+                  "strongest Pearson r first:", ""]  # fmt: skip
+        rows = [(c.get("feature"), c.get("r"), _p_value(c.get("p"))) for c in found]
+        lines += _table(["item feature", "Pearson r", "p"], rows)
     return ["## Embedding diagnostics", "", *lines, ""] if lines else []
+
+
+def _against_chance(
+    entries: Any, value: str, chance: str, title: str, header: list[str]
+) -> list[str]:
+    if not isinstance(entries, Mapping) or not entries:
+        return []
+    rows = [(name, e.get(value), e.get(chance)) for name, e in entries.items()
+            if isinstance(e, Mapping)]  # fmt: skip
+    return ["", title + ":", "", *_table(header, rows)]
+
+
+def _p_value(p: Any) -> str:
+    return f"{p:.2g}" if _is_number(p) else "n/a"
 
 
 def _samples_section(samples: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -7,6 +7,10 @@ serves them all::
     offset(col)                 col=<OOV>: any value not seen when the map was fitted
     offset(col) + 1 + j         col=vocab(col)[j]
 
+A hashed column (the hashing trick, for high-cardinality values) keeps no vocabulary:
+``col=value`` lands on ``offset(col) + 1 + crc32(value) mod buckets(col)``, so any value,
+seen or not, shares its bucket with others instead of the OOV slot.
+
 Numeric columns keep the mean and standard deviation they are standardised with.
 Saved beside the models; the gateway encodes with the very same map, so a value never
 seen in training lands on its column's OOV slot instead of failing.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +42,15 @@ class FeatureMap:
 
     vocab: dict[str, list[str]] = field(default_factory=dict)
     numeric: dict[str, tuple[float, float]] = field(default_factory=dict)
+    hashed: dict[str, int] = field(default_factory=dict)  # column → buckets
     _offsets: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _lookup: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         offset = 1
-        for col, values in self.vocab.items():
+        for col in self.columns():
             self._offsets[col] = offset
-            offset += 1 + len(values)
+            offset += 1 + self.width(col)
         self._size = offset
 
     # --- fitting ---------------------------------------------------------------
@@ -56,16 +62,20 @@ class FeatureMap:
         min_count: int = 1,
         max_size: int | None = None,
         uncapped: tuple[str, ...] = ("user_id", "item_id"),
+        hashed: dict[str, int] | None = None,
     ) -> FeatureMap:
         """Build vocabularies from training values (lists are flattened).
 
         Values seen fewer than ``min_count`` times, and past the ``max_size`` most
         frequent of a column (the ``uncapped`` id columns excepted), map to the OOV slot,
-        which therefore is trained too. Vocabularies are sorted by descending count, then value, so the
-        map is deterministic.
+        which therefore is trained too. Vocabularies are sorted by descending count, then
+        value, so the map is deterministic. The ``hashed`` columns get buckets instead.
         """
+        hashed = hashed or {}
         vocab: dict[str, list[str]] = {}
         for col, values in categorical.items():
+            if col in hashed:
+                continue
             if isinstance(values.dtype, pl.List):
                 values = values.explode(empty_as_null=False, keep_nulls=False)
             counts = values.drop_nulls().cast(pl.String).value_counts(name="n")
@@ -81,7 +91,8 @@ class FeatureMap:
             mean = float(v.mean()) if len(v) else 0.0
             std = float(v.std()) if len(v) > 1 else 1.0
             stats[col] = (mean, std if std and std > 1e-12 else 1.0)
-        return cls(vocab=vocab, numeric=stats)
+        buckets = {c: n for c, n in hashed.items() if c in categorical}
+        return cls(vocab=vocab, numeric=stats, hashed=buckets)
 
     # --- lookups ---------------------------------------------------------------
     @property
@@ -92,8 +103,24 @@ class FeatureMap:
     def oov(self, col: str) -> int:
         return self._offsets[col]
 
+    def width(self, col: str) -> int:
+        """The column's value slots (its OOV slot aside): vocabulary or buckets."""
+        return self.hashed[col] if col in self.hashed else len(self.vocab[col])
+
+    def value(self, col: str, slot: int) -> str:
+        """What a slot of ``col`` stands for: its value, ``<OOV>``, or ``#bucket``."""
+        j = int(slot) - self._offsets[col] - 1
+        if j < 0:
+            return "<OOV>"
+        return f"#{j}" if col in self.hashed else self.vocab[col][j]
+
+    def _bucket(self, col: str, value: str) -> int:
+        return self._offsets[col] + 1 + zlib.crc32(value.encode()) % self.hashed[col]
+
     def slot(self, col: str, value: Any) -> int:
         """One value's slot (for a single context value at serving time)."""
+        if col in self.hashed:
+            return self.oov(col) if value is None else self._bucket(col, str(value))
         if col not in self._lookup:
             self._lookup[col] = {
                 v: self._offsets[col] + 1 + j for j, v in enumerate(self.vocab[col])
@@ -107,14 +134,16 @@ class FeatureMap:
     def encode(self, col: str, values: pl.Series) -> np.ndarray:
         """Vectorised slots of a column of scalar values, shape (N,) int64."""
         base = self._offsets[col]
-        mapping = pl.DataFrame(
-            {
-                "v": self.vocab[col],
-                "slot": np.arange(base + 1, base + 1 + len(self.vocab[col]), dtype=np.int64),
-            },
-            schema={"v": pl.String, "slot": pl.Int64},
-        )
         frame = pl.DataFrame({"v": values.cast(pl.String)})
+        if col in self.hashed:
+            seen = frame["v"].drop_nulls().unique().to_list()
+            known, slots = seen, np.array([self._bucket(col, v) for v in seen], dtype=np.int64)
+        else:
+            known = self.vocab[col]
+            slots = np.arange(base + 1, base + 1 + len(known), dtype=np.int64)
+        mapping = pl.DataFrame(
+            {"v": known, "slot": slots}, schema={"v": pl.String, "slot": pl.Int64}
+        )
         slots = frame.join(mapping, on="v", how="left", maintain_order="left")["slot"]
         return slots.fill_null(base).to_numpy().astype(np.int64, copy=False)
 
@@ -137,7 +166,8 @@ class FeatureMap:
 
     # --- persistence ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"vocab": self.vocab, "numeric": {k: list(v) for k, v in self.numeric.items()}}
+        out = {"vocab": self.vocab, "numeric": {k: list(v) for k, v in self.numeric.items()}}
+        return out | ({"hashed": self.hashed} if self.hashed else {})  # older maps: none
 
     @property
     def fingerprint(self) -> str:
@@ -153,7 +183,9 @@ class FeatureMap:
         try:
             data = json.loads(Path(path).read_text())
             fmap = cls(
-                vocab=data["vocab"], numeric={k: tuple(v) for k, v in data["numeric"].items()}
+                vocab=data["vocab"],
+                numeric={k: tuple(v) for k, v in data["numeric"].items()},
+                hashed=data.get("hashed", {}),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BundleError(f"{path}: not a readable feature map ({e})") from None
@@ -162,4 +194,4 @@ class FeatureMap:
         return fmap
 
     def columns(self) -> Iterable[str]:
-        return self.vocab.keys()
+        return [*self.vocab, *self.hashed]

@@ -28,7 +28,7 @@ import torch
 
 from shared.feature_map import FeatureMap
 from shared.models.inputs import ItemInputs, RankerInputs, UserInputs
-from shared.schema import CONTEXT_FEATURES, DatasetSpec, FeatureKind
+from shared.schema import CONTEXT_FEATURES, DatasetSpec, FeatureKind, clock_values
 
 
 def dense_widths(widths: Sequence[int]) -> tuple[int, ...] | None:
@@ -39,7 +39,7 @@ def dense_widths(widths: Sequence[int]) -> tuple[int, ...] | None:
 class Context(NamedTuple):
     """One impression's context, encoded (hashable: the serving side caches by it)."""
 
-    cat: tuple[int, ...]  # (Fc,) slots: hour, dow, then the spec's categorical context
+    cat: tuple[int, ...]  # (Fc,) slots: the clock (hour, dow, …), then the categorical context
     dense: tuple[float, ...]  # (Nc,) standardised numeric context
     anchor: int = 0  # the anchor item's row, 0 = none
 
@@ -79,22 +79,24 @@ class ContextError(ValueError):
 class ContextLayout:
     """The context fields of a spec, in the ranker's order, and their serving defaults."""
 
-    categorical: tuple[str, ...]  # hour, dow, then the spec's categorical context features
+    categorical: tuple[str, ...]  # the clock's (hour, dow, …), then the spec's categorical ones
     numeric: tuple[str, ...]
     anchor: str | None
     defaults: Mapping[str, str | None]
     positions: tuple[str, ...] = ()  # the slot features (scored at their default)
+    clock: tuple[str, ...] = CONTEXT_FEATURES  # the first categorical ones, taken from ts
 
     @classmethod
     def of(cls, spec: DatasetSpec) -> ContextLayout:
         ctx = spec.features_of("context")
         return cls(
-            categorical=(*CONTEXT_FEATURES,
+            categorical=(*spec.clock,
                          *(f.name for f in ctx if f.kind == FeatureKind.CATEGORICAL)),
             numeric=tuple(f.name for f in ctx if f.kind == FeatureKind.NUMERIC),
             anchor=spec.anchor,
             defaults={f.name: f.default for f in ctx},
             positions=tuple(f.name for f in ctx if f.position),
+            clock=spec.clock,
         )  # fmt: skip
 
     @property
@@ -105,7 +107,7 @@ class ContextLayout:
     @property
     def given(self) -> tuple[str, ...]:
         """The context a request may give (the hour and day come from the clock)."""
-        return self.names[len(CONTEXT_FEATURES) :]
+        return self.names[len(self.clock) :]
 
     @property
     def columns(self) -> list[str]:
@@ -260,7 +262,7 @@ class FeatureTables:
             problems = {k: f"not a context feature of the served version (known: {known})"
                         for k in unknown}  # fmt: skip
         fmap = self.feature_map
-        value = {"hour": str(hour), "dow": str(dow)}
+        value = clock_values(hour, dow)
         value |= {k: given.get(k, c.defaults.get(k)) for k in names}
         dense = []
         for name in c.numeric:

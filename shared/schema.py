@@ -29,9 +29,11 @@ import polars as pl
 from shared.errors import ConfigError, DataError
 
 __all__ = [
+    "CLOCK_FEATURES",
     "CONTEXT_FEATURES",
     "FEATURE_DTYPES",
     "Dataset",
+    "clock_values",
     "DatasetSpec",
     "Feature",
     "FeatureKind",
@@ -90,8 +92,16 @@ class Task:
     score_weight: float = 1.0
 
 
-# Context features derived from each interaction's timestamp, at training and serving time.
+# Context features derived from each interaction's timestamp, at training and serving time:
+# always the hour and the day of week (0 = Monday); is_weekend when ETL is asked for it.
 CONTEXT_FEATURES: tuple[str, ...] = ("hour", "dow")
+CLOCK_FEATURES: tuple[str, ...] = (*CONTEXT_FEATURES, "is_weekend")
+WEEKEND_DAYS = (5, 6)  # dow of Saturday, Sunday
+
+
+def clock_values(hour: int, dow: int) -> dict[str, str]:
+    """The clock features' raw values at one moment (what the feature map encodes)."""
+    return {"hour": str(hour), "dow": str(dow), "is_weekend": str(int(dow in WEEKEND_DAYS))}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,8 +127,11 @@ class DatasetSpec:
     implicit: bool = False
     positive_label: str | None = None
     oracle_column: str | None = None
+    clock: tuple[str, ...] = CONTEXT_FEATURES  # the context features taken from ts
 
     def __post_init__(self) -> None:
+        if self.clock[:2] != CONTEXT_FEATURES or not set(self.clock) <= set(CLOCK_FEATURES):
+            raise ConfigError(f"clock features {self.clock}: hour, dow, then of {CLOCK_FEATURES}")
         names = [t.name for t in self.tasks]
         for i, task in enumerate(self.tasks):
             if (
@@ -140,7 +153,7 @@ class DatasetSpec:
                                   "kind item, a default or position")  # fmt: skip
             if f.position and (f.kind != FeatureKind.CATEGORICAL or f.default is None):
                 raise ConfigError(f"position feature {f.name!r}: categorical, with a default slot")
-            if f.name in CONTEXT_FEATURES:
+            if f.name in CLOCK_FEATURES:
                 raise ConfigError(f"feature {f.name!r}: derived from ts, not a column")
         if sum(f.kind == FeatureKind.ITEM for f in context) > 1:
             raise ConfigError(f"dataset {self.name!r}: at most one anchor (item) context feature")
@@ -173,6 +186,7 @@ class DatasetSpec:
             implicit=data.get("implicit", False),
             positive_label=data.get("positive_label"),
             oracle_column=data.get("oracle_column"),
+            clock=tuple(data.get("clock", CONTEXT_FEATURES)),
         )
 
 

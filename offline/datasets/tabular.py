@@ -50,7 +50,7 @@ from offline.datasets.tables import require_unique, with_all_ids
 from shared.config import StrictConfig, build, load_yaml
 from shared.errors import ConfigError, DataError
 from shared.schema import (
-    CONTEXT_FEATURES,
+    CLOCK_FEATURES,
     Dataset,
     DatasetSpec,
     Feature,
@@ -162,7 +162,7 @@ def _spec(schema: TabularSchema, where: Path) -> DatasetSpec:
     taken = {"user_id", "item_id", "ts"}
     if clash := taken & set(labels):
         raise ConfigError(f"{where}: interactions.labels.{clash.pop()}: name already used")
-    taken |= {*CONTEXT_FEATURES, *labels}
+    taken |= {*CLOCK_FEATURES, *labels}
     features: list[Feature] = []
     for name, c in schema.interactions.context.items():
         if name in taken:

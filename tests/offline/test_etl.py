@@ -8,6 +8,8 @@ import pytest
 from offline import etl
 from offline.datasets import load_dataset
 from offline.embeddings import TextConfig, hashed_bag_of_words, text_vectors
+from offline.training.loop import TrainerConfig
+from offline.training.ranking import RankingConfig, ranking_data, train_ranker
 from shared.bundle import Bundle, Files
 from shared.errors import ConfigError
 from shared.features import FeatureTables
@@ -254,3 +256,60 @@ def test_row_limits_metadata_filter_and_vocabulary_cap() -> None:
     r = etl.run(data, etl.EtlConfig(max_vocab=3))
     assert len(r.feature_map.vocab["brand"]) == 3 and len(r.feature_map.vocab["region"]) == 3
     assert len(r.feature_map.vocab["item_id"]) > 3  # ids are never capped
+
+
+def test_is_weekend_and_hashed_features_are_encoded_and_trained() -> None:
+    data = load_dataset("synthetic", options={"n_users": 80, "n_items": 50, "n_impressions": 4000})
+    config = etl.EtlConfig(derived=["is_weekend"], hash_buckets={"tags": 8, "brand": 4})
+    r = etl.run(data, config)
+    assert r.spec.clock == ("hour", "dow", "is_weekend")
+    assert r.stats["context_features"][:3] == ["hour", "dow", "is_weekend"]
+    weekend = r.interactions["dow"] >= 5
+    assert (r.interactions["is_weekend"] == weekend.cast(pl.Int64)).all()
+    slots = r.interactions["ctx_is_weekend"]
+    fmap = r.feature_map
+    assert set(slots) == {fmap.slot("is_weekend", "0"), fmap.slot("is_weekend", "1")}
+    assert fmap.hashed == {"tags": 8, "brand": 4} and "brand" not in fmap.vocab
+    brand = r.items["slot_brand"].to_numpy()
+    assert (brand > fmap.oov("brand")).all() and (brand <= fmap.oov("brand") + 4).all()
+    tables = FeatureTables.from_frames(r.users, r.items, r.spec, r.feature_map)
+    assert tables.context.categorical[:3] == ("hour", "dow", "is_weekend")
+    ranking = RankingConfig(trainer=TrainerConfig(epochs=1, batch_size=512), hidden=[16])
+    data = ranking_data(tables, r.interactions, r.spec, ranking)
+    trained = train_ranker("dcn", tables, data, r.spec, ranking)
+    assert np.isfinite(trained.history.epochs[0]["train_loss"])
+    # the same clock at serving time: Saturday noon is a weekend slot
+    saturday = tables.context_of({}, hour=12, dow=5)
+    assert saturday.cat[2] == fmap.slot("is_weekend", "1")
+
+
+def test_rating_spread_and_title_statistics_on_movielens(ml100k_dir) -> None:
+    data = load_dataset("movielens-100k", ml100k_dir)
+    config = etl.EtlConfig(max_interactions=8000, derived=["rating_std", "title_stats"])
+    r = etl.run(data, config)
+    train = r.interactions.filter(pl.col("split") == "train")
+    spread = train.group_by("user_id").agg(pl.col("rating").std().fill_null(0.0).alias("want"))
+    got = r.users.join(spread, on="user_id").select("std_rating", "want")
+    assert np.allclose(got["std_rating"], got["want"]) and got["want"].max() > 0.5
+    assert "num_item_std_rating" in r.items.columns and "num_user_std_rating" in r.users.columns
+    names = {f.name for f in r.spec.features_of("item")}
+    assert {"title_words", "title_chars"} <= names
+    toy = r.items.filter(pl.col("title") == "Toy Story (1995)")
+    assert toy["title_words"].item() == 3 and toy["title_chars"].item() == 16
+    tables = FeatureTables.from_frames(r.users, r.items, r.spec, r.feature_map)
+    ranking = RankingConfig(trainer=TrainerConfig(epochs=1, batch_size=512), hidden=[16])
+    data = ranking_data(tables, r.interactions, r.spec, ranking)
+    trained = train_ranker("deepfm", tables, data, r.spec, ranking)
+    assert np.isfinite(trained.history.epochs[0]["train_loss"])
+
+
+def test_derived_and_hashed_options_name_what_is_missing() -> None:
+    data = load_dataset("synthetic", options={"n_users": 40, "n_items": 30, "n_impressions": 800})
+    with pytest.raises(ConfigError, match="title_stats.*no title column"):
+        etl.run(data, etl.EtlConfig(derived=["title_stats"]))
+    with pytest.raises(ConfigError, match=r"hash_buckets\.item_id: not a categorical"):
+        etl.run(data, etl.EtlConfig(hash_buckets={"item_id": 100}))
+    with pytest.raises(ValueError, match="hash_buckets.brand"):
+        etl.EtlConfig(hash_buckets={"brand": 0})
+    with pytest.raises(ValueError, match="derived"):
+        etl.EtlConfig(derived=["is_holiday"])

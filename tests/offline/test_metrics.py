@@ -261,3 +261,15 @@ def test_graded_ndcg_of_the_test_split_is_one_in_the_ideal_order(ml100k_dir) -> 
     got = _graded_ndcg(r.interactions, r.spec, test, {"ideal": ideal, "reversed": worst})
     assert got["ideal"] == pytest.approx(1.0)
     assert 0 < got["reversed"] < got["ideal"]
+
+
+def test_category_hits_count_values_shared_with_the_users_earlier_items() -> None:
+    from offline.evaluate import _hit_share  # noqa: PLC0415
+
+    # items' values (padded lists): 1 → {5}, 2 → {6, 7}, 3 → {5, 7}
+    slots = np.array([[0, 0], [5, 0], [6, 7], [5, 7]])
+    earlier = (np.array([0, 1]), np.array([1, 2]))  # user 0 met item 1, user 1 item 2
+    # user 0: item 2 shares nothing, item 3 shares 5; user 1: items 3 (7) and 2 (6, 7)
+    rows = np.array([[2, 3], [3, 2]])
+    assert _hit_share(slots, earlier, np.array([[0], [1]]), rows) == 0.75
+    assert _hit_share(slots, earlier, np.array([[0]]), np.array([[1]])) == 1.0

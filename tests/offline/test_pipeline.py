@@ -16,6 +16,8 @@ from shared.keys import Keys
 
 TINY = {
     "dataset_options": {"n_users": 150, "n_items": 80, "n_impressions": 6000, "seed": 3},
+    # a derived clock feature and a hashed multi-hot one, served by the whole stack
+    "etl": {"derived": ["is_weekend"], "hash_buckets": {"tags": 16}},
     "retrieval": {"trainer": {"epochs": 2, "batch_size": 256}},
     # both rankers (the default trains DCN-v2 alone)
     "ranking": {
@@ -116,6 +118,16 @@ def test_metrics_cover_retrieval_baseline_ranking_oracle_and_index(bundle) -> No
     assert "dcn" in report and "deepfm" in report and "## Sample recommendations" in report
     assert "## What ranking adds" in report
     assert "- items_read: 40" in report  # the diagnostics read an even sample of 40 items
+    diag = m["diagnostics"]
+    assert diag["items_read"] == 40 and diag["users_read"] == m["test_users"]
+    assert diag["user_alignment"].keys() == {"age_band", "gender", "region", "device"}
+    assert diag["category_hits"].keys() == {"category", "brand", "price_band", "tags"}
+    for entry in (*diag["user_alignment"].values(), *diag["category_hits"].values()):
+        assert all(0 <= v <= 1 for v in entry.values())
+    found = diag["score_correlation"]
+    assert 0 < len(found) <= 10 and all(-1 <= c["r"] <= 1 and 0 <= c["p"] <= 1 for c in found)
+    assert [abs(c["r"]) for c in found] == sorted((abs(c["r"]) for c in found), reverse=True)
+    assert "Pearson r" in report and "Category hits" in report
     # the sampled protocol, apart and labelled: far easier than the full catalogue
     sampled = m["sampled"]
     assert sampled["negatives"] == 50

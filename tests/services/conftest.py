@@ -45,10 +45,12 @@ CONFIG = {
     "ranking": {"models": ["dcn", "deepfm"], "trainer": {"epochs": 1}, "retrieval_weight": 0.5},
     "index": {"recall_k": 40, "hot_n": 30},
     # pretrained vectors through every model and the serving path: ALS factors of users
-    # and items, the items' text (category, brand, tags) embedded
+    # and items, the items' text (category, brand, tags) embedded; the derived is_weekend
+    # clock feature, from the request's time as from the logs' (a Wednesday is not one)
     "etl": {
         "als": {"factors": 8, "iterations": 3},
         "text": {"columns": ["category", "brand", "tags"]},
+        "derived": ["is_weekend"],
     },
 }
 # Wednesday 3 January 2024, 14:30 UTC: hour 14, day of week 2 (Monday = 0, as in the ETL)

@@ -60,3 +60,24 @@ def test_tampered_map_is_refused(fmap: FeatureMap, tmp_path) -> None:
     path.write_text(path.read_text().replace('"red"', '"rot"'))
     with pytest.raises(BundleError, match="fingerprint"):
         FeatureMap.load(path)
+
+
+def test_hashed_columns_bucket_every_value_stably(tmp_path) -> None:
+    values = pl.Series("sku", [f"sku-{i}" for i in range(1000)])
+    fmap = FeatureMap.fit({"color": pl.Series("color", ["red"]), "sku": values}, hashed={"sku": 16})
+    assert "sku" not in fmap.vocab and fmap.width("sku") == 16
+    assert fmap.size == 1 + (1 + 1) + (1 + 16)
+    slots = fmap.encode("sku", pl.Series([*values, "never-seen", None]))
+    first = fmap.oov("sku") + 1
+    assert set(slots[:-1]) <= set(range(first, first + 16)) and len(set(slots[:1000])) == 16
+    assert slots[-1] == fmap.oov("sku")  # a missing value is still out-of-vocabulary
+    assert [fmap.slot("sku", v) for v in ("sku-3", "never-seen")] == list(slots[[3, 1000]])
+    fmap.save(tmp_path / "fm.json")  # crc32 buckets: the same in every process
+    back = FeatureMap.load(tmp_path / "fm.json")
+    assert back.hashed == {"sku": 16} and (back.encode("sku", values) == slots[:1000]).all()
+    lists = back.encode_lists("sku", pl.Series([["sku-3", "x"]]), max_len=2)
+    assert list(lists[0]) == [slots[3], back.slot("sku", "x")]
+
+
+def test_maps_without_hashed_columns_keep_their_fingerprint(fmap: FeatureMap) -> None:
+    assert "hashed" not in fmap.to_dict()  # bundles written before hashing still load

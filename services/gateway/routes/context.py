@@ -59,6 +59,11 @@ def context_parameters(bundle: ServingBundle) -> list[dict[str, Any]]:
             )
         elif name in c.numeric:
             about, schema = "a number", {"type": "number"}
+        elif name in fmap.hashed:
+            about, schema = (
+                f"any value (hashed into {fmap.hashed[name]} buckets)",
+                {"type": "string"},
+            )
         else:
             values = fmap.vocab[name]
             shown = ", ".join(values[:_SHOWN_VALUES]) + (
