@@ -1,8 +1,9 @@
 """Publishing speed: U users × K items of recall lists into a real Redis.
 
-    python bench/publish.py [--users 100000] [--k 200] [--redis-url URL]
+    python bench/publish.py [--users 100000] [--k 200] [--redis-url URL] [--cluster 3]
 
-Starts its own redis-server on a free port unless --redis-url is given.
+Starts its own redis-server on a free port unless --redis-url is given; ``--cluster N``
+starts a local N-master Redis Cluster instead (every node written at once).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import redis
 
 from offline.publish import PublishConfig, publish
 from shared.keys import Keys
-from shared.redis_server import RedisServer
+from shared.redis_server import LocalCluster, RedisServer
+from shared.store import connect
 
 
 def main() -> None:
@@ -24,9 +25,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=PublishConfig().batch_size)
     parser.add_argument("--redis-url")
+    parser.add_argument("--cluster", type=int, default=0, help="masters of a local cluster")
     args = parser.parse_args()
-    server = None if args.redis_url else RedisServer().start()
-    client = redis.Redis.from_url(args.redis_url or server.url, socket_timeout=60)
+    server = None
+    if not args.redis_url:
+        server = (LocalCluster(args.cluster) if args.cluster else RedisServer()).start()
+    client = connect(args.redis_url or server.url, bool(args.cluster), socket_timeout=60)
     try:
         rng = np.random.default_rng(0)
         recall = rng.integers(1, args.items + 1, (args.users, args.k))
@@ -50,12 +54,19 @@ def main() -> None:
                 f"{version}: {stats['users']:,} users × {args.k} items = {stats['items_written']:,} members "
                 f"in {stats['seconds']:.1f} s ({stats['items_written'] / stats['seconds']:,.0f} members/s, "
                 f"{stats['users'] / stats['seconds']:,.0f} users/s); redis used_memory "
-                f"{client.info('memory')['used_memory_human']}"
+                f"{_memory(client)}"
             )
     finally:
         client.close()
         if server:
             server.stop()
+
+
+def _memory(client) -> str:
+    info = client.info("memory")
+    if "used_memory_human" in info:
+        return info["used_memory_human"]
+    return " + ".join(v["used_memory_human"] for v in info.values())  # a cluster: per node
 
 
 if __name__ == "__main__":

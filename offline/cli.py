@@ -83,9 +83,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> Iterator[str]:
     import redis  # noqa: PLC0415
 
     from offline.ingest import Ingestor  # noqa: PLC0415
+    from shared.store import connect  # noqa: PLC0415
 
     folder = args.events_dir or settings.events_dir
-    client = redis.Redis.from_url(args.redis_url or settings.redis_url)
+    client = connect(args.redis_url or settings.redis_url, settings.redis_cluster)
     try:
         read = written = 0
         started = time.perf_counter()
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             config=config,
             artifacts=args.artifacts or settings.artifacts_dir,
             redis_url=args.redis_url or settings.redis_url,
+            redis_cluster=settings.redis_cluster,
             key_prefix=settings.key_prefix,
             version=args.bundle_version,
             resume=args.resume,

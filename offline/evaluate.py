@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -619,7 +620,9 @@ def _alignment(
     return out
 
 
-def _metadata(table: EntityTable, rows: np.ndarray, fmap: FeatureMap, min_rows: int = 5):
+def _metadata(
+    table: EntityTable, rows: np.ndarray, fmap: FeatureMap, min_rows: int = 5
+) -> Iterator[tuple[str, np.ndarray]]:
     """(name, column) of each row's metadata: an indicator per categorical or multi-hot value
     that at least ``min_rows`` rows hold (``genres=Drama``), and each numeric feature."""
     fields = [(n, table.cat[rows, f][:, None]) for f, n in enumerate(table.cat_names)]

@@ -33,6 +33,7 @@ import redis
 from shared.bundle import atomic_path
 from shared.errors import StoreError
 from shared.keys import Keys
+from shared.store import Client, node_client
 
 __all__ = ["EVENT_SCHEMA", "GROUP", "Ingestor", "read_events"]
 
@@ -65,7 +66,7 @@ class Ingestor:
     """One consumer of the ``ingest`` group writing Parquet parts under ``folder``.
 
     Args:
-        client (redis.Redis): the gateway's Redis (bytes replies).
+        client (redis.Redis | RedisCluster): the gateway's Redis (bytes replies).
         folder (Path): the event log's root.
         consumer (str): this consumer's name; a restarted ingest takes over its entries.
         key_prefix (str): the Redis key prefix.
@@ -73,19 +74,20 @@ class Ingestor:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         folder: Path,
         consumer: str = "ingest-1",
         key_prefix: str = "recsys:",
     ) -> None:
         self.client = client
-        # the same connections, but stream replies left as hiredis parsed them: redis-py's
-        # XREADGROUP callback builds a dict per entry (a third of ingest's time)
-        self._raw = redis.Redis(connection_pool=client.connection_pool)
+        self.stream = Keys(key_prefix).events
+        # the same connections (the stream's node's), but stream replies left as hiredis
+        # parsed them: redis-py's XREADGROUP callback builds a dict per entry (a third of
+        # ingest's time)
+        self._raw = redis.Redis(connection_pool=node_client(client, self.stream).connection_pool)
         self._raw.set_response_callback("XREADGROUP", lambda response, **_: response)
         self.folder = Path(folder)
         self.consumer = consumer
-        self.stream = Keys(key_prefix).events
         self.folder.mkdir(parents=True, exist_ok=True)
         # one ingest per folder: the exactly-once rule reads what the others wrote
         self._lock = (self.folder / ".ingest.lock").open("w")

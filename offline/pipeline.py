@@ -17,7 +17,6 @@ from typing import Any
 import faiss
 import numpy as np
 import polars as pl
-import redis
 
 from offline import etl
 from offline.config import STEP_SECTIONS, PipelineConfig
@@ -52,6 +51,7 @@ from shared.probes import write_probes
 from shared.recall import SeenItems, merge, nearest
 from shared.schema import Dataset, DatasetSpec
 from shared.settings import masked
+from shared.store import connect
 
 __all__ = ["STEPS", "Context", "item_names", "run_step"]
 
@@ -64,6 +64,7 @@ class Context:
     artifacts: Path
     redis_url: str
     key_prefix: str = "recsys:"
+    redis_cluster: bool = False  # redis_url is a node of a Redis Cluster
     version: str | None = None
     bundle: Bundle | None = None
     cache: dict[str, Any] = field(default_factory=dict)
@@ -495,7 +496,7 @@ def publish_step(ctx: Context) -> Iterator[str]:
     )
     recall = pl.read_parquet(bundle.path(Files.RECALL))
     hot = pl.read_parquet(bundle.path(Files.HOT))
-    client = redis.Redis.from_url(ctx.redis_url, socket_timeout=30)
+    client = connect(ctx.redis_url, ctx.redis_cluster, socket_timeout=30)
     try:
         stats = publish(
             client,

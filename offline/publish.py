@@ -4,8 +4,10 @@
    every key is written with an expiry (``pending_ttl_s``); a publish that dies
    part-way leaves keys that expire on their own, and the next publish expires what a
    dead one left at once.
-2. Writes go in pipelined MULTI/EXEC batches (no round trip per key), each batch
-   replacing its keys atomically, so re-publishing a version is harmless.
+2. Writes go in pipelined batches (no round trip per key), each user's list replaced
+   by one MULTI/EXEC of its own key (a reader never sees it half-written, and no
+   transaction spans two hash slots), each batch sent to the server holding its keys: on a
+   Redis Cluster (``shared.store``) every node is written over its own connection.
 3. Only when every key of the version is written and counted are the expiries lifted,
    then ``active`` moves to it in one SET; until then the active version is as it was.
 4. Versions older than the newest ``keep`` get a short expiry (readers still holding
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from shared.config import StrictConfig
 from shared.errors import StoreError
 from shared.keys import Keys
+from shared.store import Client, by_node, node_client
 
 __all__ = ["PublishConfig", "publish"]
 
@@ -36,8 +39,8 @@ class PublishConfig(StrictConfig):
     batch_size: int = Field(
         100,
         ge=1,
-        description="users per pipelined MULTI/EXEC batch; each EXEC blocks other clients "
-        "while it runs (200-item lists: ~70 ms for 100 users, ~260 ms for 500)",
+        description="users per pipelined batch (one MULTI/EXEC per user's list, sent "
+        "together to the server holding them)",
     )
     keep_versions: int = Field(2, ge=1)
     expire_after_s: int = Field(60, ge=1, description="grace before an old version's keys vanish")
@@ -50,7 +53,7 @@ class PublishConfig(StrictConfig):
 
 
 def publish(
-    client: redis.Redis,
+    client: Client,
     keys: Keys,
     version: str,
     user_ids: Sequence[str],
@@ -92,7 +95,6 @@ def publish(
         [_bulk(str(k - j).encode()) for j in range(k)], dtype=object
     )  # higher = earlier
     ttl = b"%d" % config.pending_ttl_s
-    pending, member = _bulk(keys.pending.encode()), _bulk(version.encode())
     try:
         _expire_abandoned(client, keys, version, config)
         client.zadd(keys.pending, {version: time.time()})
@@ -102,34 +104,34 @@ def publish(
             frags = np.empty((hi - lo, 2 * k), dtype=object)
             frags[:, 0::2] = score_frag
             frags[:, 1::2] = item_frag[np.maximum(recall[lo:hi], 0)]
-            beat = b"%f" % time.time()
-            commands = [  # ZADD pending now version: this publish is alive
-                b"*4\r\n$4\r\nZADD\r\n%s%s%s" % (pending, _bulk(beat), member)
-            ]
-            for uid, row, n in zip(user_ids[lo:hi], frags, lengths[lo:hi], strict=True):
-                key = _bulk(keys.recall(version, uid).encode())
-                commands.append(b"*2\r\n$3\r\nDEL\r\n" + key)
-                if n:  # GT: a repeated id keeps its first (highest) place
-                    commands.append(
-                        b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s"
-                        % (3 + 2 * n, key, b"".join(row[: 2 * n]))
-                    )
-                    commands.append(b"*3\r\n$6\r\nEXPIRE\r\n%s%s" % (key, _bulk(ttl)))
-            _transaction(client, commands)
-        pipe = client.pipeline(transaction=True)
-        pipe.delete(keys.global_hot(version), keys.meta(version))
-        if len(hot):
-            pipe.zadd(
-                keys.global_hot(version),
-                dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True)),
-            )
-        pipe.hset(
-            keys.meta(version),
-            mapping={**meta, "published_at": time.time(), "users": len(user_ids)},
-        )
-        pipe.expire(keys.global_hot(version), config.pending_ttl_s)
-        pipe.expire(keys.meta(version), config.pending_ttl_s)
-        pipe.execute()
+            client.zadd(keys.pending, {version: time.time()})  # this publish is alive
+            names = [keys.recall(version, uid) for uid in user_ids[lo:hi]]
+            sends = []
+            for node, at in by_node(client, names):
+                blocks = []
+                for i in at:
+                    key, n = _bulk(names[i].encode()), lengths[lo + i]
+                    block = [b"*2\r\n$3\r\nDEL\r\n" + key]
+                    if n:  # GT: a repeated id keeps its first (highest) place
+                        block.append(
+                            b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s"
+                            % (3 + 2 * n, key, b"".join(frags[i, : 2 * n]))
+                        )
+                        block.append(b"*3\r\n$6\r\nEXPIRE\r\n%s%s" % (key, _bulk(ttl)))
+                    blocks.append(block)
+                sends.append((node, blocks))
+            _transactions(sends)
+        hot_members = dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True))
+        meta = {**meta, "published_at": time.time(), "users": len(user_ids)}
+        for key in (keys.global_hot(version), keys.meta(version)):
+            pipe = node_client(client, key).pipeline(transaction=True)  # one key: one slot
+            pipe.delete(key)
+            if key == keys.meta(version):
+                pipe.hset(key, mapping=meta)
+            elif hot_members:
+                pipe.zadd(key, hot_members)
+            pipe.expire(key, config.pending_ttl_s)
+            pipe.execute()
         ordered = np.sort(recall, axis=1)
         distinct = (ordered[:, :1] > 0).sum(axis=1) + (
             (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] > 0)
@@ -156,27 +158,36 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _transaction(client: redis.Redis, commands: list[bytes]) -> None:
-    """Send pre-packed commands as one MULTI/EXEC round trip; raise on any error."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
+def _transactions(sends: list[tuple[redis.Redis, list[list[bytes]]]]) -> None:
+    """Send blocks of pre-packed commands, each as one MULTI/EXEC, to each server (all
+    servers first, so that they work at once, then every reply); raise on any error."""
+    multi, exec_ = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+    taken = [
+        (client.connection_pool, client.connection_pool.get_connection()) for client, _ in sends
+    ]
+    errors: list[Exception | None] = []
     try:
-        conn.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", *commands, b"*1\r\n$4\r\nEXEC\r\n"])
-        for _ in range(len(commands) + 1):  # +OK, then +QUEUED per command
-            conn.read_response()
-        results = conn.read_response()
+        for (_, conn), (_, blocks) in zip(taken, sends, strict=True):
+            conn.send_packed_command([part for b in blocks for part in (multi, *b, exec_)])
+        for (_, conn), (_, blocks) in zip(taken, sends, strict=True):
+            for block in blocks:
+                for _ in range(len(block) + 1):  # +OK, then +QUEUED per command
+                    conn.read_response()
+                results = conn.read_response()
+                errors += [r for r in results if isinstance(r, Exception)] if results else [None]
     except BaseException:
-        conn.disconnect()  # a half-read reply stream must not go back to the pool
+        for _, conn in taken:
+            conn.disconnect()  # a half-read reply stream must not go back to the pool
         raise
     finally:
-        pool.release(conn)
-    errors = [r for r in results or () if isinstance(r, Exception)]
-    if results is None or errors:
-        raise redis.ResponseError(f"transaction failed: {errors[:1] or 'aborted'}")
+        for pool, conn in taken:
+            pool.release(conn)
+    if errors:
+        raise redis.ResponseError(f"transaction failed: {errors[0] or 'aborted'}")
 
 
 def _check_complete(
-    client: redis.Redis, keys: Keys, version: str, user_ids: Sequence[str], lengths: np.ndarray
+    client: Client, keys: Keys, version: str, user_ids: Sequence[str], lengths: np.ndarray
 ) -> None:
     """Count a sample of the written lists (all of them for small publishes) before the flip."""
     sample = (
@@ -195,9 +206,7 @@ def _check_complete(
         )
 
 
-def _persist(
-    client: redis.Redis, keys: Keys, version: str, user_ids: Sequence[str], batch: int
-) -> None:
+def _persist(client: Client, keys: Keys, version: str, user_ids: Sequence[str], batch: int) -> None:
     """Lift the publish-time expiry of every key of ``version`` (before the flip).
 
     The keys are known, so no SCAN over the whole keyspace: PERSIST of a user without a
@@ -213,7 +222,7 @@ def _persist(
     pipe.execute()
 
 
-def _expire_version(client: redis.Redis, keys: Keys, version: str, seconds: int) -> None:
+def _expire_version(client: Client, keys: Keys, version: str, seconds: int) -> None:
     pipe = client.pipeline(transaction=False)
     for key in client.scan_iter(match=keys.version_pattern(version), count=1000):
         pipe.expire(key, seconds)
@@ -222,7 +231,7 @@ def _expire_version(client: redis.Redis, keys: Keys, version: str, seconds: int)
     pipe.execute()
 
 
-def _expire_abandoned(client: redis.Redis, keys: Keys, current: str, config: PublishConfig) -> None:
+def _expire_abandoned(client: Client, keys: Keys, current: str, config: PublishConfig) -> None:
     """Versions a publish registered but never activated: their keys expire now.
 
     A publish beats ``pending`` with every batch; one whose last beat is older than
@@ -239,7 +248,7 @@ def _expire_abandoned(client: redis.Redis, keys: Keys, current: str, config: Pub
             _expire_version(client, keys, version, config.expire_after_s)
 
 
-def _expire_old(client: redis.Redis, keys: Keys, current: str, config: PublishConfig) -> list[str]:
+def _expire_old(client: Client, keys: Keys, current: str, config: PublishConfig) -> list[str]:
     versions = [_text(v) for v in client.zrevrange(keys.versions, 0, -1)]
     old = [v for v in versions if v != current][config.keep_versions - 1 :]
     for version in old:

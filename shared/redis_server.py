@@ -6,6 +6,7 @@ real Redis speaking the real protocol over a socket, never an in-memory imitatio
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,9 @@ import redis
 
 from shared.errors import StoreError
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["LocalCluster", "RedisServer", "find_redis_server", "free_port"]
+
+SLOTS = 16384
 
 
 def find_redis_server() -> str:
@@ -42,12 +45,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, both ≤ 65535."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 55535)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
 class RedisServer:
     """A throw-away redis-server on a free loopback port; ``stop``/``start`` for fault tests."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, cluster: bool = False
+    ) -> None:
+        self.port = port or (_free_cluster_port() if cluster else free_port())
         self.binary = binary or find_redis_server()
+        self.cluster = cluster  # a cluster node (LocalCluster gives it its slots)
         self.dir = Path(tempfile.mkdtemp(prefix="recsys-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -58,6 +78,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]  # fmt: skip
+        if self.cluster:
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_timeout=0.5)
         deadline = time.monotonic() + timeout
@@ -84,3 +106,56 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocalCluster:
+    """A throw-away Redis Cluster of ``masters`` nodes on free loopback ports, the 16384
+    hash slots split evenly among them (what ``redis-cli --cluster create`` does, without
+    replicas and without needing redis-cli)."""
+
+    def __init__(self, masters: int = 3, binary: str | None = None) -> None:
+        self.nodes = [RedisServer(binary=binary, cluster=True) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """Any node's URL: the cluster client discovers the rest."""
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(port=n.port, socket_timeout=5) for n in self.nodes]
+        try:
+            bounds = [round(i * SLOTS / len(clients)) for i in range(len(clients) + 1)]
+            for client, lo, hi in zip(clients, bounds, bounds[1:], strict=False):
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi))
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + timeout
+            while not all(_ready(c, len(clients)) for c in clients):
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the local cluster did not form in {timeout:.0f} s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.__exit__()
+
+
+def _ready(client: redis.Redis, masters: int) -> bool:
+    info = client.cluster("INFO")
+    return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == masters

@@ -30,7 +30,14 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0",
         description="Redis the worker publishes to and the gateway reads",
     )
-    key_prefix: str = Field("recsys:", description="prefix of every Redis key")
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names a node of a Redis Cluster: the worker and the gateway "
+        "use the cluster clients (keys are spread over the nodes by hash slot)",
+    )
+    key_prefix: str = Field(
+        "recsys:", pattern=r"^[^{}]*$", description="prefix of every Redis key (no braces)"
+    )
     artifacts_dir: Path = Field(Path("artifacts"), description="where bundles are written and read")
     api_host: str = Field("127.0.0.1", description="gateway bind address")
     api_port: int = Field(8000, ge=1, le=65535, description="gateway port")

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from shared.errors import DataError
-from shared.redis_server import RedisServer
+from shared.redis_server import LocalCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
@@ -20,6 +20,13 @@ def redis_server() -> Iterator[RedisServer]:
     """One real redis-server process for the whole session."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real three-master Redis Cluster on loopback ports for the whole session."""
+    with LocalCluster(masters=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError  # noqa: A004  (redis', not the builtin)
@@ -44,6 +43,7 @@ from shared.bundle import Bundle
 from shared.errors import BundleError
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.store import connect_async
 
 __all__ = ["Runtime"]
 
@@ -64,8 +64,9 @@ class Runtime:
         # that died with a restarted server reconnects), never of a timeout: a stalled
         # call waits one timeout in all. Never the client's exponential backoff.
         # (asyncio.timeout around each call costs ~15 % of /recall's request rate.)
-        self.redis = aredis.Redis.from_url(
+        self.redis = connect_async(
             settings.redis_url,
+            settings.redis_cluster,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),

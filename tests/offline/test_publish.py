@@ -2,6 +2,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from offline.publish import PublishConfig, publish
 from shared.errors import StoreError
 from shared.keys import Keys
 from shared.redis_server import RedisServer
+from shared.store import Client, connect
 from tests.conftest import REPO
 
 KEYS = Keys("t:")
@@ -30,7 +32,19 @@ def _publish(client: redis.Redis, version: str, n_users: int = 50, **config) -> 
                    {"dataset": "test"}, PublishConfig(**config))  # fmt: skip
 
 
-def test_publish_writes_the_layout_then_flips(redis_client: redis.Redis) -> None:
+@pytest.fixture(params=["server", "cluster"])
+def store(request, redis_server, redis_cluster) -> Iterator[tuple[Client, str, bool]]:
+    """(a flushed client, its URL, whether a cluster): one server, or the 3-master cluster."""
+    cluster = request.param == "cluster"
+    url = (redis_cluster if cluster else redis_server).url
+    client = connect(url, cluster)
+    client.flushdb()  # on a cluster: every primary
+    yield client, url, cluster
+    client.close()
+
+
+def test_publish_writes_the_layout_then_flips(store) -> None:
+    redis_client, _, cluster = store
     users, recall, item_ids = _lists(50)
     _publish(redis_client, "v1")
     assert redis_client.get(KEYS.active) == b"v1"
@@ -38,9 +52,23 @@ def test_publish_writes_the_layout_then_flips(redis_client: redis.Redis) -> None
     assert got == list(item_ids[recall[7]])  # higher score = earlier
     assert redis_client.zcard(KEYS.global_hot("v1")) == 10
     assert redis_client.hget(KEYS.meta("v1"), "dataset") == b"test"
+    if cluster:  # the lists spread over every primary, each written over its own connection
+        per_node = [len(_version_keys(node, "v1")) for node in _nodes(redis_client)]
+        assert len(per_node) == 3 and min(per_node) > 5 and sum(per_node) == 50 + 2
 
 
-def test_republishing_a_version_is_harmless(redis_client: redis.Redis) -> None:
+def _nodes(client: Client) -> list[redis.Redis]:
+    """Each server's own client (the client itself off a cluster)."""
+    primaries = client.get_primaries() if hasattr(client, "get_primaries") else []
+    return [n.redis_connection for n in primaries] or [client]
+
+
+def _version_keys(node: redis.Redis, version: str) -> list[bytes]:
+    return list(node.scan_iter(match=KEYS.version_pattern(version), count=1000))
+
+
+def test_republishing_a_version_is_harmless(store) -> None:
+    redis_client = store[0]
     _publish(redis_client, "v1")
     before = redis_client.zrange(KEYS.recall("v1", "u3"), 0, -1, withscores=True)
     _publish(redis_client, "v1")
@@ -48,7 +76,8 @@ def test_republishing_a_version_is_harmless(redis_client: redis.Redis) -> None:
     assert redis_client.get(KEYS.active) == b"v1"
 
 
-def test_only_the_last_two_versions_are_kept(redis_client: redis.Redis) -> None:
+def test_only_the_last_two_versions_are_kept(store) -> None:
+    redis_client = store[0]
     for v in ("v1", "v2", "v3"):
         _publish(redis_client, v, n_users=5)
     assert redis_client.get(KEYS.active) == b"v3"
@@ -61,20 +90,21 @@ def test_only_the_last_two_versions_are_kept(redis_client: redis.Redis) -> None:
         redis_client.ttl(KEYS.recall("v2", "u0")) == -1
         and redis_client.ttl(KEYS.recall("v3", "u0")) == -1
     )
+    for node in _nodes(redis_client):  # the clean-up reached every node
+        assert all(0 < node.ttl(key) <= 60 for key in _version_keys(node, "v1"))
 
 
-def test_a_reader_never_sees_a_half_written_active_version(
-    redis_client: redis.Redis, redis_server
-) -> None:
+def test_a_reader_never_sees_a_half_written_active_version(store) -> None:
+    redis_client, url, cluster = store
     _publish(redis_client, "old", n_users=300)
     problems: list[str] = []
     stop = threading.Event()
 
     def reader() -> None:
-        r = redis.Redis.from_url(redis_server.url)
+        r = connect(url, cluster)
         while not stop.is_set():
             version = r.get(KEYS.active).decode()
-            pipe = r.pipeline()
+            pipe = r.pipeline(transaction=False)
             pipe.exists(KEYS.meta(version))
             for u in (0, 150, 299):
                 pipe.zcard(KEYS.recall(version, f"u{u}"))

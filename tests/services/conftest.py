@@ -73,11 +73,12 @@ class BuiltBundle:
     def root(self) -> Path:
         return self.artifacts / self.version
 
-    def publish(self, redis_url: str, version: str | None = None) -> None:
+    def publish(self, redis_url: str, version: str | None = None, cluster: bool = False) -> None:
         ctx = pipeline.Context(
             config=self.config,
             artifacts=self.artifacts,
             redis_url=redis_url,
+            redis_cluster=cluster,
             version=version or self.version,
         )
         for _ in pipeline.run_step("publish", ctx):
