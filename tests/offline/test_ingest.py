@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -13,6 +14,7 @@ from offline.cli import main
 from offline.ingest import GROUP, Ingestor, read_events
 from shared.errors import StoreError
 from shared.keys import Keys
+from shared.store import Client, connect
 
 STREAM = Keys().events
 
@@ -38,7 +40,21 @@ def client(redis_client: redis.Redis) -> redis.Redis:
     return redis_client
 
 
-def test_every_event_lands_once_in_a_day_partition(client: redis.Redis, tmp_path: Path) -> None:
+@pytest.fixture(params=["server", "cluster"])
+def any_client(request, client: redis.Redis, redis_cluster) -> Iterator[Client]:
+    """The test server's client, or one of the 3-master cluster's (the stream on one node)."""
+    if request.param == "server":
+        yield client
+        return
+    on_cluster = connect(redis_cluster.url, cluster=True)
+    on_cluster.delete(STREAM)
+    yield on_cluster
+    on_cluster.delete(STREAM)
+    on_cluster.close()
+
+
+def test_every_event_lands_once_in_a_day_partition(any_client: Client, tmp_path: Path) -> None:
+    client = any_client
     _post(client, 0, 250)
     ingestor = Ingestor(client, tmp_path)
     assert [(n, w) for n, w, _ in ingestor.run(count=100)] == [(100, 100), (100, 100), (50, 50)]
