@@ -175,16 +175,12 @@ def test_text_and_als_vectors_become_features_of_the_tables() -> None:
     assert r.stats["text_encoder"] == "wordllama" and r.stats["als_factors"] == 6
     text = np.asarray(r.items["vec_text"].to_list())
     assert text.shape == (50, 64) and np.isfinite(text).all()
-    # items of one category and tag set read alike; of another, less so
+    # items of one category read alike; of another, less so (on average: tags differ)
     raw = np.asarray(r.items["text"].to_list())
-    same = (
-        r.items.with_row_index("r")
-        .group_by("category")
-        .agg(pl.col("r"))
-        .filter(pl.col("r").list.len() > 1)["r"][0]
-    )
     cos = raw @ raw.T
-    assert cos[same[0], same[1]] > np.median(cos)
+    category = r.items["category"].to_numpy()
+    same = (category[:, None] == category[None, :]) & ~np.eye(len(category), dtype=bool)
+    assert same.any() and cos[same].mean() > cos[~same].mean()
     assert np.asarray(r.users["vec_als"].to_list()).shape == (80, 6)
     tables = FeatureTables.from_frames(r.users, r.items, r.spec, r.feature_map)
     assert tables.items.dense_widths[-1] == 6 and 64 in tables.items.dense_widths
