@@ -266,14 +266,18 @@ def _derived(
             title_words=title.str.count_matches(r"\S+").cast(pl.Float64),
             title_chars=title.str.len_chars().cast(pl.Float64),
         )
-        have = {f.name for f in spec.features}
-        added = tuple(
-            Feature(name=n, kind=FeatureKind.NUMERIC, owner="item")
-            for n in ("title_words", "title_chars")
-            if n not in have  # a retrain keeps them
-        )
-        spec = replace(spec, features=(*spec.features, *added))
+        numbers = [Feature(name=n, kind=FeatureKind.NUMERIC, owner="item")
+                   for n in ("title_words", "title_chars")]  # fmt: skip
+        spec = _with_features(spec, numbers)
     return items, spec
+
+
+def _with_features(spec: DatasetSpec, added: list[Feature]) -> DatasetSpec:
+    """``spec`` with the features ETL computes that it does not have yet (a retrain's spec
+    already has them)."""
+    have = {(f.name, f.owner) for f in spec.features}
+    new = tuple(f for f in added if (f.name, f.owner) not in have)
+    return replace(spec, features=(*spec.features, *new))
 
 
 def _pretrained(
@@ -307,9 +311,7 @@ def _pretrained(
         users, items = vector(users, "als", user_f), vector(items, "als", item_f)
         added += [Feature(name="als", kind=FeatureKind.VECTOR, owner=o) for o in ("user", "item")]
         stats["als_factors"] = config.als.factors
-    have = {(f.name, f.owner) for f in spec.features}
-    new = tuple(f for f in added if (f.name, f.owner) not in have)  # a retrain recomputes them
-    return users, items, replace(spec, features=(*spec.features, *new)), stats
+    return users, items, _with_features(spec, added), stats
 
 
 def _aggregate_columns(spec: DatasetSpec, config: EtlConfig) -> list[str]:

@@ -558,9 +558,7 @@ def _diagnostics(
     spec: DatasetSpec,
     config: EvaluateConfig,
 ) -> dict[str, Any]:
-    rows = np.arange(1, len(tables.items))
-    if len(rows) > config.diagnostic_items:  # an even sample: no items × items matrix
-        rows = rows[np.linspace(0, len(rows) - 1, config.diagnostic_items).astype(np.int64)]
+    rows = _even(np.arange(1, len(tables.items)), config.diagnostic_items)  # no items × items
     with torch.no_grad():
         fused = model.item_tower.fused(tables.item_inputs(rows))
     diag: dict[str, Any] = {"item_norms": fused.norm(dim=1).tolist(), "items_read": len(rows)}
@@ -585,6 +583,7 @@ def _agreement(vectors: np.ndarray, label: np.ndarray, k: int) -> tuple[float, f
 
 
 def _even(rows: np.ndarray, n: int) -> np.ndarray:
+    """All of ``rows``, or an even sample of ``n`` of them."""
     return rows if len(rows) <= n else rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
 
 

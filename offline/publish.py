@@ -106,21 +106,10 @@ def publish(
             frags[:, 1::2] = item_frag[np.maximum(recall[lo:hi], 0)]
             client.zadd(keys.pending, {version: time.time()})  # this publish is alive
             names = [keys.recall(version, uid) for uid in user_ids[lo:hi]]
-            sends = []
-            for node, at in by_node(client, names):
-                blocks = []
-                for i in at:
-                    key, n = _bulk(names[i].encode()), lengths[lo + i]
-                    block = [b"*2\r\n$3\r\nDEL\r\n" + key]
-                    if n:  # GT: a repeated id keeps its first (highest) place
-                        block.append(
-                            b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s"
-                            % (3 + 2 * n, key, b"".join(frags[i, : 2 * n]))
-                        )
-                        block.append(b"*3\r\n$6\r\nEXPIRE\r\n%s%s" % (key, _bulk(ttl)))
-                    blocks.append(block)
-                sends.append((node, blocks))
-            _transactions(sends)
+            _transactions([
+                (node, [_list_commands(names[i], frags[i], lengths[lo + i], ttl) for i in at])
+                for node, at in by_node(client, names)
+            ])  # fmt: skip
         hot_members = dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True))
         meta = {**meta, "published_at": time.time(), "users": len(user_ids)}
         for key in (keys.global_hot(version), keys.meta(version)):
@@ -152,6 +141,18 @@ def publish(
         "seconds": time.perf_counter() - started,
         "expired_versions": len(expired),
     }
+
+
+def _list_commands(name: str, frags: np.ndarray, n: int, ttl: bytes) -> list[bytes]:
+    """One user's list replaced: DEL, ZADD of its ``n`` (score, item) fragments, EXPIRE."""
+    key = _bulk(name.encode())
+    if not n:
+        return [b"*2\r\n$3\r\nDEL\r\n" + key]
+    return [  # GT: a repeated id keeps its first (highest) place
+        b"*2\r\n$3\r\nDEL\r\n" + key,
+        b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s" % (3 + 2 * n, key, b"".join(frags[: 2 * n])),
+        b"*3\r\n$6\r\nEXPIRE\r\n%s%s" % (key, _bulk(ttl)),
+    ]
 
 
 def _bulk(value: bytes) -> bytes:

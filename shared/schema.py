@@ -33,12 +33,13 @@ __all__ = [
     "CONTEXT_FEATURES",
     "FEATURE_DTYPES",
     "Dataset",
-    "clock_values",
     "DatasetSpec",
     "Feature",
     "FeatureKind",
     "Task",
     "TaskKind",
+    "WEEKEND_DAYS",
+    "clock_values",
 ]
 
 Owner = Literal["user", "item", "context"]

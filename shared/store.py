@@ -8,7 +8,6 @@ slot, and the publisher writes each node's keys over that node's own connection.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,10 +46,8 @@ def by_node(client: Client, keys: Sequence[str]) -> list[tuple[redis.Redis, list
     cluster), with that server's plain client."""
     if not isinstance(client, RedisCluster):
         return [(client, list(range(len(keys))))]
-    groups: dict[str, list[int]] = defaultdict(list)
-    nodes = {}
+    groups: dict[str, tuple[redis.Redis, list[int]]] = {}
     for i, key in enumerate(keys):
-        node = client.nodes_manager.get_node_from_slot(client.keyslot(key))
-        groups[node.name].append(i)
-        nodes[node.name] = node
-    return [(nodes[name].redis_connection, positions) for name, positions in groups.items()]
+        node = client.get_node_from_key(key)
+        groups.setdefault(node.name, (node.redis_connection, []))[1].append(i)
+    return list(groups.values())
