@@ -5,9 +5,12 @@
    part-way leaves keys that expire on their own, and the next publish expires what a
    dead one left at once.
 2. Writes go in pipelined batches (no round trip per key), each user's list replaced
-   by one MULTI/EXEC of its own key (a reader never sees it half-written, and no
-   transaction spans two hash slots), each batch sent to the server holding its keys: on a
-   Redis Cluster (``shared.store``) every node is written over its own connection.
+   by one ``RESTORE … REPLACE`` of a payload built here (:mod:`offline.dump`): one atomic
+   command per key, so a reader never sees a list half-written and nothing spans two
+   hash slots; each batch goes to the server holding its keys, on a Redis Cluster
+   (``shared.store``) every node over its own connection at once. Where every server
+   keeps lists of this length as listpacks (``zset-max-listpack-entries`` ≥ the list
+   length), the payloads are listpacks, which the server stores without parsing.
 3. Only when every key of the version is written and counted are the expiries lifted,
    then ``active`` moves to it in one SET; until then the active version is as it was.
 4. Versions older than the newest ``keep`` get a short expiry (readers still holding
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,10 +29,11 @@ import redis
 from pydantic import Field
 from tqdm import tqdm
 
+from offline.dump import SortedSets, listpack_fits
 from shared.config import StrictConfig
 from shared.errors import StoreError
 from shared.keys import Keys
-from shared.store import Client, by_node, node_client
+from shared.store import Client, by_node, node_client, primaries
 
 __all__ = ["PublishConfig", "publish"]
 
@@ -39,7 +44,7 @@ class PublishConfig(StrictConfig):
     batch_size: int = Field(
         100,
         ge=1,
-        description="users per pipelined batch (one MULTI/EXEC per user's list, sent "
+        description="users per pipelined batch (one RESTORE per user's list, sent "
         "together to the server holding them)",
     )
     keep_versions: int = Field(2, ge=1)
@@ -64,7 +69,7 @@ def publish(
     meta: dict[str, str | int | float],
     config: PublishConfig,
     progress: bool = False,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Write ``version`` and make it active.
 
     Args:
@@ -87,29 +92,28 @@ def publish(
     """
     started = time.perf_counter()
     k = recall.shape[1] if recall.ndim == 2 else 0
-    lengths = (recall > 0).sum(axis=1)
-    # RESP fragments are built once per item and per rank; a user's ZADD is then one
-    # bytes join (redis-py would pack 400 arguments per user in Python)
-    item_frag = np.array([_bulk(str(name).encode()) for name in item_ids], dtype=object)
-    score_frag = np.array(
-        [_bulk(str(k - j).encode()) for j in range(k)], dtype=object
-    )  # higher = earlier
-    ttl = b"%d" % config.pending_ttl_s
+    recall = recall.reshape(len(user_ids), k)
+    keep = _first_places(recall)
+    names = [str(name).encode() for name in item_ids]
+    ttl_ms = config.pending_ttl_s * 1000
     try:
+        listpack = _keeps_listpacks(client, k, max(map(len, names), default=0))
+        sets = SortedSets(names, np.arange(k, 0, -1.0), listpack)  # higher score = earlier
         _expire_abandoned(client, keys, version, config)
-        client.zadd(keys.pending, {version: time.time()})
+        beat = 0.0
         batches = range(0, len(user_ids), config.batch_size)
-        for lo in tqdm(batches, disable=not progress, desc="publish", unit="batch"):
-            hi = min(lo + config.batch_size, len(user_ids))
-            frags = np.empty((hi - lo, 2 * k), dtype=object)
-            frags[:, 0::2] = score_frag
-            frags[:, 1::2] = item_frag[np.maximum(recall[lo:hi], 0)]
-            client.zadd(keys.pending, {version: time.time()})  # this publish is alive
-            names = [keys.recall(version, uid) for uid in user_ids[lo:hi]]
-            _transactions([
-                (node, [_list_commands(names[i], frags[i], lengths[lo + i], ttl) for i in at])
-                for node, at in by_node(client, names)
-            ])  # fmt: skip
+        with _Sender() as sender:
+            for lo in tqdm(batches, disable=not progress, desc="publish", unit="batch"):
+                hi = min(lo + config.batch_size, len(user_ids))
+                if time.monotonic() - beat > 1:  # this publish is alive
+                    client.zadd(keys.pending, {version: time.time()})
+                    beat = time.monotonic()
+                lists = [keys.recall(version, uid).encode() for uid in user_ids[lo:hi]]
+                payloads = sets.payloads(np.maximum(recall[lo:hi], 0), keep[lo:hi])
+                sender.send([
+                    (node, [_write(lists[i], ttl_ms, payloads[i]) for i in at])
+                    for node, at in by_node(client, lists)
+                ])  # fmt: skip
         hot_members = dict(zip(item_ids[hot].tolist(), hot_scores.tolist(), strict=True))
         meta = {**meta, "published_at": time.time(), "users": len(user_ids)}
         for key in (keys.global_hot(version), keys.meta(version)):
@@ -121,11 +125,7 @@ def publish(
                 pipe.zadd(key, hot_members)
             pipe.expire(key, config.pending_ttl_s)
             pipe.execute()
-        ordered = np.sort(recall, axis=1)
-        distinct = (ordered[:, :1] > 0).sum(axis=1) + (
-            (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] > 0)
-        ).sum(axis=1)
-        _check_complete(client, keys, version, user_ids, distinct)
+        _check_complete(client, keys, version, user_ids, keep.sum(axis=1))
         _persist(client, keys, version, user_ids, config.batch_size)
         client.set(keys.active, version)  # the flip: one command
         client.zadd(keys.versions, {version: time.time()})
@@ -137,54 +137,109 @@ def publish(
         ) from None
     return {
         "users": len(user_ids),
-        "items_written": int(lengths.sum()),
+        "items_written": int(keep.sum()),
         "seconds": time.perf_counter() - started,
         "expired_versions": len(expired),
+        "encoding": "listpack" if listpack else "zset2",
     }
 
 
-def _list_commands(name: str, frags: np.ndarray, n: int, ttl: bytes) -> list[bytes]:
-    """One user's list replaced: DEL, ZADD of its ``n`` (score, item) fragments, EXPIRE."""
-    key = _bulk(name.encode())
-    if not n:
-        return [b"*2\r\n$3\r\nDEL\r\n" + key]
-    return [  # GT: a repeated id keeps its first (highest) place
-        b"*2\r\n$3\r\nDEL\r\n" + key,
-        b"*%d\r\n$4\r\nZADD\r\n%s$2\r\nGT\r\n%s" % (3 + 2 * n, key, b"".join(frags[: 2 * n])),
-        b"*3\r\n$6\r\nEXPIRE\r\n%s%s" % (key, _bulk(ttl)),
-    ]
+def _first_places(recall: np.ndarray) -> np.ndarray:
+    """(U, K) which entries of each list are written: item rows > 0, a repeated one only
+    at its first (highest) place."""
+    keep = recall > 0
+    ordered = np.sort(recall, axis=1)
+    repeats = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] > 0)).any(axis=1)
+    if repeats.any():  # the lists with a repeat: their first places, by a stable sort
+        rows = recall[repeats]
+        order = np.argsort(rows, axis=1, kind="stable")
+        ordered = np.take_along_axis(rows, order, axis=1)
+        first = np.ones_like(ordered, dtype=bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        kept = np.empty_like(first)
+        np.put_along_axis(kept, order, first & (ordered > 0), axis=1)
+        keep[repeats] = kept
+    return keep
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
+def _keeps_listpacks(client: Client, k: int, longest: int) -> bool:
+    """Whether every server keeps a list of ``k`` members of up to ``longest`` bytes as a
+    listpack (its ``zset-max-listpack-*``); False where CONFIG is refused or unknown."""
+    if not listpack_fits(k, longest):
+        return False
+    for node in primaries(client):
+        try:
+            limits = node.config_get("zset-max-listpack-*")
+        except redis.ResponseError:
+            return False
+        entries = int(limits.get("zset-max-listpack-entries", 0))
+        if entries < k or int(limits.get("zset-max-listpack-value", 0)) < longest:
+            return False
+    return True
 
 
-def _transactions(sends: list[tuple[redis.Redis, list[list[bytes]]]]) -> None:
-    """Send blocks of pre-packed commands, each as one MULTI/EXEC, to each server (all
-    servers first, so that they work at once, then every reply); raise on any error."""
-    multi, exec_ = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
-    taken = [
-        (client.connection_pool, client.connection_pool.get_connection()) for client, _ in sends
-    ]
-    errors: list[Exception | None] = []
-    try:
-        for (_, conn), (_, blocks) in zip(taken, sends, strict=True):
-            conn.send_packed_command([part for b in blocks for part in (multi, *b, exec_)])
-        for (_, conn), (_, blocks) in zip(taken, sends, strict=True):
-            for block in blocks:
-                for _ in range(len(block) + 1):  # +OK, then +QUEUED per command
+def _write(key: bytes, ttl_ms: int, payload: bytes | None) -> bytes:
+    """One user's list replaced by one command (an empty list: no key)."""
+    if payload is None:
+        return _command(b"DEL", key)
+    return _command(b"RESTORE", key, b"%d" % ttl_ms, payload, b"REPLACE")
+
+
+def _command(*parts: bytes) -> bytes:
+    """A command packed for the wire (redis-py's packer costs more than the payloads)."""
+    return b"*%d\r\n" % len(parts) + b"".join([b"$%d\r\n%s\r\n" % (len(p), p) for p in parts])
+
+
+class _Sender:
+    """Pre-packed commands to the servers, over one connection each, with one batch in
+    flight: a batch's replies are read only after the next batch is sent, so that the
+    servers take one batch while this process packs the next.
+
+    Used as a context manager: leaving it reads every reply and hands the connections
+    back. A refused command raises once its batch is read; on any error, a connection
+    with replies still unread is closed.
+    """
+
+    def __init__(self) -> None:
+        self.taken: dict[int, tuple[redis.Redis, redis.Connection]] = {}
+        self.unread: deque[list[tuple[redis.Connection, int]]] = deque()
+        self.errors: list[redis.ResponseError] = []
+
+    def send(self, sends: list[tuple[redis.Redis, list[bytes]]]) -> None:
+        """One batch: ``(server, commands)`` each; every server's share goes out at once."""
+        batch = []
+        for client, commands in sends:
+            if id(client) not in self.taken:
+                self.taken[id(client)] = (client, client.connection_pool.get_connection())
+            conn = self.taken[id(client)][1]
+            conn.send_packed_command([b"".join(commands)])  # one write, not one per command
+            batch.append((conn, len(commands)))
+        self.unread.append(batch)
+        while len(self.unread) > 1:
+            self._read()
+
+    def _read(self) -> None:
+        for conn, n in self.unread.popleft():
+            for _ in range(n):
+                try:
                     conn.read_response()
-                results = conn.read_response()
-                errors += [r for r in results if isinstance(r, Exception)] if results else [None]
-    except BaseException:
-        for _, conn in taken:
-            conn.disconnect()  # a half-read reply stream must not go back to the pool
-        raise
-    finally:
-        for pool, conn in taken:
-            pool.release(conn)
-    if errors:
-        raise redis.ResponseError(f"transaction failed: {errors[0] or 'aborted'}")
+                except redis.ResponseError as e:
+                    self.errors.append(e)
+        if self.errors:  # every reply of the batch read: the stream is consistent
+            raise redis.ResponseError(f"a write to Redis was refused: {self.errors[0]}")
+
+    def __enter__(self) -> _Sender:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            while kind is None and self.unread:
+                self._read()
+        finally:
+            for client, conn in self.taken.values():
+                if self.unread or kind is not None:
+                    conn.disconnect()  # a half-read reply stream must not go back to the pool
+                client.connection_pool.release(conn)
 
 
 def _check_complete(
@@ -213,14 +268,15 @@ def _persist(client: Client, keys: Keys, version: str, user_ids: Sequence[str], 
     The keys are known, so no SCAN over the whole keyspace: PERSIST of a user without a
     list (no key) is a no-op.
     """
-    pipe = client.pipeline(transaction=False)
-    pipe.persist(keys.global_hot(version))
-    pipe.persist(keys.meta(version))
-    for i, uid in enumerate(user_ids):
-        pipe.persist(keys.recall(version, uid))
-        if i % (10 * batch) == 10 * batch - 1:
-            pipe.execute()
-    pipe.execute()
+    for key in (keys.global_hot(version), keys.meta(version)):
+        node_client(client, key).persist(key)
+    with _Sender() as sender:
+        for lo in range(0, len(user_ids), 10 * batch):
+            lists = [keys.recall(version, uid).encode() for uid in user_ids[lo : lo + 10 * batch]]
+            sender.send([
+                (node, [_command(b"PERSIST", lists[i]) for i in at])
+                for node, at in by_node(client, lists)
+            ])  # fmt: skip
 
 
 def _expire_version(client: Client, keys: Keys, version: str, seconds: int) -> None:

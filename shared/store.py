@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aredis
 from redis.cluster import RedisCluster
 
-__all__ = ["Client", "by_node", "connect", "connect_async", "node_client"]
+__all__ = ["Client", "by_node", "connect", "connect_async", "node_client", "primaries"]
 
 Client = redis.Redis | RedisCluster
 
@@ -39,6 +39,13 @@ def node_client(client: Client, key: str | bytes) -> redis.Redis:
     if isinstance(client, RedisCluster):
         return client.get_node_from_key(key).redis_connection
     return client
+
+
+def primaries(client: Client) -> list[redis.Redis]:
+    """Each server's own client: the cluster's primaries, or the client itself."""
+    if isinstance(client, RedisCluster):
+        return [node.redis_connection for node in client.get_primaries()]
+    return [client]
 
 
 def by_node(client: Client, keys: Sequence[str]) -> list[tuple[redis.Redis, list[int]]]:

@@ -12,7 +12,7 @@ from offline.publish import PublishConfig, publish
 from shared.errors import StoreError
 from shared.keys import Keys
 from shared.redis_server import RedisServer
-from shared.store import Client, connect
+from shared.store import Client, connect, primaries
 from tests.conftest import REPO
 
 KEYS = Keys("t:")
@@ -53,14 +53,8 @@ def test_publish_writes_the_layout_then_flips(store) -> None:
     assert redis_client.zcard(KEYS.global_hot("v1")) == 10
     assert redis_client.hget(KEYS.meta("v1"), "dataset") == b"test"
     if cluster:  # the lists spread over every primary, each written over its own connection
-        per_node = [len(_version_keys(node, "v1")) for node in _nodes(redis_client)]
+        per_node = [len(_version_keys(node, "v1")) for node in primaries(redis_client)]
         assert len(per_node) == 3 and min(per_node) > 5 and sum(per_node) == 50 + 2
-
-
-def _nodes(client: Client) -> list[redis.Redis]:
-    """Each server's own client (the client itself off a cluster)."""
-    primaries = client.get_primaries() if hasattr(client, "get_primaries") else []
-    return [n.redis_connection for n in primaries] or [client]
 
 
 def _version_keys(node: redis.Redis, version: str) -> list[bytes]:
@@ -90,7 +84,7 @@ def test_only_the_last_two_versions_are_kept(store) -> None:
         redis_client.ttl(KEYS.recall("v2", "u0")) == -1
         and redis_client.ttl(KEYS.recall("v3", "u0")) == -1
     )
-    for node in _nodes(redis_client):  # the clean-up reached every node
+    for node in primaries(redis_client):  # the clean-up reached every node
         assert all(0 < node.ttl(key) <= 60 for key in _version_keys(node, "v1"))
 
 
@@ -197,3 +191,49 @@ def test_redis_gone_is_a_store_error_and_changes_nothing() -> None:
     )  # a fresh server (no persistence): nothing half-set either
     client.close()
     server.stop()
+
+
+def test_a_repeated_item_keeps_its_first_place_and_an_empty_list_no_key(store) -> None:
+    client = store[0]
+    item_ids = np.array(["", "a", "b", "c", "d"], dtype=object)
+    recall = np.array([[3, 1, 3, 0, 4, 1], [0, 0, 0, 0, 0, 0], [2, 2, 2, 2, 2, 2]])
+    stats = publish(client, KEYS, "v1", ["x", "y", "z"], recall, item_ids, np.array([1]),
+                    np.array([1.0]), {}, PublishConfig())  # fmt: skip
+    assert client.zrevrange(KEYS.recall("v1", "x"), 0, -1, withscores=True) == [
+        (b"c", 6.0), (b"a", 5.0), (b"d", 2.0)
+    ]  # fmt: skip
+    assert not client.exists(KEYS.recall("v1", "y"))
+    assert client.zrevrange(KEYS.recall("v1", "z"), 0, -1) == [b"b"]
+    assert stats["items_written"] == 4
+
+
+def test_lists_are_listpacks_where_the_server_keeps_them_so(redis_client: redis.Redis) -> None:
+    if int(redis_client.info("server")["redis_version"].split(".")[0]) < 7:
+        pytest.skip("listpack sorted sets need Redis 7.0 (the tests' server is older)")
+    assert _publish(redis_client, "v1")["encoding"] == "listpack"  # lists of 20 ≤ 128
+    assert redis_client.object("encoding", KEYS.recall("v1", "u7")) == b"listpack"
+    redis_client.config_set("zset-max-listpack-entries", 10)  # now too long for one
+    try:
+        assert _publish(redis_client, "v2")["encoding"] == "zset2"
+    finally:
+        redis_client.config_set("zset-max-listpack-entries", 128)
+    assert redis_client.object("encoding", KEYS.recall("v2", "u7")) == b"skiplist"
+    assert redis_client.zrange(KEYS.recall("v2", "u7"), 0, -1, withscores=True) == (
+        redis_client.zrange(KEYS.recall("v1", "u7"), 0, -1, withscores=True)
+    )
+
+
+def test_a_refused_write_is_a_store_error_and_the_old_version_stays(
+    redis_client: redis.Redis, redis_server
+) -> None:
+    _publish(redis_client, "old", n_users=20)
+    redis_client.acl_setuser("norestore", enabled=True, passwords=["+pw"], keys=["*"],
+                             commands=["+@all", "-restore"])  # fmt: skip
+    limited = redis.Redis(port=redis_server.port, username="norestore", password="pw")
+    try:
+        with pytest.raises(StoreError, match="refused: .*restore"):
+            _publish(limited, "new", n_users=20, batch_size=3)
+        assert limited.get(KEYS.active) == b"old"  # the pool's connections still answer
+    finally:
+        limited.close()
+        redis_client.acl_deluser("norestore")
