@@ -36,11 +36,11 @@ import polars as pl
 from load import start_server  # bench/, beside this script
 
 from offline import pipeline
-from offline.baselines import baseline_scores
+from offline.baselines import baseline_lists
 from offline.config import load_config
 from offline.datasets import load_dataset
 from offline.etl import temporal_split
-from offline.metrics import ndcg_at_k, recall_at_k, relevant_sets, topk_from_scores
+from offline.metrics import ndcg_at_k, recall_at_k, relevant_sets
 from shared.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,13 +121,9 @@ def baselines(train: pl.DataFrame, users: list[str], items: list[str]) -> dict[s
     everyone = {u: j for j, u in enumerate(train["user_id"].unique().sort().to_list())}
     rows = train["user_id"].replace_strict(everyone, return_dtype=pl.Int64).to_numpy()
     cols = train["item_id"].replace_strict(item_index, return_dtype=pl.Int64).to_numpy()
-    x = np.zeros((len(everyone), len(items)), dtype=np.float64)
-    x[rows, cols] = 1.0
     scored = np.array([everyone[u] for u in users])
-    out = {}
-    for name, s in baseline_scores(x, rows, train["ts"].to_numpy(), cols, scored).items():
-        out[name] = topk_from_scores(s, K, exclude=x[scored] > 0)
-    return out
+    times = train["ts"].to_numpy()
+    return baseline_lists(rows, cols, times, (len(everyone), len(items)), scored, K)
 
 
 def report(name: str, recs: np.ndarray, relevant) -> str:  # noqa: ANN001

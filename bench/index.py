@@ -1,58 +1,123 @@
-"""FAISS index build and query speed for a large catalog: exact vs approximate.
+"""Approximate search on learned embeddings: FAISS indexes swept against exact search.
 
-    python bench/index.py [--items 1000000] [--dim 64] [--queries 2000] [--k 200]
+    python bench/index.py --bundle DIR [--queries 1000] [--ks 10 200] [--markdown]
 
-Vectors are clustered (like trained item embeddings, unlike uniform noise) and L2-
-normalised; each index's Recall@k is measured against exact inner-product search.
+Reads a bundle's item serving vectors and, as queries, an even sample of its users'
+(``DIR`` a bundle or a bundles folder: its newest; ``bench/scale.py --artifacts DIR``
+leaves one of a million items). Builds exact inner-product search, HNSW (M 16 and 32),
+IVF-Flat (4·√n lists), IVF with an HNSW coarse quantizer over more lists, and IVF-PQ
+re-ranked by exact distances (``IndexRefineFlat``), then searches each at a sweep of
+depths (``efSearch``, ``nprobe``) and prints Recall@k against exact search and query
+speed (FAISS batch search over the queries, every core) as a multiple of exact search's.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import faiss
 import numpy as np
 
-from offline.index import IndexConfig, build_index, index_quality
+from offline.index import exact_search, index_quality
+from offline.metrics import even_sample
+from shared.bundle import Bundle, Files
+
+Factory = Callable[[np.ndarray], faiss.Index]
+
+
+def _candidates(n: int, d: int) -> dict[str, tuple[Factory, str, tuple[int, ...]]]:
+    """name -> (build on the vectors, the depth parameter, the depths swept)."""
+    nlist, many = max(1, int(4 * np.sqrt(n))), max(1, int(16 * np.sqrt(n)))
+    ip = faiss.METRIC_INNER_PRODUCT
+    sub = next(m for m in (13, 16, 8, 5, 4, 2, 1) if d % m == 0)  # PQ sub-vectors
+
+    def hnsw(m: int) -> Factory:
+        def build(x: np.ndarray) -> faiss.Index:
+            index = faiss.IndexHNSWFlat(d, m, ip)
+            index.hnsw.efConstruction = 200
+            return index
+
+        return build
+
+    def factory(spec: str, refine: bool = False) -> Factory:
+        def build(x: np.ndarray) -> faiss.Index:
+            index = faiss.index_factory(d, spec, ip)
+            return faiss.IndexRefineFlat(index) if refine else index
+
+        return build
+
+    probes = (1, 2, 4, 8, 16, 32, 64, 128)
+    return {
+        "HNSW M16": (hnsw(16), "efSearch", (16, 32, 64, 128, 256, 512)),
+        "HNSW M32": (hnsw(32), "efSearch", (16, 32, 64, 128, 256, 512)),
+        f"IVF{nlist},Flat": (factory(f"IVF{nlist},Flat"), "nprobe", probes),
+        f"IVF{many}_HNSW32,Flat": (factory(f"IVF{many}_HNSW32,Flat"), "nprobe", probes),
+        f"IVF{nlist},PQ{sub}x8 + refine": (
+            factory(f"IVF{nlist},PQ{sub}x8", refine=True),
+            "nprobe",
+            probes,
+        ),
+    }
+
+
+def _set(index: faiss.Index, parameter: str, value: int, k: int) -> None:
+    inner = (
+        faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+    )
+    if parameter == "efSearch":
+        inner.hnsw.efSearch = value
+    else:
+        faiss.extract_index_ivf(inner).nprobe = value
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = max(4.0, 400 / k)  # re-rank 4× (and at least 400) candidates
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--k", type=int, default=200)
-    parser.add_argument(
-        "--spread",
-        type=float,
-        default=1.0,
-        help="noise around cluster centres (1.0: clusters overlap)",
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--ks", type=int, nargs="+", default=[10, 200])
+    parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(1000, args.dim)).astype(np.float32)
-    x = centres[rng.integers(0, 1000, args.items)] + 0.5 * rng.normal(
-        size=(args.items, args.dim)
-    ).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = centres[rng.integers(0, 1000, args.queries)] + 0.5 * rng.normal(
-        size=(args.queries, args.dim)
-    ).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    for kind, extra in (
-        ("flat", {}),
-        ("hnsw", {"hnsw_m": 32, "hnsw_ef_search": 256}),
-        ("ivf", {"ivf_nprobe": 32}),
-    ):
-        t = time.perf_counter()
-        index = build_index(x, IndexConfig(kind=kind, **extra))
-        build = time.perf_counter() - t
-        qual = index_quality(index, x, q, args.k)
-        print(
-            f"{kind:5s}: build {build:6.1f} s, {qual['index_qps']:9,.0f} queries/s "
-            f"(exact {qual['exact_qps']:,.0f}/s, ×{qual['index_qps'] / qual['exact_qps']:.1f}), "
-            f"recall@{args.k} vs exact {qual['recall_vs_exact']:.3f}"
-        )
+    root = args.bundle if (args.bundle / Files.MANIFEST).exists() else Bundle.open(args.bundle).root
+    items = np.load(root / Files.ITEM_EMBEDDINGS, mmap_mode="r")[1:]  # row 0 = unknown item
+    users = np.load(root / Files.USER_EMBEDDINGS, mmap_mode="r")
+    x = np.ascontiguousarray(items, dtype=np.float32)
+    q = np.ascontiguousarray(users[even_sample(np.arange(1, len(users)), args.queries)])
+    n, d = x.shape
+    print(f"{n:,} items × {d} dims, {len(q):,} user queries, {faiss.omp_get_max_threads()} threads")
+    exact = faiss.IndexFlatIP(d)
+    exact.add(x)
+    truths = {k: exact_search(exact, q, k) for k in args.ks}
+    for k, (_, qps) in truths.items():
+        print(f"exact: k={k} {qps:,.0f} queries/s")
+    rows = []
+    for name, (build, parameter, depths) in _candidates(n, d).items():
+        started = time.perf_counter()
+        index = build(x)
+        index.train(x)
+        index.add(x)
+        built = time.perf_counter() - started
+        for depth in depths:
+            got = []
+            for k, (truth, exact_qps) in truths.items():
+                _set(index, parameter, depth, k)
+                quality = index_quality(index, q, truth, exact_qps)
+                got.append((k, quality["recall_vs_exact"], quality["index_qps"], exact_qps))
+            rows.append((name, f"{parameter} {depth}", built, got))
+            print(f"{name:28s} {parameter} {depth:4d} (build {built:5.0f} s): " + "; ".join(
+                f"recall@{k} {r:.3f} at {s:,.0f}/s (×{s / e:.1f})" for k, r, s, e in got
+            ), flush=True)  # fmt: skip
+    if args.markdown:
+        head = " | ".join(f"recall@{k} | ×exact@{k}" for k in args.ks)
+        print(f"\n| index | depth | build s | {head} |")
+        print("|---|---|---:|" + "---:|---:|" * len(args.ks))
+        for name, depth, built, got in rows:
+            cells = " | ".join(f"{r:.3f} | {s / e:.1f}" for _, r, s, e in got)
+            print(f"| {name} | {depth} | {built:.0f} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pydantic import Field
 from scipy import stats
 
 from offline import metrics as M
-from offline.baselines import baseline_scores
+from offline.baselines import baseline_lists
 from offline.training.history import CausalHistory
 from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
@@ -49,6 +49,12 @@ log = logging.getLogger(__name__)
 
 class EvaluateConfig(StrictConfig):
     ks: tuple[int, ...] = (10, 20, 50)
+    max_users: int = Field(
+        20_000, ge=1,
+        description="held-out users the metrics read (the test split, and the validation "
+        "split that tunes the rankers' retrieval weight): all of them up to this many, an "
+        "even sample beyond",
+    )  # fmt: skip
     candidates: int = Field(
         100,
         ge=1,
@@ -94,12 +100,20 @@ class HeldOut:
 
 
 def held_out(
-    tables: FeatureTables, interactions: pl.DataFrame, spec: DatasetSpec, split: str
+    tables: FeatureTables,
+    interactions: pl.DataFrame,
+    spec: DatasetSpec,
+    split: str,
+    max_users: int | None = None,
 ) -> HeldOut:
-    """``split`` (valid or test) with everything before it: train, then train + valid."""
+    """``split`` (valid or test) with everything before it: train, then train + valid;
+    its users all, or an even sample of ``max_users``."""
     before = ("train",) if split == "valid" else ("train", "valid")
     rows = positives(interactions, spec, split)
     users = np.unique(rows["user_idx"].to_numpy())
+    if max_users is not None and len(users) > max_users:
+        users = M.even_sample(users, max_users)
+        rows = rows.filter(pl.col("user_idx").is_in(users))
     where = np.zeros(len(tables.users), dtype=np.int64)
     where[users] = np.arange(len(users))
     relevant = M.relevant_sets(
@@ -208,7 +222,7 @@ def evaluate(
     from the same candidates. ``item_names`` (I,), e.g. titles, name the items of the
     sample lists in place of their ids.
     """
-    test = held_out(tables, interactions, spec, "test")
+    test = held_out(tables, interactions, spec, "test", config.max_users)
     users, relevant, exclude = test.users, test.relevant, test.exclude
     k_max = max(config.ks)
     n_items = len(tables.items)
@@ -379,8 +393,8 @@ def _cold_items(
     users, positives = users[hit], positives[hit]
     scored = np.unique(users)
     vectors = embed_users(two_tower, tables, test.users[scored], test.history[scored])
-    scores = (vectors @ items[torch.from_numpy(cold_rows)].T).numpy()  # (U', C)
-    order = cold_rows[np.argsort(-scores, axis=1, kind="stable")]  # (U', C) item rows
+    shelf = items[torch.from_numpy(np.concatenate([[0], cold_rows]))]  # top_k skips row 0
+    order = cold_rows[top_k(vectors, shelf, max(ks), None) - 1]  # (U', k) item rows
     where = np.searchsorted(scored, users)
     out = {"items": int(len(cold_rows)), "positives": int(hit.sum())}
     for k in ks:
@@ -428,22 +442,14 @@ def _baselines(test: HeldOut, n_items: int, ks: tuple[int, ...]) -> dict[str, di
     """EASE, item-kNN, recent popularity (:mod:`offline.baselines`) on the same users,
     from the same earlier interactions, their seen items excluded."""
     earlier = test.earlier
-    users = np.unique(np.concatenate([earlier["user_idx"].to_numpy(), test.users]))
-    where = np.searchsorted(users, earlier["user_idx"].to_numpy())
-    items = earlier["item_idx"].to_numpy()
-    x = np.zeros((len(users), n_items), dtype=np.float64)
-    x[where, items] = 1.0
-    x[:, 0] = 0.0  # row 0 is the unknown item
-    scored = np.searchsorted(users, test.users)
-    exclude = x[scored] > 0
-    exclude[:, 0] = True
-    out = {}
-    for name, scores in baseline_scores(x, where, earlier["ts"].to_numpy(), items, scored).items():
-        if name == "popularity":  # already in the report, as out["popularity"]
-            continue
-        recs = M.topk_from_scores(scores, max(ks), exclude)
-        out[name] = M.ranking_report(recs, test.relevant, ks)
-    return out
+    rows = earlier["user_idx"].to_numpy()
+    shape = (int(max(rows.max(initial=0), test.users.max(initial=0))) + 1, n_items)
+    lists = baseline_lists(
+        rows, earlier["item_idx"].to_numpy(), earlier["ts"].to_numpy(), shape, test.users,
+        max(ks), never=(0,),  # row 0 is the unknown item
+    )  # fmt: skip
+    lists.pop("popularity")  # already in the report, as out["popularity"]
+    return {name: M.ranking_report(recs, test.relevant, ks) for name, recs in lists.items()}
 
 
 def _recall_lists(
@@ -558,7 +564,9 @@ def _diagnostics(
     spec: DatasetSpec,
     config: EvaluateConfig,
 ) -> dict[str, Any]:
-    rows = _even(np.arange(1, len(tables.items)), config.diagnostic_items)  # no items × items
+    rows = M.even_sample(
+        np.arange(1, len(tables.items)), config.diagnostic_items
+    )  # no items × items
     with torch.no_grad():
         fused = model.item_tower.fused(tables.item_inputs(rows))
     diag: dict[str, Any] = {"item_norms": fused.norm(dim=1).tolist(), "items_read": len(rows)}
@@ -582,11 +590,6 @@ def _agreement(vectors: np.ndarray, label: np.ndarray, k: int) -> tuple[float, f
     return float((label[nn_idx] == label[:, None]).mean()), float((share**2).sum())
 
 
-def _even(rows: np.ndarray, n: int) -> np.ndarray:
-    """All of ``rows``, or an even sample of ``n`` of them."""
-    return rows if len(rows) <= n else rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
-
-
 def _alignment(
     model: TwoTower,
     tables: FeatureTables,
@@ -597,7 +600,7 @@ def _alignment(
     """User embeddings against user metadata (nearest-neighbour agreement per categorical
     feature, against chance), and the items' mean score over the test users against item
     metadata (Pearson r and p, the strongest ``config.correlations`` features)."""
-    pos = _even(np.arange(len(test.users)), config.diagnostic_users)
+    pos = M.even_sample(np.arange(len(test.users)), config.diagnostic_users)
     users = embed_users(model, tables, test.users[pos], test.history[pos])
     out: dict[str, Any] = {"users_read": len(pos), "user_alignment": {}}
     unit = users[:, : model.config.out_dim].numpy()
@@ -607,7 +610,7 @@ def _alignment(
         if k >= 1 and len(np.unique(label)) > 1:
             agreement, chance = _agreement(unit, label, k)
             out["user_alignment"][name] = {"agreement": agreement, "baseline": chance}
-    rows = _even(np.arange(1, len(tables.items)), config.diagnostic_items)
+    rows = M.even_sample(np.arange(1, len(tables.items)), config.diagnostic_items)
     score = (item_emb[rows] @ users.mean(0)).numpy() / model.config.temperature
     found = []
     for name, column in _metadata(tables.items, rows, tables.feature_map):
@@ -643,8 +646,8 @@ def _category_hits(
     that share a value with the user's earlier items, against that of a random item (an
     even sample of users and of at most 500 items: a (users, items, values) array)."""
     items = tables.items
-    random_rows = _even(np.arange(1, len(items)), min(config.diagnostic_items, 500))
-    sample = _even(np.arange(len(test.users)), config.diagnostic_users)
+    random_rows = M.even_sample(np.arange(1, len(items)), min(config.diagnostic_items, 500))
+    sample = M.even_sample(np.arange(len(test.users)), config.diagnostic_users)
     fields = [(n, items.cat[:, f][:, None]) for f, n in enumerate(items.cat_names)]
     fields += [(n, items.multi[:, m]) for m, n in enumerate(items.multi_names)]
     return {

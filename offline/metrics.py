@@ -26,9 +26,11 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
+    "SCORE_BLOCK",
     "RelevantSets",
     "auc",
     "catalog_coverage",
+    "even_sample",
     "hit_matrix",
     "hit_rate_at_k",
     "intra_list_diversity",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+SCORE_BLOCK = 1 << 25  # user × item scores held at once by blocked top-k (32M: 128 MB as float32)
 
 
 class RelevantSets(NamedTuple):
@@ -93,6 +97,11 @@ def relevant_sets(user_row: np.ndarray, item_idx: np.ndarray, n_users: int) -> R
     counts = np.bincount(pairs[:, 0], minlength=n_users)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return RelevantSets(indptr=indptr, indices=pairs[:, 1].copy())
+
+
+def even_sample(rows: np.ndarray, n: int) -> np.ndarray:
+    """All of ``rows``, or an even sample of ``n`` of them (first and last included)."""
+    return rows if len(rows) <= n else rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
 
 
 def topk_from_scores(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:

@@ -6,8 +6,10 @@ and adds its files, hashed into the manifest. ``run`` does them all in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +25,7 @@ from offline.config import STEP_SECTIONS, PipelineConfig
 from offline.datasets import load_dataset
 from offline.datasets.synthetic import SyntheticConfig, TrueValue
 from offline.evaluate import evaluate, held_out, retrieve, tune_retrieval_weight
-from offline.index import build_index, index_quality
+from offline.index import IndexConfig, build_index
 from offline.probes import probe_set
 from offline.publish import publish
 from offline.training.loop import distributed
@@ -195,8 +197,9 @@ def train_ranking_step(ctx: Context) -> Iterator[str]:
             retrieval_weights[kind] = config.retrieval_weight
             continue
         if valid is None:  # the validation candidates, shared by every ranker
-            split = held_out(ctx.tables(), ctx.interactions(), spec, "valid")
-            n = ctx.config.evaluate.candidates  # as many as evaluation re-ranks
+            on = ctx.config.evaluate  # as many candidates and users as evaluation reads
+            split = held_out(ctx.tables(), ctx.interactions(), spec, "valid", on.max_users)
+            n = on.candidates
             valid = (split, *retrieve(_model(ctx, Files.TWO_TOWER), ctx.tables(), split, n)[:2])
         best, tried = tune_retrieval_weight(
             result.model, ctx.tables(), *valid, weights, config.retrieval_weight_grid, value
@@ -225,22 +228,20 @@ def index_step(ctx: Context) -> Iterator[str]:
     model = _model(ctx, Files.TWO_TOWER)
     vectors = embed_items(model, tables).numpy()  # (I, O + 1), row 0 = unknown item
     _save_array(bundle, Files.ITEM_EMBEDDINGS, vectors)
-    started = time.perf_counter()
-    index = build_index(vectors[1:], cfg)  # FAISS id j ↔ item row j + 1
-    build_s = time.perf_counter() - started
-    with atomic_path(bundle.path(Files.INDEX)) as tmp:
-        faiss.write_index(index, str(tmp))
     user_rows = np.arange(1, len(tables.users))
     user_vectors = embed_users(model, tables, user_rows).numpy()
     rng = np.random.default_rng(0)
     queries = user_vectors[
         rng.choice(len(user_vectors), min(cfg.quality_queries, len(user_vectors)), replace=False)
     ]
-    quality = index_quality(index, vectors[1:], queries, cfg.recall_k) | {"build_s": build_s}
+    index, quality = build_index(vectors[1:], cfg, queries)  # FAISS id j ↔ item row j + 1
+    with atomic_path(bundle.path(Files.INDEX)) as tmp:
+        faiss.write_index(index, str(tmp))
     if quality["recall_vs_exact"] < cfg.recall_floor:
         raise ConfigError(
             f"index recall@{cfg.recall_k} vs exact search is {quality['recall_vs_exact']:.3f}, "
-            f"below the floor {cfg.recall_floor}: raise hnsw_ef_search / ivf_nprobe"
+            f"below the floor {cfg.recall_floor}: raise hnsw_ef_search / ivf_nprobe "
+            "(auto: auto_ef_search / auto_nprobe)"
         )
 
     # batch recall for every known user
@@ -251,15 +252,7 @@ def index_step(ctx: Context) -> Iterator[str]:
     seen = SeenItems.build(
         pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(), len(tables.users), len(vectors)
     )
-    extra = seen.most() if cfg.exclude_seen else 0
-    recalled = nearest(index, user_vectors, cfg.recall_k + extra)
-    banned = None
-    if cfg.exclude_seen:
-        cand = np.concatenate(
-            [recalled, np.broadcast_to(hot_rows, (len(user_rows), len(hot_rows)))], axis=1
-        )
-        banned = seen.contains(user_rows, cand)
-    merged = merge(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
+    merged = _recall_lists(index, user_vectors, user_rows, seen, hot_rows, cfg)
     bundle.update_manifest(
         serving={"hot_every": cfg.hot_every, "lists_exclude_seen": cfg.exclude_seen}
     )
@@ -279,6 +272,36 @@ def index_step(ctx: Context) -> Iterator[str]:
         f"{quality['recall_vs_exact']:.3f}, {quality['index_qps']:,.0f} queries/s; "
         f"recall lists for {len(user_rows)} users"
     )
+
+
+RECALL_BLOCK = 4096  # users searched at once by the index step's batch recall
+
+
+def _recall_lists(
+    index: faiss.Index,
+    user_vectors: np.ndarray,
+    user_rows: np.ndarray,
+    seen: SeenItems,
+    hot_rows: np.ndarray,
+    cfg: IndexConfig,
+) -> np.ndarray:
+    """(U, recall_k) each user's published list (:func:`shared.recall.merge`). Users go
+    in blocks of :data:`RECALL_BLOCK` by how much they have seen, each block searching
+    ``recall_k`` plus its own most-seen count, so that one heavy user never makes every
+    user's search (and memory) that deep."""
+    counts = np.diff(seen.indptr)[user_rows] if cfg.exclude_seen else np.zeros(len(user_rows))
+    by_seen = np.argsort(counts, kind="stable")
+    merged = np.zeros((len(user_rows), cfg.recall_k), dtype=np.int64)
+    for lo in range(0, len(user_rows), RECALL_BLOCK):
+        block = by_seen[lo : lo + RECALL_BLOCK]
+        rows = user_rows[block]
+        recalled = nearest(index, user_vectors[block], cfg.recall_k + int(counts[block].max()))
+        banned = None
+        if cfg.exclude_seen:
+            hot = np.broadcast_to(hot_rows, (len(block), len(hot_rows)))
+            banned = seen.contains(rows, np.concatenate([recalled, hot], axis=1))
+        merged[block] = merge(recalled, hot_rows, cfg.recall_k, cfg.hot_every, banned)
+    return merged
 
 
 def export_step(ctx: Context) -> Iterator[str]:
@@ -574,9 +597,35 @@ def run_step(step: str, ctx: Context, first: str | None = None) -> Iterator[str]
 
 
 def _steps(names: Sequence[str], ctx: Context) -> Iterator[str]:
+    """Each step in turn; the manifest records the config it ran with, its seconds and
+    the process's peak resident memory during it."""
     config = ctx.config.model_dump(mode="json")
     for name in names:
+        _reset_peak_rss()
+        started = time.perf_counter()
         yield from STEP_FUNCTIONS[name](ctx)
-        if ctx.bundle is not None and distributed()[0] == 0:  # the config each step ran with
+        seconds, peak = time.perf_counter() - started, _peak_rss_mib()
+        log.info("%s: %.1f s, peak RSS %.0f MiB", name, seconds, peak)
+        if ctx.bundle is not None and distributed()[0] == 0:
             sections = {k: config[k] for k in STEP_SECTIONS[name]}
-            ctx.bundle.update_manifest(steps={name: {"config": sections, "at": time.time()}})
+            ctx.bundle.update_manifest(
+                steps={
+                    name: {"config": sections, "at": time.time(), "seconds": round(seconds, 2),
+                           "peak_rss_mib": round(peak)}
+                }
+            )  # fmt: skip
+
+
+def _reset_peak_rss() -> None:
+    """Start this process's peak RSS afresh (Linux; elsewhere it keeps the lifetime peak)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory since :func:`_reset_peak_rss`, in MiB."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from offline.metrics import recall_at_k, relevant_sets
+from offline.metrics import SCORE_BLOCK, even_sample, recall_at_k, relevant_sets
 from offline.training.history import CausalHistory, HistoryConfig
 from offline.training.loop import History, TrainerConfig, fit, to_device
 from offline.training.losses import (
@@ -97,6 +97,11 @@ class RetrievalConfig(HistoryConfig):
     negatives: Literal["random", "hard", "mixed"] = "mixed"
     n_negatives: int = Field(8, ge=1)
     eval_k: int = Field(50, ge=1)
+    eval_users: int = Field(
+        10_000, ge=1,
+        description="validation users whose recall@eval_k picks the epoch and the popularity "
+        "prior: all of them up to this many, an even sample beyond",
+    )  # fmt: skip
     user_encoder: Literal["mean", "transformer"] = "mean"
     encoder_layers: int = Field(2, ge=1)
     encoder_heads: int = Field(2, ge=1)
@@ -159,12 +164,28 @@ def top_k(
     k: int,
     exclude: tuple[np.ndarray, np.ndarray] | None,
 ) -> np.ndarray:
-    """(U, k) item rows by inner product, never row 0; ``exclude`` = (user positions, item rows)."""
-    scores = user_emb @ item_emb.T  # (U, I)
-    scores[:, 0] = -torch.inf
+    """(U, k) item rows by inner product, never row 0; ``exclude`` = (user positions, item rows).
+
+    Exact, over blocks of users whose ``block × I`` scores fit :data:`SCORE_BLOCK`: the
+    memory stays bounded at a million items and any number of users."""
+    n_users, n_items = len(user_emb), len(item_emb)
+    k = min(k, n_items - 1)
+    out = np.empty((n_users, k), dtype=np.int64)
+    by_user = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if exclude is not None and len(exclude[0]):
-        scores[torch.from_numpy(exclude[0]), torch.from_numpy(exclude[1])] = -torch.inf
-    return torch.topk(scores, min(k, scores.shape[1] - 1), dim=1).indices.numpy()
+        order = np.argsort(exclude[0], kind="stable")
+        by_user = exclude[0][order], exclude[1][order]
+    step = max(1, SCORE_BLOCK // max(n_items, 1))
+    for lo in range(0, n_users, step):
+        hi = min(n_users, lo + step)
+        scores = user_emb[lo:hi] @ item_emb.T  # (block, I)
+        scores[:, 0] = -torch.inf
+        a, b = np.searchsorted(by_user[0], (lo, hi))
+        scores[
+            torch.from_numpy(by_user[0][a:b] - lo), torch.from_numpy(by_user[1][a:b])
+        ] = -torch.inf
+        out[lo:hi] = torch.topk(scores, k, dim=1).indices.numpy()
+    return out
 
 
 def seen_pairs(seen: pl.DataFrame, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -368,11 +389,13 @@ def train_retrieval(
         )
 
     valid = positives(interactions, spec, "valid")
+    valid = valid.filter(  # an even sample of the users: a full pass at 1M items costs hours
+        pl.col("user_idx").is_in(even_sample(np.unique(valid["user_idx"]), config.eval_users))
+    )
     valid_users = np.unique(valid["user_idx"].to_numpy())
     seen = interactions.filter(pl.col("split") == "train").select("user_idx", "item_idx")
     exclude = seen_pairs(seen, valid_users)
-    where = {u: i for i, u in enumerate(valid_users)}
-    valid_pos = np.array([where[u] for u in valid["user_idx"].to_list()], dtype=np.int64)
+    valid_pos = np.searchsorted(valid_users, valid["user_idx"].to_numpy())
     valid_relevant = relevant_sets(valid_pos, valid["item_idx"].to_numpy(), len(valid_users))
     valid_history = causal.latest(valid_users)  # every training positive precedes validation
 
