@@ -1,10 +1,11 @@
 """Approximate search on learned embeddings: FAISS indexes swept against exact search.
 
-    python bench/index.py --bundle DIR [--queries 1000] [--ks 10 200] [--markdown]
+    python bench/index.py --bundle DIR [--queries 1000] [--ks 10 200] [--only WORD …] [--markdown]
 
 Reads a bundle's item serving vectors and, as queries, an even sample of its users'
 (``DIR`` a bundle or a bundles folder: its newest; ``bench/scale.py --artifacts DIR``
-leaves one of a million items). Builds exact inner-product search, HNSW (M 16 and 32),
+leaves one of a million items). Builds exact inner-product search, HNSW (M 16 and 32;
+and M 32 under L2 on the vectors of the inner-product → L2 reduction, queries padded with 0),
 IVF-Flat (4·√n lists), IVF with an HNSW coarse quantizer over more lists, and IVF-PQ
 re-ranked by exact distances (``IndexRefineFlat``), then searches each at a sweep of
 depths (``efSearch``, ``nprobe``) and prints Recall@k against exact search and query
@@ -50,7 +51,14 @@ def _candidates(n: int, d: int) -> dict[str, tuple[Factory, str, tuple[int, ...]
         return build
 
     probes = (1, 2, 4, 8, 16, 32, 64, 128)
+
+    def hnsw_l2(x: np.ndarray) -> faiss.Index:  # on _to_l2's vectors (one more dimension)
+        index = faiss.IndexHNSWFlat(d + 1, 32)
+        index.hnsw.efConstruction = 200
+        return index
+
     return {
+        "HNSW M32, L2 on [v; √(M²−|v|²)]": (hnsw_l2, "efSearch", (16, 32, 64, 128, 256, 512)),
         "HNSW M16": (hnsw(16), "efSearch", (16, 32, 64, 128, 256, 512)),
         "HNSW M32": (hnsw(32), "efSearch", (16, 32, 64, 128, 256, 512)),
         f"IVF{nlist},Flat": (factory(f"IVF{nlist},Flat"), "nprobe", probes),
@@ -75,12 +83,23 @@ def _set(index: faiss.Index, parameter: str, value: int, k: int) -> None:
         index.k_factor = max(4.0, 400 / k)  # re-rank 4× (and at least 400) candidates
 
 
+def _to_l2(x: np.ndarray) -> np.ndarray:
+    """Maximum inner product as nearest neighbours (Bachrach et al. 2014): each vector gains
+    ``√(M² − |v|²)`` (M the largest norm), a query 0, so ``|q − v|² = |q|² + M² − 2 q·v``.
+    HNSW's graph then links by a true metric: inner product on vectors of unequal norms
+    (the serving vectors' log-popularity coordinate) builds a graph that misleads search."""
+    norms = np.einsum("nd,nd->n", x, x)
+    extra = np.sqrt(np.maximum(norms.max() - norms, 0))[:, None].astype(np.float32)
+    return np.ascontiguousarray(np.hstack([x, extra]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 200])
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--only", nargs="+", help="indexes whose name holds one of these words")
     args = parser.parse_args()
     root = args.bundle if (args.bundle / Files.MANIFEST).exists() else Bundle.open(args.bundle).root
     items = np.load(root / Files.ITEM_EMBEDDINGS, mmap_mode="r")[1:]  # row 0 = unknown item
@@ -96,16 +115,21 @@ def main() -> None:
         print(f"exact: k={k} {qps:,.0f} queries/s")
     rows = []
     for name, (build, parameter, depths) in _candidates(n, d).items():
+        if args.only and not any(word in name for word in args.only):
+            continue
         started = time.perf_counter()
-        index = build(x)
-        index.train(x)
-        index.add(x)
+        l2 = "L2" in name
+        base = _to_l2(x) if l2 else x
+        index = build(base)
+        index.train(base)
+        index.add(base)
         built = time.perf_counter() - started
+        queries = np.hstack([q, np.zeros((len(q), 1), np.float32)]) if l2 else q
         for depth in depths:
             got = []
             for k, (truth, exact_qps) in truths.items():
                 _set(index, parameter, depth, k)
-                quality = index_quality(index, q, truth, exact_qps)
+                quality = index_quality(index, queries, truth, exact_qps)
                 got.append((k, quality["recall_vs_exact"], quality["index_qps"], exact_qps))
             rows.append((name, f"{parameter} {depth}", built, got))
             print(f"{name:28s} {parameter} {depth:4d} (build {built:5.0f} s): " + "; ".join(

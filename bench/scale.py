@@ -11,7 +11,8 @@ Prints each step's seconds and peak RSS (from the bundle's manifest: the pipelin
 the peak afresh at every step, so the run's peak is the largest) and Redis' memory.
 Then starts the gateway on the bundle and prints the seconds until ``/health`` answers,
 its memory, and ``/recommend`` latency (wrk, else the Python client) at concurrency 1
-and 32. ``--artifacts DIR`` keeps the bundle there (for ``bench/index.py --bundle``).
+and 32. ``--artifacts DIR`` keeps the bundle there (for ``bench/index.py --bundle``, or
+``--serve-only``: the gateway part again on that bundle).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import redis
 from load import (  # bench/, beside this script
     WRK_DONE,
     WRK_SCRIPT,
+    ensure_published,
     memory,
     python_round,
     start_server,
@@ -52,6 +54,10 @@ def main() -> None:
     parser.add_argument("--rankers", nargs="+", default=["dcn"], choices=["dcn", "deepfm"])
     parser.add_argument("--artifacts", type=Path, help="bundles folder (default: a temporary one)")
     parser.add_argument("--seconds", type=int, default=5, help="per latency round")
+    parser.add_argument(
+        "--serve-only", action="store_true",
+        help="skip the run: publish and serve the newest bundle of --artifacts",
+    )  # fmt: skip
     args = parser.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="recsys-scale-")
@@ -78,24 +84,11 @@ def main() -> None:
     client.config_set("zset-max-listpack-entries", IndexConfig().recall_k)
     gateway = None
     try:
-        print(f"offline run: {args.items:,} items × {args.users:,} users × "
-              f"{args.impressions:,} impressions, {args.epochs} epoch(s)", flush=True)  # fmt: skip
-        started = time.perf_counter()
-        run = subprocess.run(
-            [sys.executable, "-m", "offline", "run", "--config", str(config_path),
-             "--artifacts", str(artifacts), "--redis-url", server.url],
-            cwd=ROOT, check=False,
-        )  # fmt: skip
-        total = time.perf_counter() - started
-        if run.returncode != 0:
-            raise SystemExit(f"offline run failed (exit code {run.returncode})")
-        bundle = Bundle.open(artifacts)
-        steps = bundle.manifest()["steps"]
-        peak = max(step["peak_rss_mib"] for step in steps.values())
-        print("\n| step | seconds | peak RSS (GiB) |\n|---|---:|---:|")
-        for name, step in steps.items():
-            print(f"| {name} | {step['seconds']:.0f} | {step['peak_rss_mib'] / 1024:.2f} |")
-        print(f"| offline run | {total:.0f} | {peak / 1024:.2f} |")
+        if args.serve_only:
+            bundle = Bundle.open(artifacts)
+            ensure_published(artifacts, server.url)
+        else:
+            bundle = offline_run(args, config_path, artifacts, server.url)
         print(f"redis used_memory {client.info('memory')['used_memory_human']}", flush=True)
 
         port = free_port()
@@ -108,8 +101,7 @@ def main() -> None:
         started = time.perf_counter()
         gateway = start_server([sys.executable, "-m", "services.gateway"], env, port)
         ready = time.perf_counter() - started
-        rss = sum(r for _, r, _ in memory(gateway))
-        print(f"\ngateway: /health ready in {ready:.1f} s, RSS {rss / 1024:.2f} GiB")
+        print(f"\ngateway: /health ready in {ready:.1f} s; {_memory(gateway)}")
         inputs = write_inputs(folder, artifacts, bundle.version)["recommend"]
         script = folder / "bench.lua"
         script.write_text(WRK_SCRIPT + WRK_DONE)
@@ -122,8 +114,7 @@ def main() -> None:
             )
             print(f"/recommend c={c}: {got.rps:,.0f} req/s, p50 {got.p50_ms:.1f} ms, "
                   f"p99 {got.p99_ms:.1f} ms, {got.errors} errors", flush=True)  # fmt: skip
-        rss = sum(r for _, r, _ in memory(gateway))
-        print(f"gateway RSS after load {rss / 1024:.2f} GiB")
+        print(f"gateway after the load: {_memory(gateway)}")
     finally:
         if gateway is not None:
             gateway.terminate()
@@ -131,6 +122,38 @@ def main() -> None:
         client.close()
         server.stop()
         tmp.cleanup()
+
+
+def offline_run(
+    args: argparse.Namespace, config_path: Path, artifacts: Path, redis_url: str
+) -> Bundle:
+    print(f"offline run: {args.items:,} items × {args.users:,} users × "
+          f"{args.impressions:,} impressions, {args.epochs} epoch(s)", flush=True)  # fmt: skip
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "offline", "run", "--config", str(config_path),
+         "--artifacts", str(artifacts), "--redis-url", redis_url],
+        cwd=ROOT, check=False,
+    )  # fmt: skip
+    total = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"offline run failed (exit code {run.returncode})")
+    bundle = Bundle.open(artifacts)
+    steps = bundle.manifest()["steps"]
+    peak = max(step["peak_rss_mib"] for step in steps.values())
+    print("\n| step | seconds | peak RSS (GiB) |\n|---|---:|---:|")
+    for name, step in steps.items():
+        print(f"| {name} | {step['seconds']:.0f} | {step['peak_rss_mib'] / 1024:.2f} |")
+    print(f"| offline run | {total:.0f} | {peak / 1024:.2f} |")
+    return bundle
+
+
+def _memory(gateway: subprocess.Popen[bytes]) -> str:
+    """RSS and PSS (shared pages split among the processes mapping them) of each process."""
+    each = memory(gateway)
+    pss = sum(p for _, _, p in each) / 1024
+    rss = ", ".join(f"{r / 1024:.2f}" for _, r, _ in each)
+    return f"{len(each)} process(es), RSS {rss} GiB, PSS {pss:.2f} GiB in all"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from offline.index import IndexConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
@@ -142,6 +144,12 @@ def test_compose_defines_the_stack(services: dict[str, dict[str, Any]]) -> None:
 def test_redis_is_health_checked_with_ping(services: dict[str, dict[str, Any]]) -> None:
     assert services["redis"]["image"].startswith("redis:7")
     assert "redis-cli ping" in _healthcheck(services["redis"])
+
+
+def test_redis_keeps_published_lists_as_listpacks(services: dict[str, dict[str, Any]]) -> None:
+    command = services["redis"]["command"]
+    limit = int(command[command.index("--zset-max-listpack-entries") + 1])
+    assert limit >= IndexConfig().recall_k  # a list of recall_k items stays a listpack
 
 
 def test_worker_runs_the_pipeline_once_redis_is_healthy(

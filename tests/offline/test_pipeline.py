@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
 import polars as pl
 import pytest
@@ -11,8 +12,10 @@ import redis
 
 from offline import pipeline
 from offline.config import load_config
+from offline.index import IndexConfig
 from shared.bundle import Bundle, Files
 from shared.keys import Keys
+from shared.recall import SeenItems
 
 TINY = {
     "dataset_options": {"n_users": 150, "n_items": 80, "n_impressions": 6000, "seed": 3},
@@ -85,6 +88,8 @@ def test_run_writes_a_complete_verified_bundle(bundle) -> None:
     assert lines[-1].startswith(f"publish: version {b.version} is active")
     # every step records the effective config it ran with
     assert list(manifest["steps"]) == list(pipeline.STEP_FUNCTIONS)
+    for name, step in manifest["steps"].items():  # and its time and peak memory
+        assert step["seconds"] >= 0 and step["peak_rss_mib"] > 50, name
     config = load_config(None, **TINY).model_dump(mode="json")
     assert manifest["steps"]["train-retrieval"]["config"] == {"retrieval": config["retrieval"]}
     assert manifest["steps"]["etl"]["config"]["dataset_options"] == TINY["dataset_options"]
@@ -217,3 +222,20 @@ def test_sample_lists_name_items_by_their_titles() -> None:
     items = pl.DataFrame({"item_id": ["7", "9"], "item_idx": [2, 1], "title": ["Heat", None]})
     assert pipeline.item_names(items, 3).tolist() == ["", "9 ", "7 Heat"]
     assert pipeline.item_names(items.drop("title"), 3) is None
+
+
+def test_batch_recall_in_blocks_of_users_lists_what_one_block_lists(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    items, users = rng.normal(size=(60, 8)).astype(np.float32), rng.normal(size=(9, 8))
+    index = faiss.IndexFlatIP(8)
+    index.add(items)
+    counts = rng.integers(0, 12, 10)  # users seen very unequally: each block searches its own depth
+    user_rows = np.repeat(np.arange(10), counts)
+    seen = SeenItems.build(user_rows, rng.integers(1, 61, len(user_rows)), 10, 61)
+    config = IndexConfig(recall_k=15)
+    rows = np.arange(1, 10)
+    whole = pipeline._recall_lists(index, users, rows, seen, np.arange(1, 6), config)
+    monkeypatch.setattr(pipeline, "RECALL_BLOCK", 2)
+    blocked = pipeline._recall_lists(index, users, rows, seen, np.arange(1, 6), config)
+    np.testing.assert_array_equal(blocked, whole)
+    assert not seen.contains(rows, whole).any() and (whole > 0).all()

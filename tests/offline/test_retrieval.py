@@ -1,10 +1,12 @@
+import numpy as np
 import pytest
 import torch
 
 from offline import etl
 from offline.datasets import load_dataset
+from offline.training import retrieval
 from offline.training.loop import TrainerConfig
-from offline.training.retrieval import RetrievalConfig, train_retrieval
+from offline.training.retrieval import RetrievalConfig, top_k, train_retrieval
 from shared.errors import ConfigError
 from shared.features import FeatureTables
 
@@ -89,3 +91,17 @@ def test_the_joint_objective_fits_ratings_on_movielens(ml100k_dir) -> None:
     trained = train_retrieval(tables, result.interactions, result.spec, config)
     losses = [row["train_loss"] for row in trained.history.epochs]
     assert all(loss == loss for loss in losses) and losses[1] < losses[0]
+
+
+def test_top_k_in_blocks_of_users_is_exact_and_excludes_per_user(monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(0)
+    users, items = torch.randn(7, 4, generator=gen), torch.randn(30, 4, generator=gen)
+    exclude = np.array([0, 0, 3, 6, 6]), np.array([5, 9, 2, 1, 7])
+    scores = users @ items.T
+    scores[:, 0] = -torch.inf
+    scores[torch.from_numpy(exclude[0]), torch.from_numpy(exclude[1])] = -torch.inf
+    truth = torch.topk(scores, 10, dim=1).indices.numpy()
+    monkeypatch.setattr(retrieval, "SCORE_BLOCK", 60)  # two users per block
+    got = top_k(users, items, 10, exclude)
+    np.testing.assert_array_equal(got, truth)
+    assert got.shape == (7, 10) and (got != 0).all()
