@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from offline.index import exact_search, index_quality
+from offline.index import exact_search, index_quality, set_depth
 from offline.metrics import even_sample
 from shared.bundle import Bundle, Files
 
@@ -71,16 +71,12 @@ def _candidates(n: int, d: int) -> dict[str, tuple[Factory, str, tuple[int, ...]
     }
 
 
-def _set(index: faiss.Index, parameter: str, value: int, k: int) -> None:
-    inner = (
-        faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
-    )
-    if parameter == "efSearch":
-        inner.hnsw.efSearch = value
-    else:
-        faiss.extract_index_ivf(inner).nprobe = value
+def _set(index: faiss.Index, depth: int, k: int) -> None:
     if isinstance(index, faiss.IndexRefine):
+        set_depth(faiss.downcast_index(index.base_index), depth)
         index.k_factor = max(4.0, 400 / k)  # re-rank 4× (and at least 400) candidates
+    else:
+        set_depth(index, depth)
 
 
 def _to_l2(x: np.ndarray) -> np.ndarray:
@@ -128,7 +124,7 @@ def main() -> None:
         for depth in depths:
             got = []
             for k, (truth, exact_qps) in truths.items():
-                _set(index, parameter, depth, k)
+                _set(index, depth, k)
                 quality = index_quality(index, queries, truth, exact_qps)
                 got.append((k, quality["recall_vs_exact"], quality["index_qps"], exact_qps))
             rows.append((name, f"{parameter} {depth}", built, got))

@@ -109,11 +109,8 @@ def held_out(
     """``split`` (valid or test) with everything before it: train, then train + valid;
     its users all, or an even sample of ``max_users``."""
     before = ("train",) if split == "valid" else ("train", "valid")
-    rows = positives(interactions, spec, split)
+    rows = positives(interactions, spec, split, max_users=max_users)
     users = np.unique(rows["user_idx"].to_numpy())
-    if max_users is not None and len(users) > max_users:
-        users = M.even_sample(users, max_users)
-        rows = rows.filter(pl.col("user_idx").is_in(users))
     where = np.zeros(len(tables.users), dtype=np.int64)
     where[users] = np.arange(len(users))
     relevant = M.relevant_sets(
@@ -564,9 +561,8 @@ def _diagnostics(
     spec: DatasetSpec,
     config: EvaluateConfig,
 ) -> dict[str, Any]:
-    rows = M.even_sample(
-        np.arange(1, len(tables.items)), config.diagnostic_items
-    )  # no items × items
+    # an even sample: no items × items matrix
+    rows = M.even_sample(np.arange(1, len(tables.items)), config.diagnostic_items)
     with torch.no_grad():
         fused = model.item_tower.fused(tables.item_inputs(rows))
     diag: dict[str, Any] = {"item_norms": fused.norm(dim=1).tolist(), "items_read": len(rows)}

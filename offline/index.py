@@ -20,7 +20,7 @@ from pydantic import Field
 
 from shared.config import StrictConfig
 
-__all__ = ["IndexConfig", "build_index", "exact_search", "index_quality"]
+__all__ = ["IndexConfig", "build_index", "exact_search", "index_quality", "set_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def build_index(
             "ivf": config.auto_nprobe if auto else (config.ivf_nprobe,),
         }[kind]
         for depth in depths:
-            _set_depth(index, depth)
+            set_depth(index, depth)
             tried.append((index, index_quality(index, queries, truth, exact_qps) | built))
     good = [t for t in tried if t[1]["recall_vs_exact"] >= config.recall_floor]
     index, quality = (
@@ -85,7 +85,7 @@ def build_index(
         if good
         else max(tried, key=lambda t: t[1]["recall_vs_exact"])
     )
-    _set_depth(index, quality["depth"])
+    set_depth(index, quality["depth"])
     if auto:
         quality = quality | {"tried": [q for _, q in tried]}
     return index, quality
@@ -104,19 +104,19 @@ def _approximate(kind: str, x: np.ndarray, config: IndexConfig) -> faiss.Index:
     return index
 
 
-def _set_depth(index: faiss.Index, depth: int | None) -> None:
+def set_depth(index: faiss.Index, depth: int | None) -> None:
     """HNSW's ``efSearch`` or IVF's ``nprobe`` (nothing for exact search)."""
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = depth
-    elif isinstance(index, faiss.IndexIVF):
-        index.nprobe = depth
+    elif (ivf := faiss.try_extract_index_ivf(index)) is not None:
+        ivf.nprobe = depth
 
 
 def _depth(index: faiss.Index) -> int | None:
     if isinstance(index, faiss.IndexHNSW):
         return int(index.hnsw.efSearch)
-    if isinstance(index, faiss.IndexIVF):
-        return int(index.nprobe)
+    if (ivf := faiss.try_extract_index_ivf(index)) is not None:
+        return int(ivf.nprobe)
     return None
 
 

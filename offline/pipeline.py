@@ -252,7 +252,7 @@ def index_step(ctx: Context) -> Iterator[str]:
     seen = SeenItems.build(
         pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(), len(tables.users), len(vectors)
     )
-    merged = _recall_lists(index, user_vectors, user_rows, seen, hot_rows, cfg)
+    merged = _batch_recall(index, user_vectors, user_rows, seen, hot_rows, cfg)
     bundle.update_manifest(
         serving={"hot_every": cfg.hot_every, "lists_exclude_seen": cfg.exclude_seen}
     )
@@ -277,7 +277,7 @@ def index_step(ctx: Context) -> Iterator[str]:
 RECALL_BLOCK = 4096  # users searched at once by the index step's batch recall
 
 
-def _recall_lists(
+def _batch_recall(
     index: faiss.Index,
     user_vectors: np.ndarray,
     user_rows: np.ndarray,

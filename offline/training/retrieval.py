@@ -116,12 +116,20 @@ class RetrievalConfig(HistoryConfig):
 
 
 def positives(
-    interactions: pl.DataFrame, spec: DatasetSpec, split: str, labels: tuple[str, ...] = ()
+    interactions: pl.DataFrame,
+    spec: DatasetSpec,
+    split: str,
+    labels: tuple[str, ...] = (),
+    max_users: int | None = None,
 ) -> pl.DataFrame:
-    """The split's positive (user, item) pairs, in time order (with the ``labels`` columns)."""
+    """The split's positive (user, item) pairs, in time order (with the ``labels``
+    columns): of every user, or of an even sample of ``max_users`` of them."""
     rows = interactions.filter(pl.col("split") == split)
     if spec.positive_label:
         rows = rows.filter(pl.col(spec.positive_label) > 0)
+    if max_users is not None:
+        users = even_sample(np.unique(rows["user_idx"].to_numpy()), max_users)
+        rows = rows.filter(pl.col("user_idx").is_in(users))
     return rows.sort("ts").select("user_idx", "item_idx", "ts", *labels)
 
 
@@ -388,10 +396,8 @@ def train_retrieval(
             {n: v[torch.from_numpy(batch)] for n, v in labels.items()},
         )
 
-    valid = positives(interactions, spec, "valid")
-    valid = valid.filter(  # an even sample of the users: a full pass at 1M items costs hours
-        pl.col("user_idx").is_in(even_sample(np.unique(valid["user_idx"]), config.eval_users))
-    )
+    # an even sample of the users: a full pass at a million items costs minutes per epoch
+    valid = positives(interactions, spec, "valid", max_users=config.eval_users)
     valid_users = np.unique(valid["user_idx"].to_numpy())
     seen = interactions.filter(pl.col("split") == "train").select("user_idx", "item_idx")
     exclude = seen_pairs(seen, valid_users)
