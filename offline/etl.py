@@ -201,17 +201,22 @@ def cold_item_split(
     cold_items: float,
     leave_one_out: bool = False,
 ) -> pl.DataFrame:
-    """:func:`temporal_split`, after holding out for test every interaction of the newest
-    ``cold_items`` share of items (by first interaction; none when 0)."""
+    """:func:`temporal_split`, after holding out every interaction of the newest
+    ``cold_items`` share of items (by first interaction; none when 0) for test, and of
+    the as many next newest for validation (what tunes the new items' content prior)."""
     if cold_items <= 0:
         return temporal_split(interactions, valid_frac, test_frac, leave_one_out)
     first = interactions.group_by("item_id").agg(pl.col("ts").min()).sort("ts", "item_id")
     n_cold = max(1, round(first.height * cold_items))
-    cold = first.tail(n_cold)["item_id"].implode()
-    is_cold = pl.col("item_id").is_in(cold)
-    warm = temporal_split(interactions.filter(~is_cold), valid_frac, test_frac, leave_one_out)
-    held = interactions.filter(is_cold).with_columns(split=pl.lit("test"))
-    return pl.concat([warm, held.select(warm.columns)]).sort(["user_id", "ts"], maintain_order=True)
+    held = first.tail(2 * n_cold).with_columns(
+        split=pl.when(pl.int_range(pl.len()) < pl.len() - n_cold)
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("test"))
+    )
+    cold = interactions.join(held.select("item_id", "split"), on="item_id")
+    warm = interactions.join(held, on="item_id", how="anti")
+    warm = temporal_split(warm, valid_frac, test_frac, leave_one_out)
+    return pl.concat([warm, cold.select(warm.columns)]).sort(["user_id", "ts"], maintain_order=True)
 
 
 def hotness(
@@ -433,6 +438,17 @@ def run(dataset: Dataset, config: EtlConfig) -> EtlResult:
         hashed=config.hash_buckets,
     )
 
+    # what an entity with no training interactions shows: the fill values, logged and
+    # standardised as the rest, and ALS factors of 0 (retrieval.id_dropout trains on it)
+    for owner, table, cols in (("user", users, agg_cols), ("item", items, [*agg_cols, "hotness"])):
+        for c in cols:
+            raw = fill.get(c)  # none: a mean, standardised to 0
+            value = pl.Series([raw], dtype=pl.Float64)
+            value = value.log1p() if c in log_cols else value
+            fmap.unseen[f"{owner}_{c}"] = float(fmap.standardize(f"{owner}_{c}", value)[0])
+        if "als" in table.columns:
+            mean, scale = _vector_stats(table["als"])
+            fmap.unseen[f"{owner}_als"] = (-mean / scale).tolist()
     users = _encode(users, "user", spec, fmap, agg_cols, config)
     items = _encode(items, "item", spec, fmap, agg_cols + ["hotness"], config)
     interactions = interactions.join(
@@ -522,17 +538,24 @@ def encode_context(
     return out
 
 
+def _vector_stats(values: pl.Series) -> tuple[np.ndarray, float]:
+    """The mean row and the one scale of a vector column (:func:`_standardized_vectors`)."""
+    known = values.drop_nulls()
+    if not len(known):
+        return np.zeros(1, dtype=np.float32), 1.0
+    rows = np.asarray(known.to_list(), dtype=np.float32)
+    mean = rows.mean(axis=0)
+    return mean, max(float((rows - mean).std()), 1e-6)
+
+
 def _standardized_vectors(values: pl.Series) -> pl.Series:
     """A vector column centred and scaled to unit variance per coordinate on average
     (one scale for all coordinates, so directions are kept); null rows become 0."""
-    known = values.drop_nulls()
-    width = len(known[0]) if len(known) else 1
-    out = np.zeros((len(values), width), dtype=np.float32)
+    mean, scale = _vector_stats(values)
+    out = np.zeros((len(values), len(mean)), dtype=np.float32)
     present = values.is_not_null().to_numpy()
-    if len(known):
-        rows = np.asarray(known.to_list(), dtype=np.float32)
-        rows -= rows.mean(axis=0)
-        out[present] = rows / max(float(rows.std()), 1e-6)
+    if present.any():
+        out[present] = (np.asarray(values.drop_nulls().to_list(), dtype=np.float32) - mean) / scale
     return pl.Series(out).cast(pl.List(pl.Float32))
 
 

@@ -33,7 +33,15 @@ from offline.baselines import baseline_lists
 from offline.training.history import CausalHistory
 from offline.training.impressions import effective_tasks
 from offline.training.ranking import RankingData, predict
-from offline.training.retrieval import embed_items, embed_users, positives, seen_pairs, top_k
+from offline.training.retrieval import (
+    embed_items,
+    embed_users,
+    new_items,
+    positives,
+    seen_pairs,
+    shelf_recall,
+    top_k,
+)
 from shared.config import StrictConfig
 from shared.feature_map import PAD, FeatureMap
 from shared.features import ContextBatch, EntityTable, FeatureTables
@@ -374,29 +382,26 @@ def _cold_items(
     items: torch.Tensor,
     ks: tuple[int, ...],
 ) -> dict[str, float]:
-    """Retrieval among the items never seen in training (a cold-item split,
+    """Retrieval among the items first met in the test period (a cold-item split,
     ``etl.cold_items``), as a new-items shelf would rank them: each test user's positives
     on those items against all of them. Their ids are out-of-vocabulary and their counts
     zero, so only their features (categories, text…) can tell them apart: recall@k is
-    the share of those positives in the user's top k of the cold items. Empty when
-    there are none."""
-    trained = np.unique(interactions.filter(pl.col("split") == "train")["item_idx"].to_numpy())
-    cold_rows = np.setdiff1d(np.arange(1, len(tables.items)), trained)
+    the share of those positives in the user's top k of them. Empty when there are none."""
+    shelf = new_items(interactions, "test")
     rel = test.relevant
     users, positives = np.repeat(np.arange(rel.n_users), np.diff(rel.indptr)), rel.indices
-    hit = np.isin(positives, cold_rows)
+    hit = np.isin(positives, shelf)
     if not hit.any():
         return {}
     users, positives = users[hit], positives[hit]
     scored = np.unique(users)
     vectors = embed_users(two_tower, tables, test.users[scored], test.history[scored])
-    shelf = items[torch.from_numpy(np.concatenate([[0], cold_rows]))]  # top_k skips row 0
-    order = cold_rows[top_k(vectors, shelf, max(ks), None) - 1]  # (U', k) item rows
-    where = np.searchsorted(scored, users)
-    out = {"items": int(len(cold_rows)), "positives": int(hit.sum())}
+    shelf_emb = items[torch.from_numpy(shelf)]
+    recall = shelf_recall(vectors, shelf_emb, shelf, np.searchsorted(scored, users), positives, ks)
+    out = {"items": int(len(shelf)), "positives": int(hit.sum())}
     for k in ks:
-        out[f"recall@{k}"] = float((order[where, :k] == positives[:, None]).any(axis=1).mean())
-        out[f"random@{k}"] = min(1.0, k / len(cold_rows))
+        out[f"recall@{k}"] = recall[k]
+        out[f"random@{k}"] = min(1.0, k / len(shelf))
     return out
 
 

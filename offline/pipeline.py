@@ -175,6 +175,13 @@ def train_retrieval_step(ctx: Context) -> Iterator[str]:
             f"train-retrieval: popularity prior {result.config.popularity_prior:g} "
             f"(valid recall@{k} {tried})"
         )
+    if got := result.content_recall:
+        c = result.config
+        yield (
+            f"train-retrieval: new items' content prior l2 {c.content_prior_l2:g}, scale "
+            f"{c.content_prior:g} (validation's {len(got)} tried: new items ranked among "
+            f"themselves, recall@{k} {min(got.values()):.4f} to {max(got.values()):.4f})"
+        )
 
 
 def train_ranking_step(ctx: Context) -> Iterator[str]:
@@ -362,9 +369,14 @@ def refit_step(ctx: Context) -> Iterator[str]:
         return trainer.model_copy(update={"epochs": max(1, best.get(name, trainer.epochs))})
 
     started = time.perf_counter()
-    prior = _model(ctx, Files.TWO_TOWER).config.popularity_prior  # the evaluated model's β
+    evaluated = _model(ctx, Files.TWO_TOWER).config  # its β and content prior scale
     retrieval = c.retrieval.model_copy(
-        update={"trainer": epochs("two_tower", c.retrieval.trainer), "popularity_prior": prior}
+        update={
+            "trainer": epochs("two_tower", c.retrieval.trainer),
+            "popularity_prior": evaluated.popularity_prior,
+            "content_prior_grid": (evaluated.content_prior or 1.0,),
+            "content_prior_l2_grid": (evaluated.content_prior_l2 or 100.0,),
+        }
     )
     result = train_retrieval(tables, everything, spec, retrieval, ctx.tracking("refit"))
     if rank == 0:

@@ -43,6 +43,10 @@ class FeatureMap:
     vocab: dict[str, list[str]] = field(default_factory=dict)
     numeric: dict[str, tuple[float, float]] = field(default_factory=dict)
     hashed: dict[str, int] = field(default_factory=dict)  # column → buckets
+    # the standardised value of each interaction aggregate (``item_n_interactions``…) and
+    # interaction-learned vector (``item_als``) for an entity with no training
+    # interactions: what a new item shows its tower
+    unseen: dict[str, float | list[float]] = field(default_factory=dict)
     _offsets: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _lookup: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False)
 
@@ -167,7 +171,8 @@ class FeatureMap:
     # --- persistence ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = {"vocab": self.vocab, "numeric": {k: list(v) for k, v in self.numeric.items()}}
-        return out | ({"hashed": self.hashed} if self.hashed else {})  # older maps: none
+        # older maps have neither (their fingerprints stay)
+        return out | {k: v for k, v in (("hashed", self.hashed), ("unseen", self.unseen)) if v}
 
     @property
     def fingerprint(self) -> str:
@@ -186,6 +191,7 @@ class FeatureMap:
                 vocab=data["vocab"],
                 numeric={k: tuple(v) for k, v in data["numeric"].items()},
                 hashed=data.get("hashed", {}),
+                unseen=data.get("unseen", {}),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BundleError(f"{path}: not a readable feature map ({e})") from None

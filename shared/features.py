@@ -147,6 +147,10 @@ class EntityTable:
     multi_names: list[str]
     dense_names: list[str]  # the dense fields: numerics, then vectors
     dense_widths: list[int]  # each dense field's columns: 1 for a number, a vector's length
+    # the dense columns learned from interactions (aggregates, ALS factors) and their
+    # values for an entity with none (FeatureMap.unseen): how a new one looks
+    aggregates: np.ndarray  # (K,) int64 columns of ``dense``
+    unseen: np.ndarray  # (K,) float32
 
     @property
     def n_dense(self) -> int:
@@ -195,8 +199,17 @@ class EntityTable:
         ids[0] = ""
         ids[1:] = frame[key].to_numpy()
         index = {raw: i for i, raw in enumerate(ids[1:].tolist(), start=1)}
+        aggregates: list[int] = []
+        unseen: list[float] = []
+        at = 0
+        for name, w in zip([*numbers, *(f"{owner}_{v}" for v in vectors)], widths, strict=True):
+            if name in fmap.unseen:
+                aggregates += range(at, at + w)
+                unseen += np.atleast_1d(fmap.unseen[name]).tolist()
+            at += w
         return cls(ids, index, id_slot, cat, multi, dense, cat_names, multi_names,
-                   [*numbers, *vectors], widths)  # fmt: skip
+                   [*numbers, *vectors], widths, np.array(aggregates, dtype=np.int64),
+                   np.array(unseen, dtype=np.float32))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -400,13 +413,20 @@ class FeatureTables:
             torch.from_numpy(np.ascontiguousarray(hist)),
         )
 
-    def item_inputs(self, item_rows: np.ndarray) -> ItemInputs:
+    def item_inputs(self, item_rows: np.ndarray, new: np.ndarray | None = None) -> ItemInputs:
+        """``new`` (B,) bool marks items to show as never interacted with (their id out
+        of vocabulary, their aggregates at the unseen values), as a new item is."""
         i = self.items
+        ids, dense = i.id_slot[item_rows], i.dense[item_rows]
+        if new is not None and new.any():
+            ids = np.where(new, self.feature_map.oov("item_id"), ids)
+            dense = dense.copy()
+            dense[np.ix_(new, i.aggregates)] = i.unseen
         return ItemInputs(
-            torch.from_numpy(i.id_slot[item_rows]),
+            torch.from_numpy(ids),
             torch.from_numpy(i.cat[item_rows]),
             torch.from_numpy(i.multi[item_rows]),
-            torch.from_numpy(i.dense[item_rows]),
+            torch.from_numpy(dense),
         )
 
 

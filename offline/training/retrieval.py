@@ -4,7 +4,9 @@ The task owns the loss (in-batch sampled softmax with logQ correction by default
 pointwise BCE with random / hard / mixed negatives); :class:`TwoTower` stays loss-free.
 Validation is full-catalog Recall@K on the validation split; after training, the
 popularity prior's weight ``β`` (:mod:`shared.models.towers`) is the one of
-``popularity_prior_grid`` with the best validation Recall@K, unless the config fixes it.
+``popularity_prior_grid`` with the best validation Recall@K, unless the config fixes it;
+then new items' content prior (:func:`fit_content_prior`) is fitted, its penalty and
+scale the ones that rank validation's new items best among themselves.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ __all__ = [
     "TwoTowerTrainTask",
     "embed_items",
     "embed_users",
+    "fit_content_prior",
+    "new_items",
     "positives",
     "seen_pairs",
+    "shelf_recall",
     "top_k",
     "train_retrieval",
 ]
@@ -77,9 +82,30 @@ class RetrievalConfig(HistoryConfig):
     )
     id_dropout: float = Field(
         0.0, ge=0, lt=1,
-        description="share of training positives whose item id is hidden (out-of-vocabulary), "
-        "so the item tower learns to place an item from its features alone (cold items)",
+        description="share of training positives whose item is shown as a new one (id "
+        "out of vocabulary, interaction aggregates at an unseen item's values), so the item "
+        "tower learns to place an item from its features alone (cold items)",
     )  # fmt: skip
+    content_prior: bool = Field(
+        True,
+        description="a new item (no training interactions) takes log q_i of the popularity "
+        "prior from a ridge regression of the trained items' log q on their features; "
+        "false: the out-of-vocabulary slot's (the rarest)",
+    )
+    content_prior_grid: tuple[float, ...] = Field(
+        (1.0, 0.0, 3.0, 10.0, 30.0, 100.0, 300.0),
+        min_length=1,
+        description="scales of the content prior's spread around the mean log q (a new "
+        "item's weight on it, against its cosine, grows with the scale)",
+    )
+    content_prior_l2_grid: tuple[float, ...] = Field(
+        (100.0, 1.0, 10.0, 1000.0),
+        min_length=1,
+        description="ridge penalties of the content prior: with content_prior_grid, the pair "
+        "whose validation recall@eval_k of the new items ranked among themselves is best "
+        "(ties: the scale nearest to 1); the first of each when validation has eval_k new "
+        "items or fewer",
+    )
     temperature: float = Field(0.05, gt=0)
     loss: Literal["sampled_softmax", "full_softmax", "bce", "bpr", "margin", "triplet"] = Field(
         "sampled_softmax", description="in-batch softmax (logQ-corrected), the exact softmax, "
@@ -196,6 +222,32 @@ def top_k(
     return out
 
 
+def new_items(interactions: pl.DataFrame, split: str) -> np.ndarray:
+    """Item rows first met in ``split`` (``valid`` or ``test``): with interactions there
+    and none in the splits before it, so never trained on (a cold-item split's, or the
+    catalogue's newest); sorted."""
+    before = ["train"] if split == "valid" else ["train", "valid"]
+    earlier = interactions.filter(pl.col("split").is_in(before))["item_idx"].unique()
+    here = interactions.filter(pl.col("split") == split)["item_idx"].unique()
+    return np.setdiff1d(here.to_numpy(), earlier.to_numpy())
+
+
+def shelf_recall(
+    user_emb: torch.Tensor,
+    shelf_emb: torch.Tensor,
+    shelf: np.ndarray,
+    user_at: np.ndarray,
+    positives: np.ndarray,
+    ks: tuple[int, ...],
+) -> dict[int, float]:
+    """Recall@k of ``positives`` (item rows; ``user_at`` each one's row of ``user_emb``)
+    when each user's ``shelf`` items (rows; ``shelf_emb`` their vectors) are ranked among
+    themselves, as a new-items shelf ranks them."""
+    vectors = torch.cat([shelf_emb[:1], shelf_emb])  # top_k skips row 0
+    order = shelf[top_k(user_emb, vectors, max(ks), None) - 1]  # (U, k) item rows
+    return {k: float((order[user_at, :k] == positives[:, None]).any(axis=1).mean()) for k in ks}
+
+
 def seen_pairs(seen: pl.DataFrame, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (position of the user in ``user_rows``, item row) of items each user has seen."""
     pos = pl.DataFrame({"user_idx": user_rows, "pos": np.arange(len(user_rows))})
@@ -293,6 +345,8 @@ class RetrievalResult:
     config: TowerConfig
     history: History
     prior_recall: dict[float, float] = field(default_factory=dict)  # β -> valid recall@eval_k
+    # (content prior l2, scale) -> validation's new items' recall@eval_k among themselves
+    content_recall: dict[tuple[float, float], float] = field(default_factory=dict)
 
 
 def train_retrieval(
@@ -354,6 +408,7 @@ def train_retrieval(
         history_length=tables.history.shape[1],
         encoder_layers=config.encoder_layers,
         encoder_heads=config.encoder_heads,
+        content_prior=1.0 if config.content_prior else None,
     )
     torch.manual_seed(config.trainer.seed)
     model = TwoTower(tower_config)
@@ -382,12 +437,9 @@ def train_retrieval(
                     )
                 ),
             )
-        item_inputs = tables.item_inputs(i_rows)
-        if config.id_dropout > 0:  # as DropoutNet: some items seen as a new item would be
-            hide = torch.from_numpy(rng.random(len(i_rows)) < config.id_dropout)
-            item_inputs = item_inputs._replace(
-                id=torch.where(hide, tables.feature_map.oov("item_id"), item_inputs.id)
-            )
+        # as DropoutNet: some items seen as a new item would be (no id, no interactions)
+        new = rng.random(len(i_rows)) < config.id_dropout if config.id_dropout > 0 else None
+        item_inputs = tables.item_inputs(i_rows, new)
         return net(
             tables.user_inputs(u_rows, hist),
             item_inputs,
@@ -437,7 +489,103 @@ def train_retrieval(
             recall[beta] = validate(model)
     best = max(recall, key=lambda b: (recall[b], -b)) if recall else grid[0]
     model.set_popularity_prior(prior, best)
-    return RetrievalResult(model, model.config, history, recall)
+    tried = {}
+    if config.content_prior:
+        tried = _content_prior(
+            model, tables, interactions, counts, config, valid, valid_users, valid_history
+        )
+    return RetrievalResult(model, model.config, history, recall, tried)
+
+
+def _content_prior(
+    model: TwoTower,
+    tables: FeatureTables,
+    interactions: pl.DataFrame,
+    counts: np.ndarray,
+    config: RetrievalConfig,
+    valid: pl.DataFrame,
+    valid_users: np.ndarray,
+    valid_history: np.ndarray,
+) -> dict[tuple[float, float], float]:
+    """Set the new items' content prior (:func:`fit_content_prior`): of the ridge
+    penalties and scales of the config's grids, the pair that ranks validation's new items
+    best among themselves, where there are more of them than eval_k (the full-catalog
+    recall barely sees them); else the first of each grid. Returns what each pair got."""
+    trained = np.flatnonzero(counts)
+    log_q = np.log(counts[trained] / counts.sum())
+    mean, oov = float(log_q.mean()), tables.feature_map.oov("item_id")
+    fits: dict[float, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def use(l2: float, m: float) -> None:  # log q = mean + m·(prediction − mean)
+        if l2 not in fits:
+            fits[l2] = fit_content_prior(tables, trained, log_q, l2)
+        slots, dense, bias = fits[l2]
+        model.set_content_prior(
+            torch.from_numpy(m * slots), torch.from_numpy(m * dense), mean + m * (bias - mean),
+            oov, m, l2,
+        )  # fmt: skip
+
+    pairs = [(l2, m) for l2 in config.content_prior_l2_grid for m in config.content_prior_grid]
+    shelf = new_items(interactions, "valid")
+    on_shelf = np.isin(valid["item_idx"].to_numpy(), shelf)
+    got = {}
+    tunable = len(pairs) > 1 and model.config.popularity_prior > 0
+    if tunable and len(shelf) > config.eval_k and on_shelf.any():
+        user_emb = embed_users(model, tables, valid_users, valid_history)
+        user_at = np.searchsorted(valid_users, valid["user_idx"].to_numpy()[on_shelf])
+        positives_on_shelf = valid["item_idx"].to_numpy()[on_shelf]
+        for l2, m in pairs:
+            use(l2, m)
+            with torch.no_grad():
+                shelf_emb = model.item_tower.vector(tables.item_inputs(shelf))
+            got[l2, m] = shelf_recall(
+                user_emb, shelf_emb, shelf, user_at, positives_on_shelf, (config.eval_k,)
+            )[config.eval_k]
+    use(*(max(got, key=lambda p: (got[p], -abs(p[1] - 1))) if got else pairs[0]))
+    return got
+
+
+RIDGE_ROWS = 100_000  # the content prior is fitted on an even sample of this many items
+
+
+def fit_content_prior(
+    tables: FeatureTables, rows: np.ndarray, log_q: np.ndarray, l2: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A linear model of an item's log q from its features, for new items (the towers'
+    vectors carry no popularity: logQ took it out): ridge regression over item ``rows``
+    (trained items) of their ``log_q`` with penalty ``l2``, on the indicators of their
+    categorical and multi-hot slots and their dense columns (the interaction aggregates
+    and ALS factors aside: a new item has none). Returns ``(V,)`` slot weights (padding
+    0), dense weights and the bias, as :meth:`TwoTower.set_content_prior` takes them."""
+    from scipy import sparse  # noqa: PLC0415
+    from scipy.sparse.linalg import LinearOperator, lsqr  # noqa: PLC0415
+
+    i = tables.items
+    at = even_sample(rows, RIDGE_ROWS)
+    y = log_q[np.searchsorted(rows, at)]
+    slots = np.concatenate([i.cat[at], i.multi[at].reshape(len(at), -1)], axis=1)
+    nonzero = slots > 0
+    x_slots = sparse.csr_matrix(
+        (np.ones(nonzero.sum()), (np.nonzero(nonzero)[0], slots[nonzero])),
+        shape=(len(at), tables.feature_map.size),
+    )
+    dense = i.dense[at].astype(np.float64)
+    dense[:, i.aggregates] = 0.0
+    x = sparse.hstack([x_slots, sparse.csr_matrix(dense)]).tocsr()
+    x_mean = np.asarray(x.mean(axis=0)).ravel()
+    centred = LinearOperator(  # x − 1·x̄ᵀ, kept sparse
+        x.shape,
+        matvec=lambda w: x @ w - x_mean @ w,
+        rmatvec=lambda r: x.T @ r - x_mean * r.sum(),
+        dtype=np.float64,
+    )
+    w = lsqr(centred, y - y.mean(), damp=l2**0.5)[0]
+    n = tables.feature_map.size
+    return (
+        w[:n].astype(np.float32),
+        w[n:].astype(np.float32),
+        float(y.mean() - x_mean @ w),
+    )
 
 
 def _draw_negatives(

@@ -20,7 +20,10 @@ Training is popularity-neutral (the logQ correction takes popularity out of the
 sampled softmax); the prior puts back as much as held-out data asks for. It lives in
 the serving vectors, one extra coordinate each (:meth:`UserTower.vector`,
 :meth:`ItemTower.vector`), so that FAISS, the batch recall lists, the evaluation and the
-gateway's logit all score ``u'·v'/τ`` alike.
+gateway's logit all score ``u'·v'/τ`` alike. A new item (no training interactions)
+has no ``q_i`` of its own; with ``content_prior`` its ``log q_i`` is predicted from its
+features by a linear model fitted on the trained items (content, not the towers' vector,
+carries it: training took popularity out of the towers), else it is the OOV slot's.
 
 Legend: B batch, D embedding dimension, O output dimension, F embedded feature fields
 of a tower, H history length, V vocabulary (feature slots).
@@ -82,6 +85,11 @@ class TowerConfig(StrictConfig):
     encoder_heads: int = Field(2, ge=1)
     # β of the retrieval score u·v/τ + β·log q_i (0: the towers' cosine alone)
     popularity_prior: float = Field(0.0, ge=0.0)
+    # an item without training interactions (its id out of vocabulary) takes log q_i from
+    # a linear model of its features (TwoTower.set_content_prior), not the OOV slot's:
+    # the scale of that model's spread (its buffers hold the scaled model); None: off
+    content_prior: float | None = Field(None, ge=0.0)
+    content_prior_l2: float = Field(0.0, ge=0.0)  # the ridge penalty it was fitted with
 
     @property
     def vector_dim(self) -> int:
@@ -253,6 +261,14 @@ class ItemTower(_Tower):
         )  # fmt: skip
         # (V,) log q of each item-id slot (the training interactions' share), for the prior
         self.register_buffer("log_popularity", torch.zeros(c.vocab_size))
+        if (
+            c.content_prior is not None
+        ):  # log q of a new item: bias + Σ its slots' weights + dense·w
+            widths = c.item_dense_widths or (1,) * c.n_item_dense
+            self.register_buffer("prior_slots", torch.zeros(c.vocab_size))
+            self.register_buffer("prior_dense", torch.zeros(sum(widths)))
+            self.register_buffer("prior_bias", torch.zeros(()))
+            self.register_buffer("new_slot", torch.tensor(-1))  # the item_id OOV slot
 
     def fused(self, inputs: ItemInputs) -> torch.Tensor:
         """The gated mix of id and features, ``(B, D)``, before the output MLP."""
@@ -263,8 +279,15 @@ class ItemTower(_Tower):
 
     def vector(self, inputs: ItemInputs) -> torch.Tensor:
         """The serving vector ``[v; log q_i]``, ``(B, O + 1)`` (see :meth:`UserTower.vector`)."""
-        prior = self.log_popularity[inputs.id].unsqueeze(1)  # (B, 1)
-        return torch.cat([self(inputs), prior], dim=1)  # (B, O + 1)
+        prior = self.log_popularity[inputs.id]  # (B,)
+        if self.config.content_prior is not None:
+            w = self.prior_slots
+            content = (
+                self.prior_bias + w[inputs.cat].sum(1) + w[inputs.multi].sum((1, 2))
+                + inputs.dense @ self.prior_dense
+            )  # fmt: skip
+            prior = torch.where(inputs.id == self.new_slot, content, prior)
+        return torch.cat([self(inputs), prior.unsqueeze(1)], dim=1)  # (B, O + 1)
 
 
 class TwoTower(nn.Module):
@@ -295,7 +318,29 @@ class TwoTower(nn.Module):
     def set_popularity_prior(self, log_popularity: torch.Tensor, weight: float) -> None:
         """The prior of the serving vectors: ``log q`` per slot ``(V,)`` and its weight ``β``."""
         self.item_tower.log_popularity.copy_(log_popularity)
-        self.config = self.config.model_copy(update={"popularity_prior": float(weight)})
+        self._update(popularity_prior=float(weight))
+
+    def set_content_prior(
+        self,
+        slots: torch.Tensor,
+        dense: torch.Tensor,
+        bias: float,
+        new_slot: int,
+        scale: float,
+        l2: float,
+    ) -> None:
+        """A new item's ``log q``: ``bias + Σ slots[its slots] + dense·its dense columns``
+        (``slots`` ``(V,)``, padding 0), for items whose id is ``new_slot`` (the item_id
+        OOV slot); ``scale`` and ``l2`` are recorded (the weights come fitted and scaled)."""
+        t = self.item_tower
+        t.prior_slots.copy_(slots)
+        t.prior_dense.copy_(dense)
+        t.prior_bias.fill_(bias)
+        t.new_slot.fill_(new_slot)
+        self._update(content_prior=float(scale), content_prior_l2=float(l2))
+
+    def _update(self, **changes: float) -> None:
+        self.config = self.config.model_copy(update=changes)
         self.user_tower.config = self.item_tower.config = self.config
 
     def forward(self, user: UserInputs, item: ItemInputs) -> torch.Tensor:

@@ -156,11 +156,13 @@ def test_cold_item_split_holds_out_every_interaction_of_the_newest_items() -> No
     data = load_dataset("synthetic", options={"n_users": 100, "n_items": 60, "n_impressions": 6000})
     out = etl.cold_item_split(data.interactions, 0.1, 0.1, 0.2)
     first = data.interactions.group_by("item_id").agg(pl.col("ts").min()).sort("ts", "item_id")
-    newest = set(first.tail(12)["item_id"])
-    cold = out.filter(pl.col("item_id").is_in(list(newest)))
-    assert cold.height == data.interactions.filter(pl.col("item_id").is_in(list(newest))).height
-    assert set(cold["split"]) == {"test"}
-    assert out.filter(~pl.col("item_id").is_in(list(newest)))["split"].n_unique() == 3
+    order = first["item_id"].to_list()
+    # the newest 12 items for test, the 12 before them for validation, all of their rows
+    for split, held in (("test", order[-12:]), ("valid", order[-24:-12])):
+        rows = out.filter(pl.col("item_id").is_in(held))
+        assert rows.height == data.interactions.filter(pl.col("item_id").is_in(held)).height
+        assert set(rows["split"]) == {split}
+    assert out.filter(~pl.col("item_id").is_in(order[-24:]))["split"].n_unique() == 3
     assert out.height == data.interactions.height
 
 

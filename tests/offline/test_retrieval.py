@@ -1,14 +1,18 @@
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from offline import etl
 from offline.datasets import load_dataset
+from offline.datasets.movielens import movielens_spec
 from offline.training import retrieval
 from offline.training.loop import TrainerConfig
 from offline.training.retrieval import RetrievalConfig, top_k, train_retrieval
 from shared.errors import ConfigError
 from shared.features import FeatureTables
+from shared.models.checkpoint import load_model, save_model
+from shared.schema import Dataset, FeatureKind
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,95 @@ def test_top_k_in_blocks_of_users_is_exact_and_excludes_per_user(monkeypatch) ->
     got = top_k(users, items, 10, exclude)
     np.testing.assert_array_equal(got, truth)
     assert got.shape == (7, 10) and (got != 0).all()
+
+
+def _hits_and_flops(n_users: int = 150, n_items: int = 80, n: int = 8000) -> Dataset:
+    """Items of kind "hit" (even ids) draw 8× the interactions of "flop" ones; the last
+    20 items appear only in the last tenth of the time, so a cold-item split holds out
+    exactly them (10 for validation, 10 for test), half hits and half flops."""
+    rng = np.random.default_rng(0)
+    kind = np.where(np.arange(n_items) % 2 == 0, "hit", "flop")
+    weight = np.where(kind == "hit", 8.0, 1.0)
+    items = rng.choice(n_items, n, p=weight / weight.sum())
+    late = items >= n_items - 20
+    ts = np.where(late, rng.integers(900_000, 1_000_000, n), rng.integers(0, 1_000_000, n))
+    interactions = pl.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, n_users, n)],
+            "item_id": [f"i{i}" for i in items],
+            "ts": ts.astype(np.int64),
+            "like": np.ones(n),
+            "rating": np.full(n, 5.0),
+        }
+    )
+    return Dataset(
+        interactions=interactions,
+        users=pl.DataFrame({"user_id": [f"u{u}" for u in range(n_users)]}),
+        items=pl.DataFrame({"item_id": [f"i{i}" for i in range(n_items)], "kind": kind}),
+        spec=movielens_spec("hits-and-flops", (), {"kind": FeatureKind.CATEGORICAL}),
+    ).validate()
+
+
+@pytest.fixture(scope="module")
+def hits_and_flops():
+    result = etl.run(_hits_and_flops(), etl.EtlConfig(cold_items=0.125, als={"factors": 4}))
+    tables = FeatureTables.from_frames(result.users, result.items, result.spec, result.feature_map)
+    return tables, result
+
+
+def test_new_items_show_the_aggregates_of_an_item_never_interacted_with(hits_and_flops) -> None:
+    tables, result = hits_and_flops
+    items = tables.items
+    new = np.isin(np.arange(len(items)), retrieval.new_items(result.interactions, "test"))
+    # n_interactions, mean_rating, hotness and 4 ALS factors
+    assert new.sum() == 10 and len(items.aggregates) == 3 + 4
+    # ETL's unseen values are what its never-trained items really got
+    np.testing.assert_allclose(
+        items.dense[np.ix_(new, items.aggregates)], items.unseen[None, :].repeat(10, 0), atol=1e-6
+    )
+    shown = tables.item_inputs(np.arange(1, 11), np.arange(10) < 4)  # warm items, 4 as new
+    assert (shown.id[:4] == tables.feature_map.oov("item_id")).all()
+    assert (shown.id[4:] == torch.from_numpy(items.id_slot[5:11])).all()
+    np.testing.assert_array_equal(
+        shown.dense[:4, items.aggregates].numpy(), items.unseen[None].repeat(4, 0)
+    )
+    np.testing.assert_array_equal(shown.dense[4:].numpy(), items.dense[5:11])
+    assert (shown.cat.numpy() == items.cat[1:11]).all()  # their content stays
+
+
+def test_new_items_take_the_prior_their_features_predict(hits_and_flops, tmp_path) -> None:
+    tables, result = hits_and_flops
+    trainer = TrainerConfig(epochs=2, batch_size=256, patience=2)
+    # eval_k below validation's 10 new items: the ridge penalty and scale are tuned
+    config = RetrievalConfig(trainer=trainer, eval_k=5, popularity_prior=0.5, id_dropout=0.3)
+    trained = train_retrieval(tables, result.interactions, result.spec, config)
+    grid = len(config.content_prior_grid) * len(config.content_prior_l2_grid)
+    assert len(trained.content_recall) == grid
+    c = trained.config
+    assert trained.content_recall[c.content_prior_l2, c.content_prior] == max(
+        trained.content_recall.values()
+    )
+    rows = retrieval.new_items(result.interactions, "test")
+    hit = np.array([tables.items.ids[r] for r in rows])
+    hit = np.array([int(i[1:]) % 2 == 0 for i in hit])
+    prior = retrieval.embed_items(trained.model, tables)[rows, -1].numpy()
+    if c.content_prior > 0:  # new hits are predicted more popular than new flops
+        assert prior[hit].min() > prior[~hit].max()
+    # the checkpoint keeps it (strict loading)
+    save_model(trained.model, trained.config, tmp_path / "two_tower")
+    loaded = load_model(tmp_path / "two_tower")
+    torch.testing.assert_close(
+        retrieval.embed_items(loaded, tables), retrieval.embed_items(trained.model, tables)
+    )
+    # a fixed scale of 1: the prediction itself; off: every new item gets the OOV slot's
+    fixed = config.model_copy(
+        update={"content_prior_grid": (1.0,), "content_prior_l2_grid": (1.0,)}
+    )
+    model = train_retrieval(tables, result.interactions, result.spec, fixed).model
+    prior = retrieval.embed_items(model, tables)[rows, -1].numpy()
+    assert prior[hit].min() > prior[~hit].max()
+    assert model.config.content_prior == 1.0 and model.config.content_prior_l2 == 1.0
+    off = config.model_copy(update={"content_prior": False})
+    model = train_retrieval(tables, result.interactions, result.spec, off).model
+    assert model.config.content_prior is None
+    assert np.unique(retrieval.embed_items(model, tables)[rows, -1].numpy()).size == 1
