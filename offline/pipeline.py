@@ -490,8 +490,9 @@ def evaluate_step(ctx: Context) -> Iterator[str]:
     yield f"evaluate: published list recall@50 / @100: {lists}"
     if cold := metrics.get("cold_items"):
         yield (
-            f"evaluate: new items ({cold['items']} first met in the test period, {cold['positives']} test "
-            f"positives), ranked among themselves: recall@10 {cold['recall@10']:.4f}, "
+            f"evaluate: new items ({cold['items']} first met in the test period, "
+            f"{cold['positives']} test positives), ranked among themselves: "
+            f"recall@10 {cold['recall@10']:.4f}, "
             f"recall@50 {cold['recall@50']:.4f} (at random {cold['random@50']:.4f})"
         )
     for kind, tasks in metrics["ranking"].items():
