@@ -178,7 +178,7 @@ def train_retrieval_step(ctx: Context) -> Iterator[str]:
     if got := result.content_recall:
         c = result.config
         yield (
-            f"train-retrieval: new items' content prior l2 {c.content_prior_l2:g}, scale "
+            f"train-retrieval: new items' content prior l2 {c.content_prior_l2:g}, weight "
             f"{c.content_prior:g} (validation's {len(got)} tried: new items ranked among "
             f"themselves, recall@{k} {min(got.values()):.4f} to {max(got.values()):.4f})"
         )
@@ -374,8 +374,9 @@ def refit_step(ctx: Context) -> Iterator[str]:
         update={
             "trainer": epochs("two_tower", c.retrieval.trainer),
             "popularity_prior": evaluated.popularity_prior,
-            "content_prior_grid": (evaluated.content_prior or 1.0,),
-            "content_prior_l2_grid": (evaluated.content_prior_l2 or 100.0,),
+            # (off: content_prior false, the grids unread)
+            "content_prior_grid": (evaluated.content_prior or 0.0,),
+            "content_prior_l2_grid": (evaluated.content_prior_l2,),
         }
     )
     result = train_retrieval(tables, everything, spec, retrieval, ctx.tracking("refit"))

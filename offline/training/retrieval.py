@@ -6,7 +6,7 @@ Validation is full-catalog Recall@K on the validation split; after training, the
 popularity prior's weight ``β`` (:mod:`shared.models.towers`) is the one of
 ``popularity_prior_grid`` with the best validation Recall@K, unless the config fixes it;
 then new items' content prior (:func:`fit_content_prior`) is fitted, its penalty and
-scale the ones that rank validation's new items best among themselves.
+weight the ones that rank validation's new items best among themselves.
 """
 
 from __future__ import annotations
@@ -93,18 +93,18 @@ class RetrievalConfig(HistoryConfig):
         "false: the out-of-vocabulary slot's (the rarest)",
     )
     content_prior_grid: tuple[float, ...] = Field(
-        (1.0, 0.0, 3.0, 10.0, 30.0, 100.0, 300.0),
+        (0.0, 0.3, 1.0, 3.0, 10.0, 30.0),
         min_length=1,
-        description="scales of the content prior's spread around the mean log q (a new "
-        "item's weight on it, against its cosine, grows with the scale)",
+        description="weights γ of a new item's predicted log q around the mean (its score "
+        "u·v/τ + β·mean + γ·(prediction − mean))",
     )
     content_prior_l2_grid: tuple[float, ...] = Field(
         (100.0, 1.0, 10.0, 1000.0),
         min_length=1,
         description="ridge penalties of the content prior: with content_prior_grid, the pair "
         "whose validation recall@eval_k of the new items ranked among themselves is best "
-        "(ties: the scale nearest to 1); the first of each when validation has eval_k new "
-        "items or fewer",
+        "(ties: γ nearest β); when validation has eval_k new items or fewer, the first "
+        "penalty and γ = β",
     )
     temperature: float = Field(0.05, gt=0)
     loss: Literal["sampled_softmax", "full_softmax", "bce", "bpr", "margin", "triplet"] = Field(
@@ -345,7 +345,7 @@ class RetrievalResult:
     config: TowerConfig
     history: History
     prior_recall: dict[float, float] = field(default_factory=dict)  # β -> valid recall@eval_k
-    # (content prior l2, scale) -> validation's new items' recall@eval_k among themselves
+    # (content prior l2, γ) -> validation's new items' recall@eval_k among themselves
     content_recall: dict[tuple[float, float], float] = field(default_factory=dict)
 
 
@@ -508,40 +508,43 @@ def _content_prior(
     valid_history: np.ndarray,
 ) -> dict[tuple[float, float], float]:
     """Set the new items' content prior (:func:`fit_content_prior`): of the ridge
-    penalties and scales of the config's grids, the pair that ranks validation's new items
-    best among themselves, where there are more of them than eval_k (the full-catalog
-    recall barely sees them); else the first of each grid. Returns what each pair got."""
+    penalties and weights ``γ`` of the config's grids, the pair that ranks validation's
+    new items best among themselves, where there are more of them than eval_k (the
+    full-catalog recall barely sees them); else the first penalty with ``γ = β`` (the
+    prediction weighed as a real log q). Returns what each pair got."""
     trained = np.flatnonzero(counts)
     log_q = np.log(counts[trained] / counts.sum())
     mean, oov = float(log_q.mean()), tables.feature_map.oov("item_id")
     fits: dict[float, tuple[np.ndarray, np.ndarray, float]] = {}
 
-    def use(l2: float, m: float) -> None:  # log q = mean + m·(prediction − mean)
+    def use(l2: float, weight: float) -> None:
         if l2 not in fits:
             fits[l2] = fit_content_prior(tables, trained, log_q, l2)
         slots, dense, bias = fits[l2]
         model.set_content_prior(
-            torch.from_numpy(m * slots), torch.from_numpy(m * dense), mean + m * (bias - mean),
-            oov, m, l2,
-        )  # fmt: skip
+            torch.from_numpy(slots), torch.from_numpy(dense), bias, mean, oov, weight, l2
+        )
 
-    pairs = [(l2, m) for l2 in config.content_prior_l2_grid for m in config.content_prior_grid]
+    beta = model.config.popularity_prior
+    pairs = [(l2, w) for l2 in config.content_prior_l2_grid for w in config.content_prior_grid]
     shelf = new_items(interactions, "valid")
     on_shelf = np.isin(valid["item_idx"].to_numpy(), shelf)
     got = {}
-    tunable = len(pairs) > 1 and model.config.popularity_prior > 0
-    if tunable and len(shelf) > config.eval_k and on_shelf.any():
-        user_emb = embed_users(model, tables, valid_users, valid_history)
+    if len(pairs) > 1 and len(shelf) > config.eval_k and on_shelf.any():
         user_at = np.searchsorted(valid_users, valid["user_idx"].to_numpy()[on_shelf])
         positives_on_shelf = valid["item_idx"].to_numpy()[on_shelf]
-        for l2, m in pairs:
-            use(l2, m)
+        for l2, weight in pairs:
+            use(l2, weight)
             with torch.no_grad():
                 shelf_emb = model.item_tower.vector(tables.item_inputs(shelf))
-            got[l2, m] = shelf_recall(
-                user_emb, shelf_emb, shelf, user_at, positives_on_shelf, (config.eval_k,)
-            )[config.eval_k]
-    use(*(max(got, key=lambda p: (got[p], -abs(p[1] - 1))) if got else pairs[0]))
+            got[l2, weight] = shelf_recall(
+                embed_users(model, tables, valid_users, valid_history), shelf_emb, shelf,
+                user_at, positives_on_shelf, (config.eval_k,),
+            )[config.eval_k]  # fmt: skip
+    if got:
+        use(*max(got, key=lambda p: (got[p], -abs(p[1] - beta))))
+    else:
+        use(*(pairs[0] if len(pairs) == 1 else (config.content_prior_l2_grid[0], beta)))
     return got
 
 

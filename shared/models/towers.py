@@ -21,9 +21,11 @@ sampled softmax); the prior puts back as much as held-out data asks for. It live
 the serving vectors, one extra coordinate each (:meth:`UserTower.vector`,
 :meth:`ItemTower.vector`), so that FAISS, the batch recall lists, the evaluation and the
 gateway's logit all score ``u'·v'/τ`` alike. A new item (no training interactions)
-has no ``q_i`` of its own; with ``content_prior`` its ``log q_i`` is predicted from its
-features by a linear model fitted on the trained items (content, not the towers' vector,
-carries it: training took popularity out of the towers), else it is the OOV slot's.
+has no ``q_i`` of its own; with ``content_prior`` (weight ``γ``) it scores
+``u·v/τ + β·m + γ·(p_i − m)``, ``p_i`` its ``log q`` as a linear model of its features
+predicts (content, not the towers' vector, carries it: training took popularity out of
+the towers) and ``m`` the trained items' mean ``log q``, through a second extra
+coordinate; without, its ``log q_i`` is the OOV slot's.
 
 Legend: B batch, D embedding dimension, O output dimension, F embedded feature fields
 of a tower, H history length, V vocabulary (feature slots).
@@ -85,16 +87,17 @@ class TowerConfig(StrictConfig):
     encoder_heads: int = Field(2, ge=1)
     # β of the retrieval score u·v/τ + β·log q_i (0: the towers' cosine alone)
     popularity_prior: float = Field(0.0, ge=0.0)
-    # an item without training interactions (its id out of vocabulary) takes log q_i from
-    # a linear model of its features (TwoTower.set_content_prior), not the OOV slot's:
-    # the scale of that model's spread (its buffers hold the scaled model); None: off
+    # γ: the weight of a new item's (its id out of vocabulary) predicted log q around the
+    # mean, a linear model of its features (TwoTower.set_content_prior); None: none, the
+    # item takes the OOV slot's log q
     content_prior: float | None = Field(None, ge=0.0)
     content_prior_l2: float = Field(0.0, ge=0.0)  # the ridge penalty it was fitted with
 
     @property
     def vector_dim(self) -> int:
-        """Width of the serving vectors: ``O`` unit coordinates and the prior's one."""
-        return self.out_dim + 1
+        """Width of the serving vectors: ``O`` unit coordinates, the prior's and the
+        content prior's (when on)."""
+        return self.out_dim + 1 + (self.content_prior is not None)
 
 
 class _Tower(nn.Module):
@@ -227,11 +230,14 @@ class UserTower(_Tower):
         return self._project(self.fused(inputs))  # (B, O)
 
     def vector(self, inputs: UserInputs) -> torch.Tensor:
-        """The serving vector ``[u; β·τ]``, ``(B, O + 1)``: against :meth:`ItemTower.vector`,
-        ``u'·v'/τ = u·v/τ + β·log q_i``."""
+        """The serving vector ``[u; β·τ]`` (``[u; β·τ; γ·τ]`` with a content prior),
+        ``(B, vector_dim)``: against :meth:`ItemTower.vector`, ``u'·v'/τ = u·v/τ + β·log q_i``
+        (``+ γ·(p_i − m)`` for a new item)."""
         u = self(inputs)  # (B, O)
-        prior = self.config.popularity_prior * self.config.temperature
-        return torch.cat([u, u.new_full((len(u), 1), prior)], dim=1)  # (B, O + 1)
+        c = self.config
+        weights = [c.popularity_prior] + ([c.content_prior] if c.content_prior is not None else [])
+        prior = torch.tensor(weights, dtype=u.dtype) * c.temperature
+        return torch.cat([u, prior.expand(len(u), -1)], dim=1)  # (B, vector_dim)
 
 
 class ItemTower(_Tower):
@@ -261,13 +267,12 @@ class ItemTower(_Tower):
         )  # fmt: skip
         # (V,) log q of each item-id slot (the training interactions' share), for the prior
         self.register_buffer("log_popularity", torch.zeros(c.vocab_size))
-        if (
-            c.content_prior is not None
-        ):  # log q of a new item: bias + Σ its slots' weights + dense·w
+        if c.content_prior is not None:  # a new item's log q: bias + Σ w[its slots] + dense·w
             widths = c.item_dense_widths or (1,) * c.n_item_dense
             self.register_buffer("prior_slots", torch.zeros(c.vocab_size))
             self.register_buffer("prior_dense", torch.zeros(sum(widths)))
             self.register_buffer("prior_bias", torch.zeros(()))
+            self.register_buffer("prior_mean", torch.zeros(()))  # the trained items' mean
             self.register_buffer("new_slot", torch.tensor(-1))  # the item_id OOV slot
 
     def fused(self, inputs: ItemInputs) -> torch.Tensor:
@@ -278,16 +283,20 @@ class ItemTower(_Tower):
         return self._project(self.fused(inputs))  # (B, O)
 
     def vector(self, inputs: ItemInputs) -> torch.Tensor:
-        """The serving vector ``[v; log q_i]``, ``(B, O + 1)`` (see :meth:`UserTower.vector`)."""
-        prior = self.log_popularity[inputs.id]  # (B,)
+        """The serving vector ``[v; log q_i]``, ``(B, O + 1)``; with a content prior
+        ``[v; log q_i; 0]``, and ``[v; m; p_i − m]`` for a new item (see
+        :meth:`UserTower.vector`)."""
+        prior = self.log_popularity[inputs.id].unsqueeze(1)  # (B, 1)
         if self.config.content_prior is not None:
             w = self.prior_slots
-            content = (
+            predicted = (
                 self.prior_bias + w[inputs.cat].sum(1) + w[inputs.multi].sum((1, 2))
                 + inputs.dense @ self.prior_dense
             )  # fmt: skip
-            prior = torch.where(inputs.id == self.new_slot, content, prior)
-        return torch.cat([self(inputs), prior.unsqueeze(1)], dim=1)  # (B, O + 1)
+            new = (inputs.id == self.new_slot).unsqueeze(1)  # (B, 1)
+            spread = torch.where(new, predicted.unsqueeze(1) - self.prior_mean, 0.0)
+            prior = torch.cat([torch.where(new, self.prior_mean, prior), spread], dim=1)
+        return torch.cat([self(inputs), prior], dim=1)  # (B, vector_dim)
 
 
 class TwoTower(nn.Module):
@@ -325,19 +334,22 @@ class TwoTower(nn.Module):
         slots: torch.Tensor,
         dense: torch.Tensor,
         bias: float,
+        mean: float,
         new_slot: int,
-        scale: float,
+        weight: float,
         l2: float,
     ) -> None:
-        """A new item's ``log q``: ``bias + Σ slots[its slots] + dense·its dense columns``
-        (``slots`` ``(V,)``, padding 0), for items whose id is ``new_slot`` (the item_id
-        OOV slot); ``scale`` and ``l2`` are recorded (the weights come fitted and scaled)."""
+        """A new item's predicted ``log q``: ``bias + Σ slots[its slots] + dense·its dense
+        columns`` (``slots`` ``(V,)``, padding 0), for items whose id is ``new_slot`` (the
+        item_id OOV slot), around ``mean``; ``weight`` is its ``γ``, ``l2`` the ridge
+        penalty it was fitted with (a record)."""
         t = self.item_tower
         t.prior_slots.copy_(slots)
         t.prior_dense.copy_(dense)
         t.prior_bias.fill_(bias)
+        t.prior_mean.fill_(mean)
         t.new_slot.fill_(new_slot)
-        self._update(content_prior=float(scale), content_prior_l2=float(l2))
+        self._update(content_prior=float(weight), content_prior_l2=float(l2))
 
     def _update(self, **changes: float) -> None:
         self.config = self.config.model_copy(update=changes)

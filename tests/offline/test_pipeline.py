@@ -183,9 +183,12 @@ def test_popularity_prior_is_chosen_on_validation_and_kept_by_the_refit(bundle) 
         line.startswith(f"train-retrieval: popularity prior {beta:g} (valid recall@")
         for line in lines
     )
-    # the serving vectors carry the prior's coordinate: O + 1 wide, items' log q last
+    # the serving vectors carry the prior's coordinates: O + 2 wide, items' log q, then
+    # new items' predicted spread around the mean (0 for trained ones), its weight γ
+    # kept by the refit
     items = np.load(b.path(Files.ITEM_EMBEDDINGS))
-    assert items.shape[1] == served["out_dim"] + 1 and (items[1:, -1] < 0).all()
+    assert items.shape[1] == served["out_dim"] + 2 and (items[1:, -2] < 0).all()
+    assert served["content_prior"] is not None and served["content_prior_l2"] > 0
 
 
 def test_refit_can_be_switched_off(bundle, redis_server) -> None:

@@ -168,36 +168,42 @@ def test_new_items_show_the_aggregates_of_an_item_never_interacted_with(hits_and
 def test_new_items_take_the_prior_their_features_predict(hits_and_flops, tmp_path) -> None:
     tables, result = hits_and_flops
     trainer = TrainerConfig(epochs=2, batch_size=256, patience=2)
-    # eval_k below validation's 10 new items: the ridge penalty and scale are tuned
+    # eval_k below validation's 10 new items: the ridge penalty and weight are tuned
     config = RetrievalConfig(trainer=trainer, eval_k=5, popularity_prior=0.5, id_dropout=0.3)
     trained = train_retrieval(tables, result.interactions, result.spec, config)
-    grid = len(config.content_prior_grid) * len(config.content_prior_l2_grid)
-    assert len(trained.content_recall) == grid
-    c = trained.config
-    assert trained.content_recall[c.content_prior_l2, c.content_prior] == max(
-        trained.content_recall.values()
-    )
+    got, c = trained.content_recall, trained.config
+    assert len(got) == len(config.content_prior_grid) * len(config.content_prior_l2_grid)
+    assert got[c.content_prior_l2, c.content_prior] == max(got.values())
     rows = retrieval.new_items(result.interactions, "test")
-    hit = np.array([tables.items.ids[r] for r in rows])
-    hit = np.array([int(i[1:]) % 2 == 0 for i in hit])
-    prior = retrieval.embed_items(trained.model, tables)[rows, -1].numpy()
-    if c.content_prior > 0:  # new hits are predicted more popular than new flops
-        assert prior[hit].min() > prior[~hit].max()
+    hit = np.array([int(tables.items.ids[r][1:]) % 2 == 0 for r in rows])
+    items = retrieval.embed_items(trained.model, tables)
+    assert items.shape[1] == c.out_dim + 2
+    warm = np.setdiff1d(
+        np.arange(1, len(tables.items)),
+        np.concatenate([rows, retrieval.new_items(result.interactions, "valid")]),
+    )
+    assert (items[warm, -1] == 0).all()  # the trained items' spread coordinate
+    spread = items[rows, -1].numpy()
+    assert spread[hit].min() > 0 > spread[~hit].max()  # new hits predicted more popular
+    # u'·v'/τ = u·v/τ + β·m + γ·(p_i − m) for a new item
+    user = retrieval.embed_users(trained.model, tables, np.array([1]))[0]
+    torch.testing.assert_close(user[-2:], torch.tensor([0.5, c.content_prior]) * c.temperature)
+    torch.testing.assert_close(items[rows, -2], torch.full((len(rows),), float(items[rows, -2][0])))
     # the checkpoint keeps it (strict loading)
     save_model(trained.model, trained.config, tmp_path / "two_tower")
     loaded = load_model(tmp_path / "two_tower")
-    torch.testing.assert_close(
-        retrieval.embed_items(loaded, tables), retrieval.embed_items(trained.model, tables)
+    torch.testing.assert_close(retrieval.embed_items(loaded, tables), items)
+    # untuned (eval_k above validation's new items): γ = β
+    untuned = config.model_copy(update={"eval_k": 50})
+    assert (
+        train_retrieval(tables, result.interactions, result.spec, untuned).config.content_prior
+        == 0.5
     )
-    # a fixed scale of 1: the prediction itself; off: every new item gets the OOV slot's
-    fixed = config.model_copy(
-        update={"content_prior_grid": (1.0,), "content_prior_l2_grid": (1.0,)}
-    )
-    model = train_retrieval(tables, result.interactions, result.spec, fixed).model
-    prior = retrieval.embed_items(model, tables)[rows, -1].numpy()
-    assert prior[hit].min() > prior[~hit].max()
-    assert model.config.content_prior == 1.0 and model.config.content_prior_l2 == 1.0
+    # off: every new item gets the OOV slot's log q, and the vectors one prior coordinate
     off = config.model_copy(update={"content_prior": False})
     model = train_retrieval(tables, result.interactions, result.spec, off).model
     assert model.config.content_prior is None
-    assert np.unique(retrieval.embed_items(model, tables)[rows, -1].numpy()).size == 1
+    items = retrieval.embed_items(model, tables)
+    assert (
+        items.shape[1] == model.config.out_dim + 1 and np.unique(items[rows, -1].numpy()).size == 1
+    )
