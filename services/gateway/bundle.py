@@ -391,12 +391,12 @@ class ServingBundle:
         return rows[rows > 0]
 
     def similar(self, item_row: int, k: int) -> np.ndarray:
-        """``(≤k,)`` item rows nearest ``item_row`` by the towers' cosine (the prior's
-        coordinate left out), the item itself excluded; kept per item (anchors repeat)."""
+        """``(≤k,)`` item rows nearest ``item_row`` by the towers' cosine (the priors'
+        coordinates left out), the item itself excluded; kept per item (anchors repeat)."""
 
         def search() -> np.ndarray:
             query = np.array(self.item_vectors[item_row], dtype=np.float32)
-            query[-1] = 0.0
+            query[self.user_tower.config.out_dim :] = 0.0
             rows = nearest(self.index, query[None], k + 1)[0]
             return rows[(rows > 0) & (rows != item_row)][:k]
 

@@ -3,6 +3,8 @@ an anchor's nearest items in the recall."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from tests.services.conftest import BuiltBundle
 from tests.services.gateway.conftest import LiveGateway
 
@@ -58,3 +60,13 @@ def test_an_anchor_blends_its_nearest_items_into_the_recall(
     assert "recsys_anchor_recalls_total" in metrics
     body = api.get(f"/recommend/{uid}", params={"top_k": 10, "anchor": anchor}).json()
     assert len(body["items"]) == 10
+
+
+def test_an_anchors_neighbours_are_by_the_towers_cosine_alone(
+    api: LiveGateway, built: BuiltBundle
+) -> None:
+    served = api.runtime.bundle
+    row = int(served.item_rows([built.items()["item_id"][3]])[0])
+    unit = np.asarray(served.item_vectors[:, : served.user_tower.config.out_dim])
+    order = np.argsort(-(unit[1:] @ unit[row]), kind="stable") + 1  # the priors left out
+    assert served.similar(row, 10).tolist() == [r for r in order if r != row][:10]
