@@ -369,7 +369,7 @@ def refit_step(ctx: Context) -> Iterator[str]:
         return trainer.model_copy(update={"epochs": max(1, best.get(name, trainer.epochs))})
 
     started = time.perf_counter()
-    evaluated = _model(ctx, Files.TWO_TOWER).config  # its β and content prior scale
+    evaluated = _model(ctx, Files.TWO_TOWER).config  # its β, content prior weight and l2
     retrieval = c.retrieval.model_copy(
         update={
             "trainer": epochs("two_tower", c.retrieval.trainer),

@@ -491,9 +491,11 @@ def train_retrieval(
     model.set_popularity_prior(prior, best)
     tried = {}
     if config.content_prior:
+        trained = np.flatnonzero(counts)
         tried = _content_prior(
-            model, tables, interactions, counts, config, valid, valid_users, valid_history
-        )
+            model, tables, interactions, trained, log_q.numpy()[trained], config, valid,
+            valid_users, valid_history,
+        )  # fmt: skip
     return RetrievalResult(model, model.config, history, recall, tried)
 
 
@@ -501,7 +503,8 @@ def _content_prior(
     model: TwoTower,
     tables: FeatureTables,
     interactions: pl.DataFrame,
-    counts: np.ndarray,
+    trained: np.ndarray,
+    log_q: np.ndarray,
     config: RetrievalConfig,
     valid: pl.DataFrame,
     valid_users: np.ndarray,
@@ -511,9 +514,8 @@ def _content_prior(
     penalties and weights ``γ`` of the config's grids, the pair that ranks validation's
     new items best among themselves, where there are more of them than eval_k (the
     full-catalog recall barely sees them); else the first penalty with ``γ = β`` (the
-    prediction weighed as a real log q). Returns what each pair got."""
-    trained = np.flatnonzero(counts)
-    log_q = np.log(counts[trained] / counts.sum())
+    prediction weighed as a real log q). ``trained``: the item rows with training
+    positives, ``log_q`` theirs. Returns what each pair got."""
     mean, oov = float(log_q.mean()), tables.feature_map.oov("item_id")
     fits: dict[float, tuple[np.ndarray, np.ndarray, float]] = {}
 
@@ -533,13 +535,18 @@ def _content_prior(
     if len(pairs) > 1 and len(shelf) > config.eval_k and on_shelf.any():
         user_at = np.searchsorted(valid_users, valid["user_idx"].to_numpy()[on_shelf])
         positives_on_shelf = valid["item_idx"].to_numpy()[on_shelf]
+        user_emb: dict[float, torch.Tensor] = {}  # γ is the users' side, the fit the items'
+        shelf_emb: dict[float, torch.Tensor] = {}
         for l2, weight in pairs:
             use(l2, weight)
-            with torch.no_grad():
-                shelf_emb = model.item_tower.vector(tables.item_inputs(shelf))
+            if weight not in user_emb:
+                user_emb[weight] = embed_users(model, tables, valid_users, valid_history)
+            if l2 not in shelf_emb:
+                with torch.no_grad():
+                    shelf_emb[l2] = model.item_tower.vector(tables.item_inputs(shelf))
             got[l2, weight] = shelf_recall(
-                embed_users(model, tables, valid_users, valid_history), shelf_emb, shelf,
-                user_at, positives_on_shelf, (config.eval_k,),
+                user_emb[weight], shelf_emb[l2], shelf, user_at, positives_on_shelf,
+                (config.eval_k,),
             )[config.eval_k]  # fmt: skip
     if got:
         use(*max(got, key=lambda p: (got[p], -abs(p[1] - beta))))
